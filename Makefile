@@ -1,0 +1,39 @@
+# The two commands in the README: `make demo` (whole pipeline on the built-in demo corpus) and `make test`.
+# Both create the virtual environment from the lock file on first use.
+SHELL := /bin/bash
+VENV := .venv
+PY := $(VENV)/bin/python
+export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
+export PREFECT_HOME ?= $(CURDIR)/.prefect
+export PREFECT_SERVER_ANALYTICS_ENABLED := false
+export DVC_NO_ANALYTICS := 1
+export MLFLOW_DISABLE_TELEMETRY := true
+export GX_ANALYTICS_ENABLED := false
+export DO_NOT_TRACK := 1
+# uv ignores pip's config: point it at the local CPU torch wheel where the machine has one.
+export UV_FIND_LINKS ?= $(wildcard /opt/wheels)
+
+.PHONY: venv demo test lint bench clean
+venv: $(VENV)/.installed
+
+$(VENV)/.installed: requirements/lock.txt pyproject.toml
+	@command -v uv >/dev/null || python3 -m pip install --quiet uv
+	test -x $(PY) || uv venv --quiet --python python3 $(VENV)
+	uv pip install --quiet --python $(PY) -r requirements/lock.txt
+	uv pip install --quiet --python $(PY) --no-deps -e .
+	touch $@
+
+demo: venv
+	$(PY) -m flows.pipeline
+
+test: venv
+	$(PY) -m pytest -q
+
+lint: venv
+	$(VENV)/bin/ruff check .
+
+bench: venv
+	$(PY) benchmarks/curate_throughput.py
+
+clean:
+	rm -rf data/curated data/.work metrics mlflow.db mlruns mlartifacts .prefect

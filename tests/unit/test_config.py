@@ -1,0 +1,62 @@
+import pytest
+
+from dualtoken.config import ConfigError, apply_overrides, load_config, parse_config
+
+MINIMAL = {"data": {"sources": [{"kind": "demo", "name": "shapes"}]}}
+
+
+def test_repo_params_file_is_valid():
+    cfg = load_config("params.yaml")
+    assert cfg.curate.resolution == 64 and [s.kind for s in cfg.data.sources] == ["demo", "mnist"]
+
+
+def test_unknown_key_is_named():
+    with pytest.raises(ConfigError, match=r"curate\.wokers: unknown key"):
+        parse_config({**MINIMAL, "curate": {"wokers": 3}})
+
+
+def test_bad_value_names_key_and_range():
+    with pytest.raises(ConfigError, match=r"curate\.workers: Input should be greater than or equal to 1 \(got 0\)"):
+        parse_config({**MINIMAL, "curate": {"workers": 0}})
+
+
+def test_split_fractions_must_sum_to_one():
+    with pytest.raises(ConfigError, match="sum to 1"):
+        parse_config({**MINIMAL, "curate": {"split": {"train": 0.5, "val": 0.1, "test": 0.1}}})
+
+
+def test_unknown_source_kind_and_duplicate_names():
+    with pytest.raises(ConfigError, match=r"data\.sources\.0"):
+        parse_config({"data": {"sources": [{"kind": "ftp", "name": "x"}]}})
+    with pytest.raises(ConfigError, match="unique"):
+        parse_config({"data": {"sources": [{"kind": "demo", "name": "a"}, {"kind": "mnist", "name": "a"}]}})
+
+
+def test_threshold_must_fit_hash():
+    with pytest.raises(ConfigError, match="below the hash length"):
+        parse_config({**MINIMAL, "curate": {"phash_size": 4, "near_dup_hamming": 16}})
+
+
+def test_overrides_parse_like_yaml_and_index_lists():
+    raw = apply_overrides(MINIMAL, ["curate.workers=4", "data.sources.0.num_images=10", "curate.publish_uri=null",
+                                    "curate.split={train: 0.8, val: 0.1, test: 0.1}"])
+    cfg = parse_config(raw)
+    assert cfg.curate.workers == 4 and cfg.data.sources[0].num_images == 10
+    assert cfg.curate.publish_uri is None and cfg.curate.split.train == 0.8
+    assert MINIMAL["data"]["sources"][0] == {"kind": "demo", "name": "shapes"}  # input untouched
+
+
+@pytest.mark.parametrize("bad", ["curate.workers", "data.sources.5.seed=1", "seed.x=1"])
+def test_malformed_overrides_are_errors(bad):
+    with pytest.raises(ConfigError):
+        apply_overrides(MINIMAL | {"seed": 0}, [bad])
+
+
+def test_secrets_have_no_place_in_params():
+    with pytest.raises(ConfigError, match=r"storage\.aws_secret_access_key: unknown key"):
+        parse_config({**MINIMAL, "storage": {"aws_secret_access_key": "x"}})
+
+
+def test_missing_file_is_clear(tmp_path):
+    with pytest.raises(ConfigError, match="not found"):
+        load_config(tmp_path / "nope.yaml")
