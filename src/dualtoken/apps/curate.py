@@ -34,7 +34,7 @@ def _log_outputs(outputs: CurateOutputs) -> None:
 
 
 def main(cfg: Config, console: Console | None = None) -> CurateOutputs:
-    console = console or Console(stderr=True)
+    console = console or Console(stderr=True, soft_wrap=True)
     os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
     with stage_run(STAGE, cfg, sections=("seed", "data", "curate")) as run:
         try:

@@ -68,7 +68,7 @@ def preview_grid(pngs: list[bytes], columns: int = 8, gutter: int = 2) -> Image.
 
 
 def run_curation(cfg: Config, console: Console | None = None) -> CurateOutputs:
-    console = console or Console(stderr=True)
+    console = console or Console(stderr=True, soft_wrap=True)
     from dualtoken.curation.validate import validate_manifest  # GX import is slow; only when needed
 
     out = Path(cfg.curate.output_dir)

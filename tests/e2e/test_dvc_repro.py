@@ -1,0 +1,42 @@
+"""`dvc repro` from a fresh workspace builds the curate stage; a second one is a fast no-op."""
+
+import json
+import subprocess
+import time
+
+import pandas as pd
+import pytest
+
+from workspace import make_workspace, workspace_env
+
+pytestmark = pytest.mark.e2e
+
+
+def _dvc(ws, *args, env):
+    return subprocess.run(["dvc", *args], cwd=ws, env=env, capture_output=True, text=True)
+
+
+def test_repro_builds_then_noop_then_reruns_on_param_change(tmp_path):
+    ws = make_workspace(tmp_path / "ws")
+    env = workspace_env()
+    first = _dvc(ws, "repro", env=env)
+    assert first.returncode == 0, first.stdout + first.stderr
+    stats = json.loads((ws / "metrics/curate.json").read_text())
+    assert stats["inputs"] == 320 and stats["accounting_ok"]
+    assert stats["inputs"] == stats["accepted"] + stats["rejected"]
+    manifest = pd.read_parquet(ws / "data/curated/manifest.parquet")
+    assert len(manifest) == stats["accepted"] and manifest["key"].is_unique
+    assert (ws / "data/curated/preview.png").is_file() and (ws / "data/curated/validation.json").is_file()
+    lock = (ws / "dvc.lock").read_text()
+    assert "curate:" in lock and "data/curated" in lock
+
+    t0 = time.perf_counter()
+    second = _dvc(ws, "repro", env=env)
+    assert second.returncode == 0 and "didn't change" in second.stdout + second.stderr
+    assert time.perf_counter() - t0 < 30  # no work: just hashing checks
+    assert json.loads(_dvc(ws, "status", "--json", env=env).stdout) == {}
+
+    changed = _dvc(ws, "exp", "run", "-S", "curate.near_dup_hamming=-1", env=env)
+    assert changed.returncode == 0, changed.stdout + changed.stderr
+    diff = _dvc(ws, "metrics", "diff", "--json", env=env)
+    assert diff.returncode == 0

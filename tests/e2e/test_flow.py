@@ -1,0 +1,53 @@
+"""The Prefect flow end to end against a real MLflow server: parent + nested runs, lineage, DVC skip."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+from mlflow.tracking import MlflowClient
+
+from workspace import make_workspace, workspace_env
+
+pytestmark = [pytest.mark.e2e, pytest.mark.integration]
+
+
+def _flow(ws, env):
+    return subprocess.run([sys.executable, "-m", "flows.pipeline"], cwd=ws, env=env, capture_output=True,
+                          text=True, timeout=600)
+
+
+def test_flow_runs_stage_through_dvc_and_records_lineage(tmp_path, mlflow_server):
+    ws = make_workspace(tmp_path / "ws")
+    env = workspace_env(MLFLOW_TRACKING_URI=mlflow_server.uri, PREFECT_HOME=str(tmp_path / "prefect"),
+                        PREFECT_SERVER_ANALYTICS_ENABLED="false")
+    first = _flow(ws, env)
+    assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
+
+    client = MlflowClient(mlflow_server.uri)
+    exp = client.get_experiment_by_name("dualtoken")
+    runs = client.search_runs([exp.experiment_id], order_by=["attributes.start_time ASC"])
+    parents = [r for r in runs if r.data.tags.get("dualtoken.stage") == "pipeline"]
+    stages = [r for r in runs if r.data.tags.get("dualtoken.stage") == "curate"]
+    assert len(parents) == 1 and len(stages) == 1
+    parent, stage = parents[0], stages[0]
+    assert parent.info.status == "FINISHED"
+    assert stage.data.tags["mlflow.parentRunId"] == parent.info.run_id
+    assert stage.data.tags["prefect.flow_run_id"] == parent.data.tags["prefect.flow_run_id"] != "local"
+    assert len(stage.data.tags["git.commit"]) >= 40
+    assert len(stage.data.tags["dvc.stage_hash"]) == 32
+    assert stage.data.params["curate.resolution"] == "64"
+    stats = json.loads((ws / "metrics/curate.json").read_text())
+    assert stage.data.metrics["accepted"] == stats["accepted"]
+    artifacts = {a.path for a in client.list_artifacts(stage.info.run_id, "curate")}
+    assert {"curate/preview.png", "curate/validation.json", "curate/curate.json"} <= artifacts
+    inputs = {d.dataset.name: d for d in stage.inputs.dataset_inputs}
+    assert {"shapes", "mnist", "curated"} <= set(inputs)
+    assert client.download_artifacts(parent.info.run_id, "pipeline_summary.md", str(tmp_path))
+
+    second = _flow(ws, env)
+    assert second.returncode == 0, second.stderr[-3000:]
+    assert "up to date" in second.stdout + second.stderr
+    runs = client.search_runs([exp.experiment_id])
+    assert sum(r.data.tags.get("dualtoken.stage") == "curate" for r in runs) == 1  # DVC skipped it
+    assert sum(r.data.tags.get("dualtoken.stage") == "pipeline" for r in runs) == 2

@@ -1,0 +1,55 @@
+"""A throw-away copy of this repository (tracked + untracked, not ignored) as its own git + DVC workspace."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+
+# Small enough for CI, large enough for the GX split-fraction checks to mean something.
+SMALL_PARAMS = {
+    "data.sources": [
+        {"kind": "demo", "name": "shapes", "num_images": 240, "images_per_shard": 80},
+        {"kind": "mnist", "name": "mnist", "num_images": 80, "images_per_shard": 40},
+    ],
+    "curate.validation": {"min_rows": 200, "max_rows": 1000, "split_tolerance": 0.06},
+    "curate.samples_per_shard": 200,
+}
+
+
+def make_workspace(dest: Path, params: dict | None = None) -> Path:
+    files = subprocess.run(["git", "ls-files", "--cached", "--others", "--exclude-standard", "-z"], cwd=REPO,
+                           capture_output=True, check=True).stdout.decode().split("\0")
+    for rel in filter(None, files):
+        src = REPO / rel
+        if src.is_file():
+            (dest / rel).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(src, dest / rel)
+    raw = yaml.safe_load((dest / "params.yaml").read_text())
+    for dotted, value in (params if params is not None else SMALL_PARAMS).items():
+        node = raw
+        *parents, last = dotted.split(".")
+        for p in parents:
+            node = node[p]
+        node[last] = value
+    (dest / "params.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
+    git = ["git", "-c", "user.email=t@example.invalid", "-c", "user.name=test"]
+    subprocess.run(["git", "init", "-q"], cwd=dest, check=True)
+    subprocess.run(["git", "add", "-A"], cwd=dest, check=True)
+    subprocess.run([*git, "commit", "-qm", "workspace"], cwd=dest, check=True)
+    return dest
+
+
+def workspace_env(**extra: str) -> dict[str, str]:
+    """PATH with this interpreter's bin first, so DVC's `python -m stages.x` uses the same environment."""
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
+           "DVC_NO_ANALYTICS": "1", "MLFLOW_DISABLE_TELEMETRY": "true", "GX_ANALYTICS_ENABLED": "false"}
+    env.pop("MLFLOW_TRACKING_URI", None)
+    env.update(extra)
+    return env
