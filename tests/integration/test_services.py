@@ -41,4 +41,5 @@ def test_mlflow_server_stores_runs(mlflow_server, tmp_path):
     got = client.get_run(run.info.run_id)
     assert got.data.params == {"p": "1"} and got.data.metrics == {"m": 0.5}
     path = client.download_artifacts(run.info.run_id, "note.txt", str(tmp_path / "dl"))
-    assert open(path).read() == "hello"
+    with open(path) as handle:
+        assert handle.read() == "hello"

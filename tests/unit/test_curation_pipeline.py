@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 import webdataset as wds
-from badinputs import add_member, add_symlink, huge_png_header, jpeg_bytes, noise_png, png_bytes
 
+from badinputs import add_member, add_symlink, huge_png_header, jpeg_bytes, noise_png, png_bytes
 from dualtoken.config import parse_config
 from dualtoken.curation.pipeline import run_phase1, run_phase2
 from dualtoken.data.tarstream import iter_tar_samples

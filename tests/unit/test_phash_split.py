@@ -74,3 +74,14 @@ def test_split_is_stable_and_close_to_fractions():
     assert all(abs(counts[s] - f) < 0.01 for s, f in fractions.items())
     # a sample keeps its split when the corpus grows: nothing about other samples enters the decision
     assert assign_split(digests[0], fractions) == first[0]
+
+
+@pytest.mark.parametrize(("name", "size"), [("a.png", 0), ("s0000001.json", 12345), ("x" * 99, 7), ("d/k.txt", 511)])
+def test_fast_tar_header_matches_tarfile(name, size):
+    import tarfile
+
+    from dualtoken.data.tarstream import ustar_header
+
+    info = tarfile.TarInfo(name)
+    info.size, info.mtime, info.mode, info.uid, info.gid, info.uname, info.gname = size, 0, 0o644, 0, 0, "", ""
+    assert ustar_header(name.encode(), size) == info.tobuf(tarfile.USTAR_FORMAT, "utf-8", "surrogateescape")

@@ -19,11 +19,13 @@ from PIL import Image
 _LUMA = np.array([0.299, 0.587, 0.114], dtype=np.float32)
 
 
-@functools.lru_cache(maxsize=4)
-def _dct_matrix(n: int) -> np.ndarray:
-    k = np.arange(n)[:, None]
+@functools.lru_cache(maxsize=8)
+def _dct_matrix(n: int, rows: int) -> np.ndarray:
+    """The first ``rows`` rows of the orthonormal DCT-II matrix: only low frequencies are ever used."""
+    k = np.arange(rows)[:, None]
     x = np.arange(n)[None, :]
     mat = np.cos(np.pi * (2 * x + 1) * k / (2 * n)) * np.sqrt(2.0 / n)
+    assert rows <= n
     mat[0] /= np.sqrt(2.0)
     return mat.astype(np.float32)
 
@@ -31,11 +33,14 @@ def _dct_matrix(n: int) -> np.ndarray:
 def phash(image: np.ndarray, hash_size: int = 8) -> str:
     """pHash of an RGB uint8 image as hex: sign of the low DCT frequencies against their median."""
     n = 4 * hash_size
-    gray = image.astype(np.float32) @ _LUMA
-    small = np.asarray(Image.fromarray(gray, mode="F").resize((n, n), Image.BOX), dtype=np.float32)
-    dct = _dct_matrix(n)
-    coeffs = (dct @ small @ dct.T)[:hash_size, :hash_size].ravel()
-    return np.packbits(coeffs > np.median(coeffs)).tobytes().hex()
+    gray = (image.reshape(-1, 3) @ _LUMA).reshape(image.shape[:2])
+    small = gray if gray.shape == (n, n) else np.asarray(
+        Image.fromarray(gray, mode="F").resize((n, n), Image.BOX), dtype=np.float32)
+    dct = _dct_matrix(n, hash_size)
+    coeffs = (dct @ small @ dct.T).ravel()
+    mid = coeffs.size // 2
+    low, high = np.partition(coeffs, (mid - 1, mid))[mid - 1 : mid + 1]  # median without a full sort
+    return np.packbits(coeffs > (low + high) / 2).tobytes().hex()
 
 
 def hashes_to_bits(hashes: list[str]) -> np.ndarray:

@@ -1,8 +1,9 @@
 """Curation in two phases, datatrove style.
 
 Phase 1 (parallel, resumable): each input shard is decoded, checked and normalised by one worker, which
-writes a staging tar (curated + original bytes), its rejects and a record file, then a ``.done`` marker
-holding a fingerprint of its input and rules. A rerun skips every unit whose marker still matches.
+writes a staging blob (curated PNGs and original bytes, back to back) and a record file pointing into it,
+then a ``.done`` marker holding a fingerprint of its input and rules. A rerun skips every unit whose
+marker still matches. The blob has no per-member headers to build or parse: phase 2 reads slices.
 
 Phase 2 (one process, I/O bound): decisions that need the whole corpus - duplicate keys, exact and
 near duplicates, the split - then the staged samples are streamed into per-split WebDataset shards and
@@ -12,26 +13,25 @@ the rejects into quarantine. Every input ends up in exactly one of the two; the 
 from __future__ import annotations
 
 import hashlib
-import io
 import json
 import multiprocessing
 import re
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
-from PIL import Image
 
 from dualtoken.config import Config, CurateConfig, Source, StorageConfig
 from dualtoken.curation.phash import hamming, near_duplicates
 from dualtoken.curation.rules import Curated, Rejected, curate_sample
 from dualtoken.curation.split import assign_split
 from dualtoken.data.sources import InputShard, iter_shard, plan_shards, unit_fingerprint
-from dualtoken.data.tarstream import RollingTarWriter, TarWriter, iter_tar_samples
+from dualtoken.data.tarstream import RollingTarWriter
 from dualtoken.storage import atomic_write
 
 SPLITS = ("train", "val", "test")
@@ -66,15 +66,32 @@ def _rules_fingerprint(cfg: CurateConfig) -> dict:
     return {"version": 1, **cfg.model_dump(include=set(keep))}
 
 
-def _encode_png(image: np.ndarray) -> bytes:
-    buf = io.BytesIO()
-    Image.fromarray(image).save(buf, format="PNG", compress_level=1)
-    return buf.getvalue()
-
-
 def _unit_paths(work: Path, unit_id: str) -> dict[str, Path]:
     base = work / "units" / unit_id
-    return {k: base.with_name(f"{unit_id}.{k}") for k in ("tar", "rejects.tar", "records.json", "done")}
+    return {k: base.with_name(f"{unit_id}.{k}") for k in ("blob", "records.json", "done")}
+
+
+class _Blob:
+    """Append-only byte store; returns [offset, length] handles for the record file."""
+
+    def __init__(self, handle: BinaryIO) -> None:
+        self.handle, self.offset = handle, 0
+
+    def put(self, data: bytes) -> list[int]:
+        self.handle.write(data)
+        self.offset += len(data)
+        return [self.offset - len(data), len(data)]
+
+    def put_parts(self, parts: dict[str, bytes]) -> dict[str, list[int]]:
+        return {ext: self.put(data) for ext, data in sorted(parts.items())}
+
+
+def _read(handle: BinaryIO, span: list[int]) -> bytes:
+    handle.seek(span[0])
+    data = handle.read(span[1])
+    if len(data) != span[1]:
+        raise RuntimeError(f"staging blob {handle.name} is truncated: delete the unit's files and rerun")
+    return data
 
 
 def process_unit(shard: InputShard, src: Source, cfg: CurateConfig, storage: StorageConfig,
@@ -85,27 +102,25 @@ def process_unit(shard: InputShard, src: Source, cfg: CurateConfig, storage: Sto
     accepted: list[dict] = []
     rejected: list[dict] = []
     max_member = cfg.max_file_mb * 2**20
-    with TarWriter(paths["tar"]) as good, TarWriter(paths["rejects.tar"]) as bad:
+    with atomic_write(paths["blob"]) as handle:
+        blob = _Blob(handle)
         for raw in iter_shard(shard, src, storage, max_member):
             result = curate_sample(raw, cfg)
             if isinstance(result, Rejected):
-                rid = f"r{len(rejected):07d}"
-                bad.add_sample(rid, result.originals)
-                rejected.append({"id": rid, "source": result.source, "source_key": result.source_key,
-                                 "origin": result.origin, "reason": result.reason, "detail": result.detail,
-                                 "files": sorted(result.originals)})
+                rejected.append({"id": f"r{len(rejected):07d}", "source": result.source,
+                                 "source_key": result.source_key, "origin": result.origin, "reason": result.reason,
+                                 "detail": result.detail, "originals": blob.put_parts(result.originals)})
                 continue
-            sid = f"s{len(accepted):07d}"
-            parts = {"png": _encode_png(result.image)}
-            parts.update({f"orig.{ext}": data for ext, data in result.originals.items()})
-            good.add_sample(sid, parts)
-            accepted.append(_record(sid, result))
+            record = _record(f"s{len(accepted):07d}", result)
+            record["png"] = blob.put(result.png)
+            record["originals"] = blob.put_parts(result.originals)
+            accepted.append(record)
     with atomic_write(paths["records.json"], "w") as handle:
-        json.dump({"accepted": accepted, "rejected": rejected}, handle)
+        handle.write(json.dumps({"accepted": accepted, "rejected": rejected}))
     summary = UnitSummary(shard.unit_id, shard.source, len(accepted) + len(rejected), len(accepted),
                           len(rejected), time.perf_counter() - t0, reused=False)
     with atomic_write(paths["done"], "w") as handle:
-        json.dump({"fingerprint": fingerprint, **summary.__dict__}, handle)
+        handle.write(json.dumps({"fingerprint": fingerprint, **summary.__dict__}))
     return summary
 
 
@@ -120,7 +135,7 @@ def _reusable(paths: dict[str, Path], fingerprint: str) -> UnitSummary | None:
         done = json.loads(paths["done"].read_text())
     except (OSError, json.JSONDecodeError):
         return None
-    if done.get("fingerprint") != fingerprint or not all(paths[k].is_file() for k in ("tar", "records.json")):
+    if done.get("fingerprint") != fingerprint or not all(paths[k].is_file() for k in ("blob", "records.json")):
         return None
     done.pop("fingerprint")
     done["reused"] = True
@@ -207,18 +222,6 @@ def _decide(units: list[tuple[InputShard, dict]], near_threshold: int) -> list[t
     return verdicts
 
 
-def _iter_staged(path: Path) -> Iterator[tuple[str, dict[str, bytes]]]:
-    with open(path, "rb") as handle:
-        for sample in iter_tar_samples(handle, max_member_bytes=2**40):
-            if sample.reject is not None:
-                raise RuntimeError(f"staging file {path} is damaged ({sample.reject[1]}): delete it and rerun")
-            yield sample.key, sample.parts
-
-
-def _originals(parts: dict[str, bytes]) -> dict[str, bytes]:
-    return {ext.removeprefix("orig."): data for ext, data in parts.items() if ext.startswith("orig.")}
-
-
 def run_phase2(cfg: Config, units: list[tuple[InputShard, UnitSummary]]) -> CurationResult:
     out = Path(cfg.curate.output_dir)
     work = Path(cfg.curate.work_dir)
@@ -248,40 +251,35 @@ def run_phase2(cfg: Config, units: list[tuple[InputShard, UnitSummary]]) -> Cura
                 rejected_by_source[entry["source"]] += 1
 
             for shard, records in loaded:
-                paths = _unit_paths(work, shard.unit_id)
-                rejects = {r["id"]: r for r in records["rejected"]}
-                if rejects:
-                    for rid, parts in _iter_staged(paths["rejects.tar"]):
-                        entry = rejects.pop(rid)
-                        quarantine_one({"unit": shard.unit_id, **entry}, parts)
-                    for entry in rejects.values():  # rejects without any bytes (e.g. a symlink member)
-                        quarantine_one({"unit": shard.unit_id, **entry}, {})
-                decisions = {rec["id"]: (rec, v, d) for rec, v, d in by_unit.get(shard.unit_id, [])}
-                for sid, parts in _iter_staged(paths["tar"]):
-                    rec, verdict, detail = decisions[sid]
-                    if verdict != "accept":
-                        quarantine_one({"unit": shard.unit_id, "id": sid, "source": rec["source"],
-                                        "source_key": rec["source_key"], "origin": rec["origin"],
-                                        "reason": verdict, "detail": detail,
-                                        "files": sorted(_originals(parts))}, _originals(parts))
-                        continue
-                    key = detail
-                    split = assign_split(rec["pixel_sha256"], fractions)
-                    sample = {"key": key, "split": split, "source": rec["source"], "source_key": rec["source_key"],
-                              "captions": rec["captions"], **rec["meta"], "pixel_sha256": rec["pixel_sha256"],
-                              "phash": rec["phash"], "original_size": rec["original_size"]}
-                    shard_name = writers[split].add_sample(key, {
-                        "png": parts["png"], "txt": rec["captions"][0].encode(),
-                        "json": json.dumps(sample, ensure_ascii=False, sort_keys=True).encode()})
-                    manifest.append({
-                        "key": key, "split": split, "shard": shard_name, "width": cfg.curate.resolution,
-                        "height": cfg.curate.resolution, "pixel_sha256": rec["pixel_sha256"],
-                        "phash": rec["phash"], "caption": rec["captions"][0],
-                        "caption_chars": len(rec["captions"][0]), "n_captions": len(rec["captions"]),
-                        "n_qa": len(rec["meta"].get("qa", [])), "source": rec["source"],
-                        "source_key": rec["source_key"]})
-                    if split == "train" and len(preview) < cfg.curate.preview_images:
-                        preview.append(parts["png"])
+                with open(_unit_paths(work, shard.unit_id)["blob"], "rb") as blob:
+                    for entry in records["rejected"]:
+                        spans = entry.pop("originals")
+                        quarantine_one({"unit": shard.unit_id, **entry, "files": sorted(spans)},
+                                       {ext: _read(blob, span) for ext, span in spans.items()})
+                    for rec, verdict, detail in by_unit.get(shard.unit_id, []):
+                        if verdict != "accept":
+                            originals = {ext: _read(blob, span) for ext, span in rec["originals"].items()}
+                            quarantine_one({"unit": shard.unit_id, "id": rec["id"], "source": rec["source"],
+                                            "source_key": rec["source_key"], "origin": rec["origin"],
+                                            "reason": verdict, "detail": detail, "files": sorted(originals)}, originals)
+                            continue
+                        key = detail
+                        split = assign_split(rec["pixel_sha256"], fractions)
+                        sample = {"key": key, "split": split, "source": rec["source"], "source_key": rec["source_key"],
+                                  "captions": rec["captions"], **rec["meta"], "pixel_sha256": rec["pixel_sha256"],
+                                  "phash": rec["phash"], "original_size": rec["original_size"]}
+                        shard_name = writers[split].add_sample(key, {
+                            "png": _read(blob, rec["png"]), "txt": rec["captions"][0].encode(),
+                            "json": json.dumps(sample, ensure_ascii=False, sort_keys=True).encode()})
+                        manifest.append({
+                            "key": key, "split": split, "shard": shard_name, "width": cfg.curate.resolution,
+                            "height": cfg.curate.resolution, "pixel_sha256": rec["pixel_sha256"],
+                            "phash": rec["phash"], "caption": rec["captions"][0],
+                            "caption_chars": len(rec["captions"][0]), "n_captions": len(rec["captions"]),
+                            "n_qa": len(rec["meta"].get("qa", [])), "source": rec["source"],
+                            "source_key": rec["source_key"]})
+                        if split == "train" and len(preview) < cfg.curate.preview_images:
+                            preview.append(_read(blob, rec["png"]))
         ok = True
     finally:
         for writer in (*writers.values(), quarantine):

@@ -11,7 +11,6 @@ import io
 import json
 import re
 import unicodedata
-import warnings
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -46,6 +45,8 @@ REASONS = {
 }
 
 _WHITESPACE = re.compile(r"\s+")
+# The pixel limit is enforced from the header against cfg.max_pixels (below), not by PIL's global default.
+Image.MAX_IMAGE_PIXELS = None
 _CONTROL = {"Cc", "Cf", "Cs", "Co", "Cn"}
 
 
@@ -55,6 +56,7 @@ class Curated:
     source_key: str
     origin: str
     image: np.ndarray  # uint8 (H, W, 3) at the target resolution
+    png: bytes  # the same pixels, PNG-encoded
     pixel_sha256: str
     phash: str  # hex
     captions: list[str]
@@ -95,7 +97,8 @@ def normalise_caption(raw: bytes | str, min_chars: int, max_chars: int) -> str:
             raise _Reject("caption_not_utf8", f"undecodable bytes in {raw!r}") from None
         text = raw
     text = unicodedata.normalize("NFC", text)
-    text = "".join(ch if unicodedata.category(ch) not in _CONTROL else " " for ch in text)
+    if not text.isprintable():  # rare: the per-character scan only runs when something needs replacing
+        text = "".join(ch if unicodedata.category(ch) not in _CONTROL else " " for ch in text)
     text = _WHITESPACE.sub(" ", text).strip()
     if not text:
         raise _Reject("caption_empty", "caption is empty after normalisation")
@@ -157,6 +160,8 @@ def _image_part(parts: dict[str, bytes]) -> bytes:
 
 def _to_rgb(img: Image.Image) -> Image.Image:
     """Composite transparency on white: dropping alpha would turn transparent pixels black."""
+    if img.mode == "RGB":
+        return img
     if img.mode == "P" and "transparency" in img.info:
         img = img.convert("RGBA")
     if img.mode in ("RGBA", "LA", "PA"):
@@ -166,14 +171,22 @@ def _to_rgb(img: Image.Image) -> Image.Image:
     return img.convert("RGB")
 
 
-def load_image(data: bytes, cfg: CurateConfig) -> tuple[np.ndarray, tuple[int, int]]:
-    """Decode, check and resize + centre-crop to ``cfg.resolution``; header checks come before decoding."""
+def encode_png(image: Image.Image) -> bytes:
+    buf = io.BytesIO()
+    image.save(buf, format="PNG", compress_level=1)  # lossless; level 1 costs a third of the default
+    return buf.getvalue()
+
+
+def load_image(data: bytes, cfg: CurateConfig) -> tuple[np.ndarray, tuple[int, int], bytes]:
+    """Decode, check, resize + centre-crop to ``cfg.resolution``; returns pixels, original size, PNG bytes.
+
+    Header checks come before decoding. An input that already is an RGB PNG at the target size keeps its
+    own bytes (identical pixels; no re-encoding), which is most of a pre-sized corpus's cost.
+    """
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            img = Image.open(io.BytesIO(data))
-            width, height = img.size
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as err:
+        img = Image.open(io.BytesIO(data))
+        width, height = img.size
+    except Image.DecompressionBombError as err:
         raise _Reject("decompression_bomb", str(err)) from None
     except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as err:
         raise _Reject("decode_error", f"cannot identify image: {err}") from None
@@ -190,8 +203,15 @@ def load_image(data: bytes, cfg: CurateConfig) -> tuple[np.ndarray, tuple[int, i
         rgb = _to_rgb(img)
     except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as err:
         raise _Reject("decode_error", f"{img.format or 'image'} {width}x{height} fails to decode: {err}") from None
-    fitted = ImageOps.fit(rgb, (cfg.resolution, cfg.resolution), method=Image.BICUBIC)
-    return np.asarray(fitted, dtype=np.uint8), (width, height)
+    target = (cfg.resolution, cfg.resolution)
+    if rgb.size == target:
+        return np.asarray(rgb, dtype=np.uint8), (width, height), data if _plain_png(img) else encode_png(rgb)
+    fitted = ImageOps.fit(rgb, target, method=Image.BICUBIC)
+    return np.asarray(fitted, dtype=np.uint8), (width, height), encode_png(fitted)
+
+
+def _plain_png(img: Image.Image) -> bool:
+    return img.format == "PNG" and img.mode == "RGB" and "transparency" not in img.info
 
 
 def pixel_digest(image: np.ndarray) -> str:
@@ -210,11 +230,11 @@ def curate_sample(raw: RawSample, cfg: CurateConfig) -> Curated | Rejected:
             raise _Reject("file_too_large", f"{len(data)} bytes > {cfg.max_file_mb} MiB")
         meta = _parse_meta(raw.parts)
         captions, dropped = _captions(raw.parts, meta, cfg)
-        image, size = load_image(data, cfg)
+        image, size, png = load_image(data, cfg)
     except _Reject as err:
         return Rejected(raw.source, raw.key, raw.origin, err.reason, str(err), raw.parts)
     meta = {k: v for k, v in meta.items() if k not in ("captions", "caption")}
     if dropped:
         meta["dropped_captions"] = dropped
-    return Curated(raw.source, raw.key, raw.origin, image, pixel_digest(image), phash(image, cfg.phash_size),
+    return Curated(raw.source, raw.key, raw.origin, image, png, pixel_digest(image), phash(image, cfg.phash_size),
                    captions, meta, size, raw.parts)

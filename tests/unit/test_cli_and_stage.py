@@ -1,0 +1,72 @@
+"""The `dualtoken` CLI and the curate stage entry point, run as a user would run them."""
+
+import json
+import subprocess
+import sys
+
+import mlflow
+import pytest
+import webdataset as wds
+import yaml
+
+from dualtoken.cli import main as cli_main
+
+
+def _params(tmp_path, **curate):
+    raw = {
+        "data": {"sources": [{"kind": "webdataset", "name": "web",
+                              "urls": [str(tmp_path / "in" / "demo-{000000..000001}.tar")]}]},
+        "curate": {"output_dir": str(tmp_path / "out"), "work_dir": str(tmp_path / "work"),
+                   "metrics_path": str(tmp_path / "metrics.json"), "workers": 1,
+                   "validation": {"min_rows": 50, "split_tolerance": 0.08}, **curate},
+        "tracking": {"tracking_uri": f"sqlite:///{tmp_path / 'mlflow.db'}"},
+    }
+    path = tmp_path / "params.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    return path
+
+
+def test_config_command_reports_bad_keys(capsys):
+    assert cli_main(["config", "-S", "curate.workerz=2"]) == 2
+    assert "curate.workerz: unknown key" in capsys.readouterr().err
+    assert cli_main(["config", "-S", "curate.workers=3"]) == 0
+    assert yaml.safe_load(capsys.readouterr().out)["curate"]["workers"] == 3
+
+
+def test_demo_corpus_then_curate_with_overrides(tmp_path, monkeypatch, capsys):
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    assert cli_main(["demo-corpus", "--out", str(tmp_path / "in"), "--num", "120", "--per-shard", "60"]) == 0
+    assert len(list(wds.WebDataset(str(tmp_path / "in" / "demo-{000000..000001}.tar"), shardshuffle=False))) == 120
+    params = _params(tmp_path)
+    assert cli_main(["curate", "--params", str(params), "-S", "curate.samples_per_shard=40"]) == 0
+    stats = json.loads((tmp_path / "metrics.json").read_text())
+    assert stats["inputs"] == 120 == stats["accepted"] + stats["rejected"]
+    assert len(stats["shards_by_split"]["train"]) == -(-stats["accepted_by_split"]["train"] // 40)
+    err = capsys.readouterr().err
+    assert "curate done" in err and "manifest:" in err and "MLflow:" in err
+    mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    run = mlflow.search_runs(experiment_names=["dualtoken"], output_format="list")[0]
+    assert run.data.tags["dualtoken.stage"] == "curate" and run.data.params["curate.samples_per_shard"] == "40"
+    assert run.data.metrics["inputs"] == 120
+
+
+def test_stage_fails_readably_when_validation_fails(tmp_path):
+    cli_main(["demo-corpus", "--out", str(tmp_path / "in"), "--num", "60", "--per-shard", "30"])
+    params = _params(tmp_path, validation={"min_rows": 1000})
+    proc = subprocess.run([sys.executable, "-m", "stages.curate", "--params", str(params)], capture_output=True,
+                          text=True, env={"MLFLOW_DISABLE_TELEMETRY": "true", "GX_ANALYTICS_ENABLED": "false",
+                                          "PATH": "/usr/bin:/bin"})
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert "failed validation" in proc.stderr and "expect_table_row_count_to_be_between" in proc.stderr
+    assert "observed 60" in proc.stderr
+    result = json.loads((tmp_path / "out" / "validation.json").read_text())
+    assert result["success"] is False
+    mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    run = mlflow.search_runs(experiment_names=["dualtoken"], output_format="list")[0]
+    assert run.info.status == "FAILED"
+
+
+@pytest.mark.parametrize("argv", [["curate", "-S", "nonsense"], ["config", "--params", "/nonexistent.yaml"]])
+def test_cli_errors_exit_2(argv, capsys):
+    assert cli_main(argv) == 2
+    assert capsys.readouterr().err.startswith("dualtoken: ")
