@@ -13,6 +13,7 @@ import hashlib
 import json
 import os
 import subprocess
+import warnings
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
@@ -104,7 +105,9 @@ def log_dataset(name: str, source: str, digest: str, context: str, frame: Any | 
     else:
         resolved = resolve_dataset_source(source)
     if frame is not None:
-        dataset = mlflow.data.from_pandas(frame, source=resolved, name=name, digest=digest)
+        with warnings.catch_warnings():  # schema inference warns about int columns: a hint for models, not data
+            warnings.simplefilter("ignore", UserWarning)
+            dataset = mlflow.data.from_pandas(frame, source=resolved, name=name, digest=digest)
     else:
         dataset = MetaDataset(source=resolved, name=name, digest=digest)
     mlflow.log_input(dataset, context=context)
