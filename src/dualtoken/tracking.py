@@ -96,21 +96,25 @@ def stage_run(stage: str, cfg: Config, sections: tuple[str, ...]) -> Iterator[An
 def log_dataset(name: str, source: str, digest: str, context: str, frame: Any | None = None) -> None:
     """Record a dataset on the active run: its name, where it lives, and a content digest."""
     import mlflow
+    from mlflow.data.artifact_dataset_sources import LocalArtifactDatasetSource
     from mlflow.data.code_dataset_source import CodeDatasetSource
     from mlflow.data.dataset_source_registry import resolve_dataset_source
     from mlflow.data.meta_dataset import MetaDataset
 
     if source.startswith(("demo:", "mnist:")):
         resolved = CodeDatasetSource({"generator": source})
+    elif "://" not in source:
+        resolved = LocalArtifactDatasetSource(str(Path(source).resolve()))
     else:
         resolved = resolve_dataset_source(source)
-    if frame is not None:
-        with warnings.catch_warnings():  # schema inference warns about int columns: a hint for models, not data
-            warnings.simplefilter("ignore", UserWarning)
+    # Schema inference warns that int columns cannot hold NaN: advice for model signatures, not data.
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        if frame is not None:
             dataset = mlflow.data.from_pandas(frame, source=resolved, name=name, digest=digest)
-    else:
-        dataset = MetaDataset(source=resolved, name=name, digest=digest)
-    mlflow.log_input(dataset, context=context)
+        else:
+            dataset = MetaDataset(source=resolved, name=name, digest=digest)
+        mlflow.log_input(dataset, context=context)
 
 
 def digest_of(items: list[str]) -> str:

@@ -51,3 +51,24 @@ def test_flow_runs_stage_through_dvc_and_records_lineage(tmp_path, mlflow_server
     runs = client.search_runs([exp.experiment_id])
     assert sum(r.data.tags.get("dualtoken.stage") == "curate" for r in runs) == 1  # DVC skipped it
     assert sum(r.data.tags.get("dualtoken.stage") == "pipeline" for r in runs) == 2
+
+
+def test_failing_stage_is_retried_and_the_run_marked_failed(tmp_path):
+    from workspace import SMALL_PARAMS
+
+    params = {**SMALL_PARAMS, "curate.validation": {"min_rows": 100000}, "pipeline.retries": 1,
+              "pipeline.retry_delay_s": 0}
+    ws = make_workspace(tmp_path / "ws", params)
+    env = workspace_env(PREFECT_HOME=str(tmp_path / "prefect"), PREFECT_SERVER_ANALYTICS_ENABLED="false")
+    proc = _flow(ws, env)
+    log = proc.stdout + proc.stderr
+    assert proc.returncode == 1, log[-3000:]
+    assert log.count("Task run 'curate' - Running stage 'curate'") == 2  # first try + one retry, as configured
+    assert "expect_table_row_count_to_be_between" in log  # the readable GX summary reaches the flow log
+    assert "| curate | **failed** |" in log
+
+    client = MlflowClient(f"sqlite:///{ws / 'mlflow.db'}")
+    runs = client.search_runs([client.get_experiment_by_name("dualtoken").experiment_id])
+    pipeline = [r for r in runs if r.data.tags.get("dualtoken.stage") == "pipeline"]
+    assert [r.info.status for r in pipeline] == ["FAILED"]
+    assert sorted(r.info.status for r in runs if r.data.tags.get("dualtoken.stage") == "curate") == ["FAILED"] * 2

@@ -194,3 +194,29 @@ def test_resume_after_kill_redoes_only_unfinished_units(tmp_path):
 
     changed = parse_config({**raw, "curate": {**raw["curate"], "resolution": 32}})
     assert not any(s.reused for _, s in run_phase1(changed))  # rules changed: stale work is redone
+
+
+@pytest.mark.parametrize("fmt", ["jsonl", "csv"])
+def test_folder_manifest_slices_keep_row_numbers(tmp_path, fmt):
+    (tmp_path / "img").mkdir()
+    rows = [(f"img/{i}.png", f"picture number {i}") for i in range(7)]
+    for i, (rel, _) in enumerate(rows):
+        if i != 4:  # row 4 points at a missing file
+            (tmp_path / rel).write_bytes(noise_png(100 + i))
+    if fmt == "jsonl":
+        text = "\n\n".join(json.dumps({"path": p, "caption": c}) for p, c in rows) + "\n"  # blank lines skipped
+    else:
+        text = "path,caption,metadata\n" + "".join(f'{p},{c},"{{""n"": {i}}}"\n' for i, (p, c) in enumerate(rows))
+    (tmp_path / f"m.{fmt}").write_text(text)
+    cfg = parse_config({"data": {"sources": [{"kind": "folder", "name": "f", "manifest": str(tmp_path / f"m.{fmt}"),
+                                              "rows_per_shard": 3}]},
+                        "curate": {"output_dir": str(tmp_path / "o"), "work_dir": str(tmp_path / "w"),
+                                   "workers": 2, "near_dup_hamming": -1}})
+    units = run_phase1(cfg)
+    assert [(s.inputs) for _, s in units] == [3, 3, 1]
+    result = run_phase2(cfg, units)
+    accepted = sorted(r["source_key"] for r in result.manifest_rows)
+    assert accepted == [f"{i:09d}" for i in range(7) if i != 4]
+    assert [(r["source_key"], r["reason"]) for r in _rejects(tmp_path / "o")] == [("000000004", "missing_image")]
+    captions = {r["source_key"]: r["caption"] for r in result.manifest_rows}
+    assert captions["000000005"] == "picture number 5"  # row numbers line up with content

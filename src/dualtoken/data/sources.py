@@ -45,6 +45,7 @@ class InputShard:
     start: int = 0
     stop: int = 0
     identity: str = ""  # size/mtime or ETag of the input, so a changed input is processed again
+    offset: int = -1  # byte offset of row ``start`` in a JSONL manifest (-1: read from the top)
 
     @property
     def unit_id(self) -> str:
@@ -78,10 +79,9 @@ def plan_shards(src: Source, storage: StorageConfig) -> list[InputShard]:
         return [InputShard(src.name, i, f"{src.kind}:{a}-{b}", a, b, spec)
                 for i, (a, b) in enumerate(_ranges(src.num_images, src.images_per_shard))]
     if isinstance(src, FolderSource):
-        rows = _count_rows(Path(src.manifest))
         ident = _file_identity(src.manifest, storage)
-        return [InputShard(src.name, i, src.manifest, a, b, ident)
-                for i, (a, b) in enumerate(_ranges(rows, src.rows_per_shard))]
+        return [InputShard(src.name, i, src.manifest, a, b, ident, offset)
+                for i, (a, b, offset) in enumerate(_manifest_slices(Path(src.manifest), src.rows_per_shard))]
     urls = expand_urls(src.urls)
     return [InputShard(src.name, i, url, identity=_file_identity(url, storage)) for i, url in enumerate(urls)]
 
@@ -101,31 +101,52 @@ def _manifest_format(path: Path) -> str:
     raise StorageError(f"manifest {path} must end in .jsonl, .ndjson or .csv")
 
 
-def _count_rows(path: Path) -> int:
+def _manifest_slices(path: Path, per: int) -> list[tuple[int, int, int]]:
+    """(first row, end row, byte offset) per slice of ``per`` rows, from one pass over the file.
+
+    JSONL slices start at a byte offset so each worker seeks straight to its rows. CSV records may span
+    lines (quoted newlines), so CSV slices are read from the top (offset -1): prefer JSONL for big corpora.
+    """
     fmt = _manifest_format(path)
     if not path.is_file():
         raise StorageError(f"manifest {path} not found")
+    starts: list[int] = []
+    rows = 0
     with open(path, "rb") as handle:
-        lines = sum(1 for line in handle if line.strip())
-    return lines - 1 if fmt == "csv" else lines
+        position = 0
+        for line in handle:
+            if line.strip():
+                if rows % per == 0:
+                    starts.append(position)
+                rows += 1
+            position += len(line)
+    if fmt == "csv":
+        rows = max(rows - 1, 0)  # the header
+        starts = [-1] * len(range(0, rows, per))
+    return [(a, b, offset) for (a, b), offset in zip(_ranges(rows, per), starts, strict=False)]
 
 
-def _iter_manifest_rows(path: Path) -> Iterator[tuple[bytes, dict | None, str]]:
+def _iter_jsonl(path: Path, offset: int) -> Iterator[tuple[bytes, dict | None, str]]:
+    with open(path, "rb") as handle:
+        handle.seek(max(offset, 0))
+        for raw in handle:
+            if not raw.strip():
+                continue
+            raw = raw.rstrip(b"\r\n")
+            try:
+                row = json.loads(raw.decode("utf-8", "surrogateescape"))
+            except json.JSONDecodeError as err:
+                yield raw, None, f"invalid JSON: {err.msg} at column {err.colno}"
+                continue
+            yield (raw, row, "") if isinstance(row, dict) else (raw, None, "row is not a JSON object")
+
+
+def _iter_manifest_rows(path: Path, offset: int = -1) -> Iterator[tuple[bytes, dict | None, str]]:
     """(raw row bytes, parsed row or None, error) for each non-empty row; invalid UTF-8 is kept, not lost."""
-    fmt = _manifest_format(path)
+    if _manifest_format(path) == "jsonl":
+        yield from _iter_jsonl(path, offset)
+        return
     with open(path, encoding="utf-8", errors="surrogateescape", newline="") as handle:
-        if fmt == "jsonl":
-            for line in handle:
-                if not line.strip():
-                    continue
-                raw = line.encode("utf-8", "surrogateescape")
-                try:
-                    row = json.loads(line)
-                except json.JSONDecodeError as err:
-                    yield raw, None, f"invalid JSON: {err.msg} at column {err.colno}"
-                    continue
-                yield (raw, row, "") if isinstance(row, dict) else (raw, None, "row is not a JSON object")
-            return
         reader = csv.DictReader(handle)
         missing = {"path", "caption"} - set(reader.fieldnames or [])
         if missing:
@@ -174,8 +195,8 @@ def iter_shard(shard: InputShard, src: Source, storage: StorageConfig, max_membe
             yield _example_sample(src.name, generate_digit(src.seed, i, src.image_size), f"mnist index={i}")
     elif isinstance(src, FolderSource):
         path = Path(src.manifest)
-        rows = _iter_manifest_rows(path)
-        for index, (raw, row, error) in enumerate(rows):
+        first = shard.start if shard.offset >= 0 else 0  # seeked straight to `start`, or reading from the top
+        for index, (raw, row, error) in enumerate(_iter_manifest_rows(path, shard.offset), start=first):
             if index < shard.start:
                 continue
             if index >= shard.stop:
