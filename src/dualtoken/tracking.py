@@ -96,20 +96,18 @@ def stage_run(stage: str, cfg: Config, sections: tuple[str, ...]) -> Iterator[An
 def log_dataset(name: str, source: str, digest: str, context: str, frame: Any | None = None) -> None:
     """Record a dataset on the active run: its name, where it lives, and a content digest."""
     import mlflow
-    from mlflow.data.artifact_dataset_sources import LocalArtifactDatasetSource
     from mlflow.data.code_dataset_source import CodeDatasetSource
     from mlflow.data.dataset_source_registry import resolve_dataset_source
     from mlflow.data.meta_dataset import MetaDataset
 
-    if source.startswith(("demo:", "mnist:")):
-        resolved = CodeDatasetSource({"generator": source})
-    elif "://" not in source:
-        resolved = LocalArtifactDatasetSource(str(Path(source).resolve()))
-    else:
-        resolved = resolve_dataset_source(source)
-    # Schema inference warns that int columns cannot hold NaN: advice for model signatures, not data.
+    # MLflow warns that a local path matches two identical source classes, and that int columns cannot
+    # hold NaN (advice for model signatures): neither concerns a dataset record.
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)
+        if source.startswith(("demo:", "mnist:")):
+            resolved = CodeDatasetSource({"generator": source})
+        else:
+            resolved = resolve_dataset_source(source)
         if frame is not None:
             dataset = mlflow.data.from_pandas(frame, source=resolved, name=name, digest=digest)
         else:
