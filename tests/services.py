@@ -166,3 +166,35 @@ def start_mlflow(workdir: Path, timeout: float = 120.0) -> MlflowServer:
 
     _wait(lambda: _quiet(ready), proc, log_path, "MLflow server", timeout)
     return MlflowServer(uri, proc, log_path)
+
+
+@dataclass
+class PrefectServer:
+    api_url: str
+    home: Path
+    process: subprocess.Popen
+    log_path: Path
+
+    def env(self) -> dict[str, str]:
+        return {"PREFECT_API_URL": self.api_url, "PREFECT_HOME": str(self.home),
+                "PREFECT_SERVER_ANALYTICS_ENABLED": "false", "DO_NOT_TRACK": "1"}
+
+    def stop(self) -> None:
+        _stop(self.process)
+
+
+def start_prefect(workdir: Path, timeout: float = 120.0) -> PrefectServer:
+    """``prefect server start`` on a free loopback port with its own PREFECT_HOME (SQLite)."""
+    workdir.mkdir(parents=True, exist_ok=True)
+    port = free_port()
+    api = f"http://{LOOPBACK}:{port}/api"
+    log_path = workdir / "prefect.log"
+    env = {"PREFECT_HOME": str(workdir), "PREFECT_SERVER_ANALYTICS_ENABLED": "false", "DO_NOT_TRACK": "1"}
+    proc = _spawn([_tool("prefect"), "server", "start", "--host", LOOPBACK, "--port", str(port)], log_path, env)
+
+    def ready() -> bool:
+        with urllib.request.urlopen(f"{api}/health", timeout=2) as resp:
+            return resp.status == 200
+
+    _wait(lambda: _quiet(ready), proc, log_path, "Prefect server", timeout)
+    return PrefectServer(api, workdir, proc, log_path)
