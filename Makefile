@@ -11,16 +11,21 @@ export MLFLOW_DISABLE_TELEMETRY := true
 export GX_ANALYTICS_ENABLED := false
 export DO_NOT_TRACK := 1
 # uv ignores pip's config: point it at the local CPU torch wheel where the machine has one.
-export UV_FIND_LINKS ?= $(wildcard /opt/wheels)
+ifneq ($(wildcard /opt/wheels),)
+export UV_FIND_LINKS ?= /opt/wheels
+endif
 
 .PHONY: venv demo test lint bench clean
 venv: $(VENV)/.installed
 
+# uv through `python3 -m`, so a fresh pip install needs no PATH or shim refresh.
+UV := python3 -m uv
+
 $(VENV)/.installed: requirements/lock.txt pyproject.toml
-	@command -v uv >/dev/null || python3 -m pip install --quiet uv
-	test -x $(PY) || uv venv --quiet --python python3 $(VENV)
-	uv pip install --quiet --python $(PY) -r requirements/lock.txt
-	uv pip install --quiet --python $(PY) --no-deps -e .
+	@python3 -m uv --version >/dev/null 2>&1 || python3 -m pip install --quiet uv
+	test -x $(PY) || $(UV) venv --quiet --python python3 $(VENV)
+	$(UV) pip install --quiet --python $(PY) -r requirements/lock.txt
+	$(UV) pip install --quiet --python $(PY) --no-deps -e .
 	touch $@
 
 demo: venv

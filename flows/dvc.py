@@ -26,9 +26,13 @@ class StageFailed(RuntimeError):
 @dataclass
 class StageOutcome:
     stage: str
-    ran: bool  # False: DVC found it up to date
+    status: str  # "ran", "restored" (from DVC's run cache: same inputs seen before) or "up to date"
     seconds: float
     lock_hash: str
+
+    @property
+    def ran(self) -> bool:
+        return self.status == "ran"
 
 
 def workspace_lock(workspace: Path) -> FileLock:
@@ -37,16 +41,19 @@ def workspace_lock(workspace: Path) -> FileLock:
     return FileLock(str(lock_dir / "dualtoken-flow.lock"))
 
 
-def _dvc(args: list[str], workspace: Path, env: Mapping[str, str], log: Callable[[str], None]) -> tuple[int, str]:
+def _dvc(args: list[str], workspace: Path, env: Mapping[str, str], log: Callable[[str], None]) -> tuple[int, str, bool]:
+    """Run DVC, streaming its output; returns (exit code, output tail, whether it restored from run cache)."""
     proc = subprocess.Popen(["dvc", *args], cwd=workspace, env={**os.environ, **env}, text=True,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, bufsize=1)
     assert proc.stdout is not None
     tail: list[str] = []
+    restored = False
     for line in proc.stdout:
         line = line.rstrip()
         log(line)
+        restored = restored or "skipping run, checking out outputs" in line
         tail = [*tail[-40:], line]
-    return proc.wait(), "\n".join(tail)
+    return proc.wait(), "\n".join(tail), restored
 
 
 def stage_is_up_to_date(stage: str, workspace: Path, env: Mapping[str, str]) -> bool:
@@ -71,8 +78,9 @@ def repro(stage: str, workspace: Path, env: Mapping[str, str], log: Callable[[st
     with workspace_lock(workspace):
         if stage_is_up_to_date(stage, workspace, env):
             log(f"stage {stage}: up to date, DVC skips it")
-            return StageOutcome(stage, False, time.perf_counter() - t0, lock_hash(stage, workspace))
-        code, tail = _dvc(["repro", stage], workspace, env, log)
+            return StageOutcome(stage, "up to date", time.perf_counter() - t0, lock_hash(stage, workspace))
+        code, tail, restored = _dvc(["repro", stage], workspace, env, log)
     if code != 0:
         raise StageFailed(f"dvc repro {stage} exited with {code}:\n{tail}")
-    return StageOutcome(stage, True, time.perf_counter() - t0, lock_hash(stage, workspace))
+    status = "restored" if restored else "ran"
+    return StageOutcome(stage, status, time.perf_counter() - t0, lock_hash(stage, workspace))

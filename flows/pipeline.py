@@ -58,7 +58,8 @@ def summary_markdown(outcomes: list[StageOutcome], failed: str | None, urls: dic
                      workspace: Path) -> str:
     lines = ["# dualtoken pipeline", "", "| stage | status | seconds | headline | MLflow |", "|---|---|---|---|---|"]
     for o in outcomes:
-        status = "ran" if o.ran else "up to date (skipped by DVC)"
+        status = {"ran": "ran", "restored": "restored from DVC run cache (same inputs ran before)",
+                  "up to date": "up to date (skipped by DVC)"}[o.status]
         lines.append(f"| {o.stage} | {status} | {o.seconds:.1f} | {_headline(o.stage, workspace)} | "
                      f"{urls.get(o.stage, '-')} |")
     if failed:
@@ -95,7 +96,8 @@ def dualtoken_pipeline(params: str = "params.yaml", workspace: str = ".") -> lis
         create_markdown_artifact(summary, key="dualtoken-pipeline-summary", description="dualtoken pipeline run")
         finish_pipeline_run(cfg.tracking, parent, "FAILED" if failed else "FINISHED", summary)
         print(summary)
-    return [o.__dict__ for o in outcomes]
+    return [{"stage": o.stage, "status": o.status, "seconds": o.seconds, "dvc_lock_hash": o.lock_hash}
+            for o in outcomes]
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,6 +1,7 @@
 """`dvc repro` from a fresh workspace builds the curate stage; a second one is a fast no-op."""
 
 import json
+import shutil
 import subprocess
 import time
 
@@ -40,3 +41,19 @@ def test_repro_builds_then_noop_then_reruns_on_param_change(tmp_path):
     assert changed.returncode == 0, changed.stdout + changed.stderr
     diff = _dvc(ws, "metrics", "diff", "--json", env=env)
     assert diff.returncode == 0
+
+
+def test_flow_runner_tells_ran_restored_and_up_to_date(tmp_path, monkeypatch):
+    from flows.dvc import repro
+
+    ws = make_workspace(tmp_path / "ws")
+    env = workspace_env()
+    monkeypatch.setenv("PATH", env["PATH"])
+    lines: list[str] = []
+    assert repro("curate", ws, env, lines.append).status == "ran"
+    assert repro("curate", ws, env, lines.append).status == "up to date"
+    shutil.rmtree(ws / "data" / "curated")
+    (ws / "dvc.lock").unlink()
+    restored = repro("curate", ws, env, lines.append)  # same inputs as before: DVC's run cache answers
+    assert restored.status == "restored" and len(restored.lock_hash) == 32
+    assert (ws / "data" / "curated" / "manifest.parquet").is_file()
