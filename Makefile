@@ -3,7 +3,6 @@
 SHELL := /bin/bash
 VENV := .venv
 PY := $(VENV)/bin/python
-export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 export PREFECT_HOME ?= $(CURDIR)/.prefect
 export PREFECT_SERVER_ANALYTICS_ENABLED := false
 export DVC_NO_ANALYTICS := 1
@@ -18,8 +17,10 @@ endif
 .PHONY: venv demo test lint bench clean
 venv: $(VENV)/.installed
 
-# uv through `python3 -m`, so a fresh pip install needs no PATH or shim refresh.
+# uv through the host's `python3 -m`, so a fresh pip install needs no PATH or shim refresh.
 UV := python3 -m uv
+# Commands run with the venv first on PATH: DVC stages call `python`, tests call `dvc`/`mlflow`/`prefect`.
+IN_VENV := env PATH="$(CURDIR)/$(VENV)/bin:$$PATH"
 
 $(VENV)/.installed: requirements/lock.txt pyproject.toml
 	@python3 -m uv --version >/dev/null 2>&1 || python3 -m pip install --quiet uv
@@ -29,16 +30,16 @@ $(VENV)/.installed: requirements/lock.txt pyproject.toml
 	touch $@
 
 demo: venv
-	$(PY) -m flows.pipeline
+	$(IN_VENV) $(PY) -m flows.pipeline
 
 test: venv
-	$(PY) -m pytest -q
+	$(IN_VENV) $(PY) -m pytest -q
 
 lint: venv
 	$(VENV)/bin/ruff check .
 
 bench: venv
-	$(PY) benchmarks/curate_throughput.py
+	$(IN_VENV) $(PY) benchmarks/curate_throughput.py
 
 clean:
 	rm -rf data/curated data/.work metrics mlflow.db mlruns mlartifacts .prefect
