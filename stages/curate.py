@@ -8,6 +8,7 @@ import sys
 from dualtoken.apps.curate import main
 from dualtoken.config import ConfigError, load_config
 from dualtoken.curation.job import ValidationFailed
+from dualtoken.storage import StorageError
 
 
 def cli(argv: list[str] | None = None) -> int:
@@ -16,7 +17,7 @@ def cli(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         main(load_config(args.params))
-    except (ConfigError, ValidationFailed) as err:
+    except (ConfigError, ValidationFailed, StorageError) as err:
         print(f"curate: {err}", file=sys.stderr)
         return 2
     return 0

@@ -31,10 +31,11 @@ def _cmd_config(args: argparse.Namespace) -> int:
 def _cmd_curate(args: argparse.Namespace) -> int:
     from dualtoken.apps.curate import main as curate_main
     from dualtoken.curation.job import ValidationFailed
+    from dualtoken.storage import StorageError
 
     try:
         curate_main(load_config(args.params, args.overrides))
-    except ValidationFailed as err:
+    except (ValidationFailed, StorageError) as err:
         print(f"curate: {err}", file=sys.stderr)
         return 1
     return 0

@@ -70,3 +70,10 @@ def test_stage_fails_readably_when_validation_fails(tmp_path):
 def test_cli_errors_exit_2(argv, capsys):
     assert cli_main(argv) == 2
     assert capsys.readouterr().err.startswith("dualtoken: ")
+
+
+def test_missing_input_is_a_clear_error_not_a_traceback(tmp_path, capsys):
+    params = _params(tmp_path)  # points at shards that were never written
+    assert cli_main(["curate", "--params", str(params)]) == 1
+    err = capsys.readouterr().err
+    assert "curate: input shard" in err and "is missing" in err and "Traceback" not in err
