@@ -1,0 +1,1 @@
+"""Model code: the DualToken tokenizer and its parts. Knows nothing of training loops or orchestration."""
