@@ -21,6 +21,7 @@ from dualtoken.config import ConfigError, load_config
 from dualtoken.tracking import (
     ENV_FLOW_RUN,
     ENV_PARENT_RUN,
+    TrackingError,
     finish_pipeline_run,
     run_url,
     stage_runs,
@@ -107,7 +108,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         dualtoken_pipeline(params=args.params, workspace=args.workspace)
-    except ConfigError as err:
+    except (ConfigError, TrackingError) as err:
         print(f"pipeline: {err}", file=sys.stderr)
         return 2
     except Exception as err:  # the flow already logged the failure; keep the exit status honest

@@ -9,6 +9,7 @@ from dualtoken.apps.curate import main
 from dualtoken.config import ConfigError, load_config
 from dualtoken.curation.job import ValidationFailed
 from dualtoken.storage import StorageError
+from dualtoken.tracking import TrackingError
 
 
 def cli(argv: list[str] | None = None) -> int:
@@ -17,7 +18,7 @@ def cli(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         main(load_config(args.params))
-    except (ConfigError, ValidationFailed, StorageError) as err:
+    except (ConfigError, ValidationFailed, StorageError, TrackingError) as err:
         print(f"curate: {err}", file=sys.stderr)
         return 2
     return 0

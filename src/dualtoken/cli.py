@@ -82,9 +82,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    from dualtoken.tracking import TrackingError
+
     try:
         return args.func(args)
-    except ConfigError as err:
+    except (ConfigError, TrackingError) as err:
         print(f"dualtoken: {err}", file=sys.stderr)
         return 2
 

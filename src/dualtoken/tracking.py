@@ -9,10 +9,12 @@ pipeline run and Prefect flow-run id, plus the stage's dvc.lock hash once DVC ha
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import json
 import os
 import subprocess
+import urllib.request
 import warnings
 from collections.abc import Iterator, Mapping
 from pathlib import Path
@@ -25,14 +27,35 @@ ENV_FLOW_RUN = "DUALTOKEN_FLOW_RUN_ID"
 STAGE_TAG = "dualtoken.stage"
 
 
+class TrackingError(RuntimeError):
+    """The tracking server cannot be reached; the message says which and how to fix it."""
+
+
 def tracking_uri(cfg: TrackingConfig) -> str:
     return os.environ.get("MLFLOW_TRACKING_URI") or cfg.tracking_uri
+
+
+@functools.lru_cache(maxsize=8)
+def check_reachable(uri: str, timeout_s: float = 5.0) -> None:
+    """Fail in seconds, not after MLflow's minutes of retries, when a tracking server is down."""
+    if not uri.startswith(("http://", "https://")):
+        return
+    try:
+        with urllib.request.urlopen(f"{uri.rstrip('/')}/health", timeout=timeout_s) as response:
+            if response.status == 200:
+                return
+            problem = f"HTTP {response.status}"
+    except (OSError, ValueError) as err:
+        problem = str(getattr(err, "reason", err))
+    raise TrackingError(f"MLflow tracking server {uri} is not reachable ({problem}): start it "
+                        "(infra/local/mlflow.sh) or unset MLFLOW_TRACKING_URI to use the local SQLite store")
 
 
 def _mlflow(cfg: TrackingConfig) -> Any:
     os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
     import mlflow
 
+    check_reachable(tracking_uri(cfg))
     mlflow.set_tracking_uri(tracking_uri(cfg))
     mlflow.set_experiment(cfg.experiment)
     return mlflow

@@ -77,3 +77,16 @@ def test_missing_input_is_a_clear_error_not_a_traceback(tmp_path, capsys):
     assert cli_main(["curate", "--params", str(params)]) == 1
     err = capsys.readouterr().err
     assert "curate: input shard" in err and "is missing" in err and "Traceback" not in err
+
+
+def test_unreachable_tracking_server_fails_fast_with_a_hint(tmp_path, monkeypatch, capsys):
+    import time
+
+    from services import free_port
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"http://127.0.0.1:{free_port()}")
+    t0 = time.perf_counter()
+    assert cli_main(["curate", "--params", str(_params(tmp_path))]) == 2
+    assert time.perf_counter() - t0 < 30
+    err = capsys.readouterr().err
+    assert "is not reachable" in err and "infra/local/mlflow.sh" in err
