@@ -94,3 +94,22 @@ def test_identical_pixels_give_identical_digest_across_encodings():
 
 def test_normalise_caption_strips_control_characters():
     assert normalise_caption("a\x00b\u200bc  d", 1, 100) == "a b c d"
+
+
+def test_mutated_images_never_crash_the_stage():
+    """Random byte flips and cuts of valid files: every outcome is a sample or a reasoned reject."""
+    rng = np.random.default_rng(0)
+    originals = [noise_png(3), jpeg_bytes(4), png_bytes((40, 30))]
+    reasons = set()
+    for i in range(300):
+        data = bytearray(originals[i % 3])
+        for _ in range(int(rng.integers(1, 8))):
+            data[int(rng.integers(len(data)))] = int(rng.integers(256))
+        if i % 4 == 0:
+            data = data[: int(rng.integers(8, len(data)))]
+        result = _run({"jpg" if i % 3 == 1 else "png": bytes(data), "txt": b"mutated"})
+        assert isinstance(result, Curated | Rejected)
+        if isinstance(result, Rejected):
+            reasons.add(result.reason)
+    assert reasons <= {"decode_error", "too_small", "bad_aspect_ratio", "decompression_bomb"}
+    assert "decode_error" in reasons

@@ -96,7 +96,7 @@ def run_curation(cfg: Config, console: Console | None = None) -> CurateOutputs:
 
         def on_unit(summary: UnitSummary, done: int, total: int) -> None:
             nonlocal done_images
-            done_images += summary.inputs
+            done_images += 0 if summary.reused else summary.inputs
             rate = done_images / max(time.perf_counter() - t0, 1e-9)
             bar.update(task, completed=done, total=total, rate=f"{rate:,.0f} img/s")
 

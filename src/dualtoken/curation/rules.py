@@ -188,8 +188,10 @@ def load_image(data: bytes, cfg: CurateConfig) -> tuple[np.ndarray, tuple[int, i
         width, height = img.size
     except Image.DecompressionBombError as err:
         raise _Reject("decompression_bomb", str(err)) from None
-    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as err:
+    except UnidentifiedImageError as err:
         raise _Reject("decode_error", f"cannot identify image: {err}") from None
+    except Exception as err:  # hostile bytes make PIL raise all sorts (struct.error, IndexError, ...)
+        raise _Reject("decode_error", f"image header fails to parse: {type(err).__name__}: {err}") from None
     if width * height > cfg.max_pixels:
         raise _Reject("decompression_bomb", f"{width}x{height} = {width * height} pixels > {cfg.max_pixels}")
     if min(width, height) < cfg.min_side:
@@ -201,8 +203,9 @@ def load_image(data: bytes, cfg: CurateConfig) -> tuple[np.ndarray, tuple[int, i
             img.draft("RGB", (cfg.resolution, cfg.resolution))  # DCT-domain downscale: decodes far less
         img.load()
         rgb = _to_rgb(img)
-    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as err:
-        raise _Reject("decode_error", f"{img.format or 'image'} {width}x{height} fails to decode: {err}") from None
+    except Exception as err:  # see above: any decoder failure is this sample's problem, not the stage's
+        raise _Reject("decode_error", f"{img.format or 'image'} {width}x{height} fails to decode: "
+                                      f"{type(err).__name__}: {err}") from None
     target = (cfg.resolution, cfg.resolution)
     if rgb.size == target:
         return np.asarray(rgb, dtype=np.uint8), (width, height), data if _plain_png(img) else encode_png(rgb)
