@@ -85,3 +85,12 @@ def test_fast_tar_header_matches_tarfile(name, size):
     info = tarfile.TarInfo(name)
     info.size, info.mtime, info.mode, info.uid, info.gid, info.uname, info.gname = size, 0, 0o644, 0, 0, "", ""
     assert ustar_header(name.encode(), size) == info.tobuf(tarfile.USTAR_FORMAT, "utf-8", "surrogateescape")
+
+
+@pytest.mark.parametrize(("name", "key", "ext"), [
+    ("abc.jpg", "abc", "jpg"), ("./abc.JPG", "abc", "jpg"), ("d/e/x.seg.png", "d/e/x", "seg.png"),
+    ("noext", "noext", "")])
+def test_member_names_split_like_webdataset(name, key, ext):
+    from dualtoken.data.tarstream import split_member_name
+
+    assert split_member_name(name) == (key, ext)

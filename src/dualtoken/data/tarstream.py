@@ -32,7 +32,7 @@ class TarSample:
 
 def split_member_name(name: str) -> tuple[str, str]:
     """WebDataset convention: key = path up to the first dot of the basename, extension = the rest."""
-    folder, base = posixpath.split(name)
+    folder, base = posixpath.split(name.removeprefix("./"))
     stem, _, ext = base.partition(".")
     return (posixpath.join(folder, stem) if folder else stem), ext.lower()
 
