@@ -116,6 +116,18 @@ class ResidualQuantizer(nn.Module):
         vectors = [F.embedding(codes[..., k], self.codebooks[self.book_index(k)]) for k in range(codes.shape[-1])]
         return torch.stack(vectors, dim=-2).cumsum(dim=-2)
 
+    @torch.no_grad()
+    def quantize(self, z: Tensor) -> Tensor:
+        """Codes only (..., dim) -> (..., depth): no losses, no statistics, no codebook updates."""
+        residual = z.reshape(-1, self.dim).float()
+        codes = []
+        for k in range(self.depth):
+            book = self.codebooks[self.book_index(k)].float()
+            idx = nearest_codes(residual, book, self.chunk_size)
+            residual = residual - book[idx]
+            codes.append(idx)
+        return torch.stack(codes, dim=-1).reshape(*z.shape[:-1], self.depth)
+
     # --------------------------------------------------------------------------------------- forward
     def forward(self, z: Tensor) -> QuantizerOutput:
         shape = z.shape
@@ -227,7 +239,8 @@ class ResidualQuantizer(nn.Module):
     def _statistics(self, codes: Tensor) -> tuple[Tensor, Tensor]:
         usage, perplexity = [], []
         for k in range(self.depth):
-            hist = torch.bincount(codes[:, k], minlength=self.codebook_size).float()
+            hist = codes.new_zeros(self.codebook_size, dtype=torch.float32).index_add_(
+                0, codes[:, k], codes.new_ones(codes.shape[0], dtype=torch.float32))  # bincount has no meta kernel
             p = hist / hist.sum().clamp_min(1)
             usage.append((hist > 0).float().mean())
             perplexity.append(torch.exp(-(p * torch.log(p.clamp_min(1e-12))).sum()))

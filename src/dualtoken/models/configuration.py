@@ -1,0 +1,129 @@
+"""``DualTokenConfig`` and the named configurations (the demo and the paper's released settings)."""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+from transformers import PretrainedConfig, SiglipVisionConfig
+
+
+class DualTokenConfig(PretrainedConfig):
+    """A SigLIP vision tower with two taps, two residual quantizers and a pixel decoder.
+
+    Layers are counted from 1: ``layer_pixel=6`` taps the hidden state after the sixth encoder layer.
+    The semantic tap's quantized features replace the hidden state after ``layer_semantic`` and run
+    through the remaining layers, the post-layernorm and the pooling head.
+    """
+
+    model_type = "dualtoken"
+    sub_configs: ClassVar[dict[str, type]] = {"vision_config": SiglipVisionConfig}
+
+    def __init__(
+        self,
+        vision_config: dict[str, Any] | SiglipVisionConfig | None = None,
+        layer_pixel: int = 6,
+        layer_shortcut: int | None = 4,
+        weight_shortcut: float = 0.6,
+        layer_semantic: int = 26,
+        projection: str = "attention",
+        projection_heads: int = 8,
+        pixel_codebook_size: int = 16384,
+        pixel_code_dim: int = 32,
+        pixel_depth: int = 8,
+        semantic_codebook_size: int = 16384,
+        semantic_code_dim: int = 32,
+        semantic_depth: int = 8,
+        shared_codebook: bool = True,
+        pixel_update: str = "ema",
+        semantic_update: str = "ema",
+        ema_decay: float = 0.99,
+        restart_threshold: float = 1e-3,
+        decoder_channels: int = 128,
+        decoder_channel_mult: tuple[int, ...] | list[int] = (1, 1, 4, 4, 8),
+        decoder_res_blocks: int = 2,
+        decoder_attention_levels: int = 1,
+        latent_size: int | None = None,
+        **kwargs: Any,
+    ) -> None:
+        if isinstance(vision_config, dict):
+            vision_config = SiglipVisionConfig(**vision_config)
+        self.vision_config = vision_config if vision_config is not None else SiglipVisionConfig()
+        self.layer_pixel, self.layer_shortcut, self.weight_shortcut = layer_pixel, layer_shortcut, weight_shortcut
+        self.layer_semantic = layer_semantic
+        self.projection, self.projection_heads = projection, projection_heads
+        self.pixel_codebook_size, self.pixel_code_dim, self.pixel_depth = (
+            pixel_codebook_size, pixel_code_dim, pixel_depth)
+        self.semantic_codebook_size, self.semantic_code_dim, self.semantic_depth = (
+            semantic_codebook_size, semantic_code_dim, semantic_depth)
+        self.shared_codebook = shared_codebook
+        self.pixel_update, self.semantic_update = pixel_update, semantic_update
+        self.ema_decay, self.restart_threshold = ema_decay, restart_threshold
+        self.decoder_channels = decoder_channels
+        self.decoder_channel_mult = list(decoder_channel_mult)
+        self.decoder_res_blocks, self.decoder_attention_levels = decoder_res_blocks, decoder_attention_levels
+        self.latent_size = latent_size
+        super().__init__(**kwargs)
+        self.validate_layout()
+
+    @property
+    def grid_size(self) -> int:
+        return self.vision_config.image_size // self.vision_config.patch_size
+
+    @property
+    def decoder_latent_size(self) -> int:
+        return self.latent_size or self.grid_size
+
+    def validate_layout(self) -> None:
+        layers = self.vision_config.num_hidden_layers
+        if not 1 <= self.layer_pixel <= self.layer_semantic <= layers:
+            raise ValueError(f"need 1 <= layer_pixel ({self.layer_pixel}) <= layer_semantic "
+                             f"({self.layer_semantic}) <= num_hidden_layers ({layers})")
+        if self.layer_shortcut is not None and not 1 <= self.layer_shortcut <= self.layer_pixel:
+            raise ValueError(f"layer_shortcut ({self.layer_shortcut}) must lie in 1..layer_pixel ({self.layer_pixel})")
+        if self.projection not in ("attention", "linear"):
+            raise ValueError(f"projection must be 'attention' or 'linear', got {self.projection!r}")
+        out = self.decoder_latent_size * 2 ** (len(self.decoder_channel_mult) - 1)
+        if out != self.vision_config.image_size:
+            levels = len(self.decoder_channel_mult) - 1
+            raise ValueError(f"decoder gives {out}px ({self.decoder_latent_size} x 2^{levels}) but images are "
+                             f"{self.vision_config.image_size}px: adjust latent_size or the levels")
+
+
+def _siglip(**kw: Any) -> dict[str, Any]:
+    return {"hidden_act": "gelu_pytorch_tanh", "layer_norm_eps": 1e-6, "vision_use_head": True, **kw}
+
+
+NAMED_CONFIGS: dict[str, dict[str, Any]] = {
+    # Tiny, for CPU: 64 px, 8 px patches -> 8 x 8 tokens, 6 layers of width 128.
+    "demo": {
+        "vision_config": _siglip(image_size=64, patch_size=8, hidden_size=128, intermediate_size=512,
+                                 num_hidden_layers=6, num_attention_heads=4),
+        "layer_pixel": 2, "layer_shortcut": 1, "weight_shortcut": 0.6, "layer_semantic": 5,
+        "projection_heads": 4,
+        "pixel_codebook_size": 512, "pixel_code_dim": 16, "pixel_depth": 4,
+        "semantic_codebook_size": 512, "semantic_code_dim": 16, "semantic_depth": 4,
+        "decoder_channels": 32, "decoder_channel_mult": [1, 2, 2, 4], "decoder_res_blocks": 1,
+    },
+    # The paper's main setting: SigLIP-So400m/14 at 384 px (27 x 27 tokens), taps after layers 6 and 26.
+    "so400m-patch14-384": {
+        "vision_config": _siglip(image_size=384, patch_size=14, hidden_size=1152, intermediate_size=4304,
+                                 num_hidden_layers=27, num_attention_heads=16),
+        "layer_pixel": 6, "layer_shortcut": 4, "weight_shortcut": 0.6, "layer_semantic": 26,
+        "projection_heads": 16,
+        "pixel_codebook_size": 16384, "pixel_code_dim": 32, "pixel_depth": 8,
+        "semantic_codebook_size": 16384, "semantic_code_dim": 32, "semantic_depth": 8,
+        "decoder_channels": 128, "decoder_channel_mult": [1, 1, 4, 4, 8], "latent_size": 24,
+    },
+}
+# Released SigLIP2 variant: 256 px with 16 px patches (16 x 16 tokens, no latent resize), residual depth 4.
+NAMED_CONFIGS["siglip2-so400m-patch16-256"] = {
+    **NAMED_CONFIGS["so400m-patch14-384"],
+    "vision_config": {**NAMED_CONFIGS["so400m-patch14-384"]["vision_config"], "image_size": 256, "patch_size": 16},
+    "pixel_depth": 4, "semantic_depth": 4, "latent_size": None,
+}
+
+
+def named_config(name: str, **overrides: Any) -> DualTokenConfig:
+    if name not in NAMED_CONFIGS:
+        raise ValueError(f"unknown tokenizer config {name!r}; known: {sorted(NAMED_CONFIGS)}")
+    return DualTokenConfig(**{**NAMED_CONFIGS[name], **overrides})

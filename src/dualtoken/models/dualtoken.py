@@ -1,0 +1,165 @@
+"""The DualToken unified visual tokenizer as a transformers ``PreTrainedModel``.
+
+One SigLIP vision tower, two taps:
+* pixel branch: hidden state after ``layer_pixel`` (+ ``weight_shortcut`` x the state after
+  ``layer_shortcut``) -> down projection -> pixel residual quantizer -> up projection -> decoder;
+* semantic branch: hidden state after ``layer_semantic`` -> down -> semantic residual quantizer -> up,
+  which *replaces* the hidden state: the remaining layers, post-layernorm and pooling head run on it, so
+  the pooled output stays in SigLIP's image-text space.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+from transformers import AutoConfig, AutoModel, PreTrainedModel, SiglipVisionModel
+
+from dualtoken.models.configuration import DualTokenConfig
+from dualtoken.models.layers import PixelDecoder, TokenProjection
+from dualtoken.models.quantizer import QuantizerOutput, ResidualQuantizer
+
+
+@dataclass
+class DualTokenCodes:
+    pixel: Tensor  # (B, h, w, pixel_depth) int64
+    semantic: Tensor  # (B, h, w, semantic_depth) int64
+
+
+@dataclass
+class DualTokenOutput:
+    reconstruction: Tensor  # (B, 3, H, W), same normalisation as the input
+    semantic_features: Tensor  # (B, N, width): quantized features at the semantic tap (after up projection)
+    pooled: Tensor | None  # (B, width): pooling head output through the quantized semantic path
+    last_hidden_state: Tensor  # (B, N, width): after the post-layernorm
+    pixel: QuantizerOutput
+    semantic: QuantizerOutput
+
+
+class DualTokenPreTrainedModel(PreTrainedModel):
+    config_class = DualTokenConfig
+    base_model_prefix = "dualtoken"
+    main_input_name = "pixel_values"
+    supports_gradient_checkpointing = True
+    _supports_sdpa = True
+
+
+class DualTokenModel(DualTokenPreTrainedModel):
+    def __init__(self, config: DualTokenConfig) -> None:
+        super().__init__(config)
+        vision = config.vision_config
+        width = vision.hidden_size
+        self.vision = SiglipVisionModel._from_config(vision)
+
+        def projection(a: int, b: int) -> TokenProjection:
+            return TokenProjection(a, b, config.projection, config.projection_heads)
+
+        def quantizer(size: int, dim: int, depth: int, update: str) -> ResidualQuantizer:
+            return ResidualQuantizer(dim, size, depth, shared_codebook=config.shared_codebook, update=update,
+                                     decay=config.ema_decay, restart_threshold=config.restart_threshold)
+
+        self.pixel_down = projection(width, config.pixel_code_dim)
+        self.pixel_quantizer = quantizer(config.pixel_codebook_size, config.pixel_code_dim, config.pixel_depth,
+                                         config.pixel_update)
+        self.pixel_up = projection(config.pixel_code_dim, width)
+        self.semantic_down = projection(width, config.semantic_code_dim)
+        self.semantic_quantizer = quantizer(config.semantic_codebook_size, config.semantic_code_dim,
+                                            config.semantic_depth, config.semantic_update)
+        self.semantic_up = projection(config.semantic_code_dim, width)
+        self.decoder = PixelDecoder(width, config.decoder_channels, config.decoder_channel_mult,
+                                    config.decoder_res_blocks, config.decoder_attention_levels, config.latent_size)
+        self.post_init()
+
+    # ----------------------------------------------------------------------------------- tower
+    @property
+    def layers(self) -> torch.nn.ModuleList:
+        return self.vision.encoder.layers
+
+    def _run_layers(self, hidden: Tensor, start: int, stop: int) -> Tensor:
+        """Encoder layers ``start+1 .. stop`` (1-based, inclusive), i.e. ``layers[start:stop]``."""
+        for layer in self.layers[start:stop]:
+            hidden = layer(hidden, attention_mask=None)
+        return hidden
+
+    def _taps(self, pixel_values: Tensor) -> tuple[Tensor, Tensor]:
+        cfg = self.config
+        hidden = self.vision.embeddings(pixel_values)
+        shortcut = None
+        if cfg.layer_shortcut is not None:
+            hidden = self._run_layers(hidden, 0, cfg.layer_shortcut)
+            shortcut = hidden
+        hidden = self._run_layers(hidden, cfg.layer_shortcut or 0, cfg.layer_pixel)
+        pixel_features = hidden if shortcut is None else hidden + cfg.weight_shortcut * shortcut
+        hidden = self._run_layers(hidden, cfg.layer_pixel, cfg.layer_semantic)
+        return pixel_features, hidden
+
+    def _finish_tower(self, semantic: Tensor) -> tuple[Tensor, Tensor | None]:
+        hidden = self._run_layers(semantic, self.config.layer_semantic, len(self.layers))
+        hidden = self.vision.post_layernorm(hidden)
+        pooled = self.vision.head(hidden) if self.vision.use_head else None
+        return hidden, pooled
+
+    def _to_map(self, tokens: Tensor) -> Tensor:
+        b, _, c = tokens.shape
+        side = self.config.grid_size
+        return tokens.transpose(1, 2).reshape(b, c, side, side)
+
+    def _grid(self, tokens: Tensor) -> Tensor:
+        b, _, c = tokens.shape
+        return tokens.reshape(b, self.config.grid_size, self.config.grid_size, c)
+
+    # ----------------------------------------------------------------------------------- public API
+    def forward(self, pixel_values: Tensor) -> DualTokenOutput:
+        pixel_features, semantic_features = self._taps(pixel_values)
+        pixel_q = self.pixel_quantizer(self._grid(self.pixel_down(pixel_features)))
+        semantic_q = self.semantic_quantizer(self._grid(self.semantic_down(semantic_features)))
+        b = pixel_values.shape[0]
+        pixel_tokens = self.pixel_up(pixel_q.quantized.reshape(b, -1, self.config.pixel_code_dim))
+        semantic_tokens = self.semantic_up(semantic_q.quantized.reshape(b, -1, self.config.semantic_code_dim))
+        last_hidden, pooled = self._finish_tower(semantic_tokens)
+        reconstruction = self.decoder(self._to_map(pixel_tokens))
+        return DualTokenOutput(reconstruction, semantic_tokens, pooled, last_hidden, pixel_q, semantic_q)
+
+    @torch.no_grad()
+    def encode(self, pixel_values: Tensor) -> DualTokenCodes:
+        pixel_features, semantic_features = self._taps(pixel_values)
+        pixel = self.pixel_quantizer.quantize(self._grid(self.pixel_down(pixel_features)))
+        semantic = self.semantic_quantizer.quantize(self._grid(self.semantic_down(semantic_features)))
+        return DualTokenCodes(pixel=pixel, semantic=semantic)
+
+    def embed_codes(self, pixel: Tensor | None = None, semantic: Tensor | None = None) -> dict[str, Tensor]:
+        """Code-space embeddings (sum over residual depth) of pixel and/or semantic codes (..., depth)."""
+        out = {}
+        if pixel is not None:
+            out["pixel"] = self.pixel_quantizer.embed_codes(pixel)
+        if semantic is not None:
+            out["semantic"] = self.semantic_quantizer.embed_codes(semantic)
+        return out
+
+    @torch.no_grad()
+    def decode(self, pixel_codes: Tensor) -> Tensor:
+        """(B, h, w, depth) pixel codes -> images (B, 3, H, W)."""
+        b = pixel_codes.shape[0]
+        vectors = self.pixel_quantizer.embed_codes(pixel_codes).reshape(b, -1, self.config.pixel_code_dim)
+        return self.decoder(self._to_map(self.pixel_up(vectors.to(self.dtype))))
+
+    @torch.no_grad()
+    def reconstruct(self, pixel_values: Tensor) -> Tensor:
+        return self.decode(self.encode(pixel_values).pixel)
+
+    @torch.no_grad()
+    def semantic_embedding(self, pixel_values: Tensor) -> Tensor:
+        """Pooled output through the quantized semantic path: comparable with SigLIP text embeddings."""
+        _, semantic_features = self._taps(pixel_values)
+        codes = self.semantic_quantizer.quantize(self._grid(self.semantic_down(semantic_features)))
+        vectors = self.semantic_quantizer.embed_codes(codes).reshape(pixel_values.shape[0], -1,
+                                                                     self.config.semantic_code_dim)
+        _, pooled = self._finish_tower(self.semantic_up(vectors.to(self.dtype)))
+        if pooled is None:
+            raise ValueError("this vision config has no pooling head (vision_use_head=False)")
+        return pooled
+
+
+AutoConfig.register("dualtoken", DualTokenConfig, exist_ok=True)
+AutoModel.register(DualTokenConfig, DualTokenModel, exist_ok=True)

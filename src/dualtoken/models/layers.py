@@ -1,0 +1,156 @@
+"""Building blocks of the tokenizer: token projections and the VQGAN-style pixel decoder."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+
+class SelfAttentionBlock(nn.Module):
+    """Pre-norm multi-head self-attention with a residual connection (SDPA kernels)."""
+
+    def __init__(self, dim: int, heads: int) -> None:
+        super().__init__()
+        if dim % heads:
+            raise ValueError(f"width {dim} is not divisible by {heads} heads")
+        self.heads = heads
+        self.norm = nn.LayerNorm(dim)
+        self.qkv = nn.Linear(dim, 3 * dim)
+        self.out = nn.Linear(dim, dim)
+
+    def forward(self, x: Tensor) -> Tensor:
+        b, n, d = x.shape
+        q, k, v = self.qkv(self.norm(x)).view(b, n, 3, self.heads, d // self.heads).permute(2, 0, 3, 1, 4)
+        attended = F.scaled_dot_product_attention(q, k, v).transpose(1, 2).reshape(b, n, d)
+        return x + self.out(attended)
+
+
+class TokenProjection(nn.Module):
+    """Maps tokens between the tower's width and a code dimension.
+
+    ``attention``: a self-attention block on the wide side (before a down projection, after an up
+    projection), so each token's code can use its neighbours; ``linear``: the projection alone.
+    """
+
+    def __init__(self, in_dim: int, out_dim: int, kind: str = "attention", heads: int = 8) -> None:
+        super().__init__()
+        self.linear = nn.Linear(in_dim, out_dim)
+        wide = max(in_dim, out_dim)
+        self.attention = SelfAttentionBlock(wide, heads) if kind == "attention" else None
+        self.attend_first = in_dim >= out_dim
+
+    def forward(self, x: Tensor) -> Tensor:
+        if self.attention is not None and self.attend_first:
+            x = self.attention(x)
+        x = self.linear(x)
+        if self.attention is not None and not self.attend_first:
+            x = self.attention(x)
+        return x
+
+
+def _norm(channels: int) -> nn.GroupNorm:
+    return nn.GroupNorm(min(32, channels // 4) if channels >= 8 else 1, channels, eps=1e-6)
+
+
+class ResBlock(nn.Module):
+    def __init__(self, cin: int, cout: int) -> None:
+        super().__init__()
+        self.body = nn.Sequential(_norm(cin), nn.SiLU(), nn.Conv2d(cin, cout, 3, padding=1),
+                                  _norm(cout), nn.SiLU(), nn.Conv2d(cout, cout, 3, padding=1))
+        self.skip = nn.Conv2d(cin, cout, 1) if cin != cout else nn.Identity()
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.skip(x) + self.body(x)
+
+
+class SpatialAttention(nn.Module):
+    """Single-head attention over all positions of a feature map (used at low resolution only)."""
+
+    def __init__(self, channels: int) -> None:
+        super().__init__()
+        self.norm = _norm(channels)
+        self.qkv = nn.Conv2d(channels, 3 * channels, 1)
+        self.out = nn.Conv2d(channels, channels, 1)
+
+    def forward(self, x: Tensor) -> Tensor:
+        b, c, h, w = x.shape
+        q, k, v = self.qkv(self.norm(x)).reshape(b, 3, c, h * w).transpose(-1, -2).unbind(1)
+        attended = F.scaled_dot_product_attention(q[:, None], k[:, None], v[:, None])[:, 0]
+        return x + self.out(attended.transpose(-1, -2).reshape(b, c, h, w))
+
+
+class PixelDecoder(nn.Module):
+    """VQGAN-style decoder: latent (B, C, h, w) -> image (B, 3, h * 2^L, w * 2^L) in [-1, 1] scale.
+
+    Levels run from the coarsest (``channel_mult[-1]``) to the finest; attention sits at the coarsest
+    ``attention_levels`` levels and in the middle block, where the number of positions is small.
+    """
+
+    def __init__(self, in_channels: int, channels: int, channel_mult: list[int], res_blocks: int,
+                 attention_levels: int = 1, latent_size: int | None = None) -> None:
+        super().__init__()
+        self.latent_size = latent_size
+        widths = [channels * m for m in channel_mult]
+        self.conv_in = nn.Conv2d(in_channels, widths[-1], 3, padding=1)
+        self.mid = nn.Sequential(ResBlock(widths[-1], widths[-1]), SpatialAttention(widths[-1]),
+                                 ResBlock(widths[-1], widths[-1]))
+        levels: list[nn.Module] = []
+        current = widths[-1]
+        for depth, width in enumerate(reversed(widths)):
+            blocks: list[nn.Module] = []
+            for _ in range(res_blocks + 1):
+                blocks.append(ResBlock(current, width))
+                current = width
+                if depth < attention_levels:
+                    blocks.append(SpatialAttention(width))
+            if depth < len(widths) - 1:
+                blocks.extend([nn.Upsample(scale_factor=2.0, mode="nearest"), nn.Conv2d(width, width, 3, padding=1)])
+            levels.append(nn.Sequential(*blocks))
+        self.levels = nn.ModuleList(levels)
+        self.conv_out = nn.Sequential(_norm(current), nn.SiLU(), nn.Conv2d(current, 3, 3, padding=1))
+
+    def forward(self, latent: Tensor) -> Tensor:
+        if self.latent_size is not None and latent.shape[-1] != self.latent_size:
+            latent = F.interpolate(latent, size=(self.latent_size, self.latent_size), mode="bilinear",
+                                   align_corners=False)
+        x = self.mid(self.conv_in(latent))
+        for level in self.levels:
+            x = level(x)
+        return self.conv_out(x)
+
+
+class PatchDiscriminator(nn.Module):
+    """PatchGAN discriminator (pix2pix / VQGAN): one real/fake logit per overlapping patch."""
+
+    def __init__(self, channels: int = 64, layers: int = 3) -> None:
+        super().__init__()
+        blocks: list[nn.Module] = [nn.Conv2d(3, channels, 4, 2, 1), nn.LeakyReLU(0.2)]
+        width = channels
+        for i in range(1, layers + 1):
+            nxt = channels * min(2**i, 8)
+            stride = 2 if i < layers else 1
+            blocks += [nn.Conv2d(width, nxt, 4, stride, 1, bias=False), nn.GroupNorm(1, nxt), nn.LeakyReLU(0.2)]
+            width = nxt
+        blocks.append(nn.Conv2d(width, 1, 4, 1, 1))
+        self.net = nn.Sequential(*blocks)
+
+    def forward(self, images: Tensor) -> Tensor:
+        return self.net(images)
+
+
+def hinge_d_loss(real_logits: Tensor, fake_logits: Tensor) -> Tensor:
+    return 0.5 * (F.relu(1.0 - real_logits).mean() + F.relu(1.0 + fake_logits).mean())
+
+
+def hinge_g_loss(fake_logits: Tensor) -> Tensor:
+    return -fake_logits.mean()
+
+
+def adaptive_gan_weight(nll_loss: Tensor, g_loss: Tensor, last_layer: Tensor, low: float = 0.3,
+                        high: float = 10.0) -> Tensor:
+    """VQGAN rule: balance gradient norms at the decoder's last layer, clamped to [low, high]."""
+    nll_grad = torch.autograd.grad(nll_loss, last_layer, retain_graph=True)[0]
+    g_grad = torch.autograd.grad(g_loss, last_layer, retain_graph=True)[0]
+    weight = nll_grad.norm() / (g_grad.norm() + 1e-4)
+    return weight.clamp(low, high).detach()

@@ -1,0 +1,118 @@
+import pytest
+import torch
+from transformers import AutoConfig, AutoModel
+
+from dualtoken.models.configuration import DualTokenConfig, named_config
+from dualtoken.models.dualtoken import DualTokenModel
+
+
+@pytest.fixture(scope="module")
+def demo_model():
+    torch.manual_seed(0)
+    return DualTokenModel(named_config("demo")).eval()
+
+
+def test_demo_forward_shapes_and_gradients():
+    torch.manual_seed(0)
+    model = DualTokenModel(named_config("demo")).train()
+    images = torch.randn(2, 3, 64, 64)
+    out = model(images)
+    assert out.reconstruction.shape == (2, 3, 64, 64)
+    assert out.pixel.codes.shape == (2, 8, 8, 4) and out.semantic.codes.shape == (2, 8, 8, 4)
+    assert out.semantic_features.shape == (2, 64, 128) and out.pooled.shape == (2, 128)
+    loss = (out.reconstruction - images).pow(2).mean() + out.pooled.pow(2).mean() + out.pixel.commitment_loss
+    loss.backward()
+    patch = model.vision.embeddings.patch_embedding.weight.grad
+    assert patch is not None and patch.abs().sum() > 0  # through both straight-through estimators
+    assert model.vision.encoder.layers[-1].mlp.fc1.weight.grad.abs().sum() > 0  # semantic path runs the rest
+
+
+def test_encode_decode_embed(demo_model):
+    images = torch.randn(3, 3, 64, 64)
+    codes = demo_model.encode(images)
+    assert codes.pixel.shape == (3, 8, 8, 4) and codes.pixel.dtype == torch.long
+    assert int(codes.pixel.min()) >= 0 and int(codes.pixel.max()) < 512
+    assert demo_model.decode(codes.pixel).shape == (3, 3, 64, 64)
+    emb = demo_model.embed_codes(pixel=codes.pixel, semantic=codes.semantic)
+    assert emb["pixel"].shape == (3, 8, 8, 16) and emb["semantic"].shape == (3, 8, 8, 16)
+    assert torch.allclose(demo_model.reconstruct(images), demo_model.decode(codes.pixel))
+    forward = demo_model(images)  # eval mode: same codes as encode()
+    assert torch.equal(forward.pixel.codes, codes.pixel) and torch.equal(forward.semantic.codes, codes.semantic)
+    assert torch.allclose(demo_model.semantic_embedding(images), forward.pooled, atol=1e-5)
+
+
+def test_save_and_load_are_bit_exact(tmp_path):
+    torch.manual_seed(0)
+    model = DualTokenModel(named_config("demo")).train()
+    model(torch.randn(4, 3, 64, 64))  # initialise codebooks from data and move the EMA state
+    model.eval()
+    model.save_pretrained(tmp_path / "tok")
+    assert (tmp_path / "tok" / "model.safetensors").is_file()
+    loaded = AutoModel.from_pretrained(tmp_path / "tok").eval()
+    assert isinstance(loaded, DualTokenModel)
+    ours, theirs = model.state_dict(), loaded.state_dict()
+    assert ours.keys() == theirs.keys()
+    assert all(torch.equal(ours[k], theirs[k]) for k in ours), [k for k in ours if not torch.equal(ours[k], theirs[k])]
+    assert bool(loaded.pixel_quantizer.initialized)
+    images = torch.randn(2, 3, 64, 64)
+    assert torch.equal(model.reconstruct(images), loaded.reconstruct(images))
+    assert isinstance(AutoConfig.from_pretrained(tmp_path / "tok"), DualTokenConfig)
+
+
+def _siglip_vision_params(h: int, i: int, layers: int, patch: int, image: int) -> int:
+    """Parameter count of a SigLIP vision tower with a pooling head, from its shape alone."""
+    layer = 2 * h + 4 * (h * h + h) + 2 * h + (h * i + i + i * h + h)
+    embeddings = 3 * patch * patch * h + h + (image // patch) ** 2 * h
+    head = h + (3 * h * h + 3 * h) + (h * h + h) + 2 * h + (h * i + i + i * h + h)
+    return embeddings + layers * layer + 2 * h + head
+
+
+@pytest.mark.parametrize(("name", "grid", "depth", "image"), [
+    ("so400m-patch14-384", 27, 8, 384), ("siglip2-so400m-patch16-256", 16, 4, 256)])
+def test_full_size_configs_on_meta_device(name, grid, depth, image):
+    config = named_config(name)
+    with torch.device("meta"):
+        model = DualTokenModel(config).eval()  # eval: no data-dependent codebook initialisation
+        out = model(torch.empty(2, 3, image, image))
+    assert config.grid_size == grid
+    assert out.pixel.codes.shape == (2, grid, grid, depth) and out.semantic.codes.shape == (2, grid, grid, depth)
+    assert out.reconstruction.shape == (2, 3, image, image)
+    assert model.pixel_quantizer.codebooks.shape == (1, 16384, 32)
+    tower = sum(p.numel() for p in model.vision.parameters())
+    assert tower == _siglip_vision_params(1152, 4304, 27, 14 if grid == 27 else 16, image)
+    assert 4.0e8 < tower < 4.4e8  # SigLIP-So400m's vision tower: ~0.43 B parameters
+
+
+def test_bad_layouts_are_errors():
+    with pytest.raises(ValueError, match="layer_pixel"):
+        named_config("demo", layer_pixel=6, layer_semantic=5)
+    with pytest.raises(ValueError, match="decoder gives"):
+        named_config("demo", decoder_channel_mult=[1, 2])
+    with pytest.raises(ValueError, match="unknown tokenizer config"):
+        named_config("so400m")
+
+
+def test_gan_pieces():
+    from dualtoken.models.layers import PatchDiscriminator, adaptive_gan_weight, hinge_d_loss, hinge_g_loss
+
+    logits = PatchDiscriminator(channels=16, layers=3)(torch.randn(2, 3, 64, 64))
+    assert logits.shape[:2] == (2, 1) and logits.shape[-1] > 1  # one logit per patch
+    real, fake = torch.tensor([2.0, 0.5]), torch.tensor([-2.0, 0.0])
+    # relu(1 - real) = [0, 0.5] -> 0.25; relu(1 + fake) = [0, 1] -> 0.5; half of the sum
+    assert hinge_d_loss(real, fake).item() == pytest.approx(0.375)
+    assert hinge_g_loss(fake).item() == pytest.approx(1.0)
+    w = torch.nn.Parameter(torch.ones(3))
+    big = adaptive_gan_weight((w * 100).sum(), (w * 0.001).sum(), w)  # ratio 1e5 -> clamped to 10
+    small = adaptive_gan_weight((w * 0.001).sum(), (w * 100).sum(), w)  # ratio 1e-5 -> clamped to 0.3
+    mid = adaptive_gan_weight((w * 2).sum(), (w * 1).sum(), w)
+    assert big.item() == 10.0 and small.item() == pytest.approx(0.3) and mid.item() == pytest.approx(2.0, rel=1e-3)
+
+
+@pytest.mark.parametrize("kind", ["attention", "linear"])
+def test_token_projection_shapes(kind):
+    from dualtoken.models.layers import TokenProjection
+
+    down, up = TokenProjection(64, 8, kind, heads=4), TokenProjection(8, 64, kind, heads=4)
+    x = torch.randn(2, 10, 64)
+    assert down(x).shape == (2, 10, 8) and up(down(x)).shape == (2, 10, 64)
+    assert (down.attention is None) == (kind == "linear")
