@@ -1,0 +1,78 @@
+import json
+
+import pytest
+import torch
+from transformers import AutoTokenizer
+
+from dualtoken.config import parse_config
+from dualtoken.curation.pipeline import run_phase1, run_phase2
+from dualtoken.data.curated import EpochSampler, from_model_output, load_split, shard_paths, to_model_input
+from dualtoken.data.synthetic import generate_example
+from dualtoken.text import train_bpe
+
+
+@pytest.fixture(scope="module")
+def curated(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("curated")
+    cfg = parse_config({"data": {"sources": [{"kind": "demo", "name": "shapes", "num_images": 120,
+                                              "images_per_shard": 60}]},
+                        "curate": {"output_dir": str(tmp / "out"), "work_dir": str(tmp / "work"), "workers": 1,
+                                   "samples_per_shard": 40}})
+    result = run_phase2(cfg, run_phase1(cfg))
+    (tmp / "out" / "shards.json").write_text(json.dumps({"splits": result.stats["shards_by_split"]}))
+    return tmp / "out", result
+
+
+def test_load_split_matches_the_manifest(curated):
+    root, result = curated
+    train = load_split(root, "train")
+    expected = [r for r in result.manifest_rows if r["split"] == "train"]
+    assert len(train) == len(expected) and train.images.shape == (len(expected), 3, 64, 64)
+    assert train.images.dtype == torch.uint8
+    assert [m["key"] for m in train.meta] == [r["key"] for r in expected]
+    assert {"captions", "qa", "attributes"} <= set(train.meta[0])
+    assert len(load_split(root, "train", limit=5)) == 5
+    x = to_model_input(train.images[:4])
+    assert x.min() >= -1 and x.max() <= 1 and torch.equal(from_model_output(x), train.images[:4])
+
+
+def test_missing_index_and_bad_split_are_clear(tmp_path, curated):
+    with pytest.raises(FileNotFoundError, match="run the curate stage"):
+        shard_paths(tmp_path, "train")
+    with pytest.raises(ValueError, match="split must be one of"):
+        shard_paths(curated[0], "dev")
+
+
+def test_sampler_partitions_ranks_and_resumes_exactly():
+    ranks = [EpochSampler(100, 8, seed=3, rank=r, world=2) for r in range(2)]
+    epoch0 = [torch.cat([s.next_batch() for _ in range(s.batches_per_epoch)]) for s in ranks]
+    assert not set(epoch0[0].tolist()) & set(epoch0[1].tolist())  # disjoint across ranks
+    assert len(epoch0[0]) == 6 * 8  # 100 // 16 full batches per rank
+    first = EpochSampler(100, 8, seed=3)
+    seen = [first.next_batch() for _ in range(17)]  # crosses into the second epoch
+    state = first.state_dict()
+    tail = [first.next_batch() for _ in range(5)]
+    resumed = EpochSampler(100, 8, seed=3)
+    resumed.load_state_dict(state)
+    assert all(torch.equal(a, b) for a, b in zip(tail, [resumed.next_batch() for _ in range(5)], strict=True))
+    assert not torch.equal(seen[0], seen[12])  # epoch 1 is a different permutation (12 batches per epoch)
+    with pytest.raises(ValueError, match="data or seed changed"):
+        EpochSampler(99, 8, seed=3).load_state_dict(state)
+    with pytest.raises(ValueError, match="cannot fill one batch"):
+        EpochSampler(10, 8, world=2)
+
+
+def test_bpe_tokenizer_round_trip_and_offline_reload(tmp_path):
+    captions = [c for i in range(300) for c in generate_example(0, i).captions]
+    tok = train_bpe(captions, vocab_size=400, extra_special_tokens=("<image>",))
+    again = train_bpe(captions, vocab_size=400, extra_special_tokens=("<image>",))
+    assert tok.get_vocab() == again.get_vocab()  # deterministic
+    text = "a small red circle at the top left"
+    ids = tok(text)["input_ids"]
+    assert ids[0] == tok.bos_token_id and ids[-1] == tok.eos_token_id
+    assert tok.decode(ids, skip_special_tokens=True).strip() == text
+    assert len(ids) < len(text.split()) + 4  # frequent words are single tokens
+    assert tok.convert_tokens_to_ids("<image>") != tok.unk_token_id
+    tok.save_pretrained(tmp_path / "tok")
+    loaded = AutoTokenizer.from_pretrained(tmp_path / "tok")
+    assert loaded(text)["input_ids"] == ids and loaded.pad_token == "<pad>"
