@@ -58,7 +58,7 @@ def test_stage_fails_readably_when_validation_fails(tmp_path):
                                           "PATH": "/usr/bin:/bin"})
     assert proc.returncode == 2, proc.stderr[-2000:]
     assert "failed validation" in proc.stderr and "expect_table_row_count_to_be_between" in proc.stderr
-    assert "observed 60" in proc.stderr
+    assert "observed=60" in proc.stderr
     result = json.loads((tmp_path / "out" / "validation.json").read_text())
     assert result["success"] is False
     mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'mlflow.db'}")

@@ -4,6 +4,9 @@ The suite encodes what downstream stages rely on: every row has a caption of san
 exactly the curated resolution, keys and pixel hashes are unique, splits are the known three in roughly
 the configured fractions, and the corpus size is plausible. Split fractions are checked as the mean of
 0/1 indicator columns, which keeps the check inside stock expectations.
+
+GX is imported on first use, not at module import: the import takes seconds and callers (the curation job)
+overlap it with other work. A fresh ephemeral context per call costs milliseconds and keeps calls isolated.
 """
 
 from __future__ import annotations
@@ -11,25 +14,27 @@ from __future__ import annotations
 import os
 import uuid
 from dataclasses import dataclass
+from typing import Any
 
 import pandas as pd
 
-REQUIRED_COLUMNS = ["key", "split", "shard", "width", "height", "pixel_sha256", "phash", "caption",
-                    "caption_chars", "n_captions", "n_qa", "source", "source_key"]
+SPLITS = ("train", "val", "test")
+REQUIRED_COLUMNS = ("key", "split", "shard", "width", "height", "pixel_sha256", "phash", "caption",
+                    "caption_chars", "n_captions", "n_qa", "source", "source_key")
+MAX_EXAMPLES = 5
 
 
 @dataclass(frozen=True)
 class ValidationOutcome:
     success: bool
-    summary: str
-    result: dict
+    summary: str  # one line per failed expectation, or "all N expectations passed"
+    result: dict  # the full GX suite result, JSON-serialisable
 
 
-def _suite(gx, gxe, name: str, *, resolution: int, split_fractions: dict[str, float], split_tolerance: float,
-           min_rows: int, max_rows: int, caption_min_chars: int, caption_max_chars: int):
-    suite = gx.ExpectationSuite(name=name)
-    expectations = [
-        gxe.ExpectTableColumnsToMatchSet(column_set=REQUIRED_COLUMNS, exact_match=False),
+def _expectations(gxe: Any, *, resolution: int, split_fractions: dict[str, float], split_tolerance: float,
+                  min_rows: int, max_rows: int, caption_min_chars: int, caption_max_chars: int) -> list:
+    checks = [
+        gxe.ExpectTableColumnsToMatchSet(column_set=list(REQUIRED_COLUMNS), exact_match=False),
         gxe.ExpectTableRowCountToBeBetween(min_value=min_rows, max_value=max_rows),
         gxe.ExpectColumnValuesToNotBeNull(column="caption"),
         gxe.ExpectColumnValuesToBeBetween(column="caption_chars", min_value=caption_min_chars,
@@ -38,64 +43,77 @@ def _suite(gx, gxe, name: str, *, resolution: int, split_fractions: dict[str, fl
         gxe.ExpectColumnValuesToBeBetween(column="height", min_value=resolution, max_value=resolution),
         gxe.ExpectColumnValuesToBeUnique(column="key"),
         gxe.ExpectColumnValuesToBeUnique(column="pixel_sha256"),
-        gxe.ExpectColumnValuesToBeInSet(column="split", value_set=list(split_fractions)),
+        gxe.ExpectColumnValuesToBeInSet(column="split", value_set=list(SPLITS)),
     ]
-    for split, fraction in split_fractions.items():
-        expectations.append(gxe.ExpectColumnMeanToBeBetween(
-            column=f"is_{split}", min_value=max(0.0, fraction - split_tolerance),
-            max_value=min(1.0, fraction + split_tolerance)))
-    for expectation in expectations:
-        suite.add_expectation(expectation)
-    return suite
+    # A zero fraction stays checked: its share must then lie in [0, tolerance].
+    checks += [gxe.ExpectColumnMeanToBeBetween(column=f"is_{split}", min_value=max(0.0, frac - split_tolerance),
+                                               max_value=min(1.0, frac + split_tolerance))
+               for split, frac in split_fractions.items()]
+    return checks
 
 
-def _describe(result) -> str:
+def _errors(exception_info: dict) -> list[str]:
+    """Exception messages from either shape GX uses: flat, or keyed by the metric that raised."""
+    infos = [exception_info] if "raised_exception" in exception_info else list(exception_info.values())
+    messages = (str(i.get("exception_message")) for i in infos if isinstance(i, dict) and i.get("raised_exception"))
+    return list(dict.fromkeys(messages))
+
+
+def _describe(result: Any) -> str:
+    """One line for one failed expectation: what, where, how many, examples, observed vs expected."""
     cfg = result.expectation_config
-    column = cfg.kwargs.get("column")
-    where = f" on column '{column}'" if column else ""
     details = result.result or {}
-    parts = [f"FAILED {cfg.type}{where}"]
+    parts = [cfg.type]
+    if column := cfg.kwargs.get("column"):
+        parts.append(f"column={column}")
     if details.get("unexpected_count") is not None:
-        parts.append(f"unexpected {details['unexpected_count']}")
-    if details.get("partial_unexpected_list"):
-        examples = [None if pd.isna(v) else v for v in details["partial_unexpected_list"][:5]]
-        parts.append(f"e.g. {examples}")
-    if details.get("observed_value") is not None:
-        parts.append(f"observed {details['observed_value']}")
-    bounds = {k: cfg.kwargs[k] for k in ("min_value", "max_value", "value_set", "column_set") if k in cfg.kwargs}
+        parts.append(f"unexpected={details['unexpected_count']}")
+    if values := details.get("partial_unexpected_list"):
+        # NaN != NaN, so normalise missing values before de-duplicating the examples.
+        distinct = list(dict.fromkeys(None if pd.isna(v) else v for v in values))
+        parts.append(f"examples={distinct[:MAX_EXAMPLES]}")
+    if missing := details.get("details", {}).get("mismatched", {}).get("missing"):
+        parts.append(f"missing={missing}")
+    elif "observed_value" in details:  # None here means undefined, e.g. the mean of an empty column
+        observed = details["observed_value"]
+        parts.append(f"observed={round(observed, 4) if isinstance(observed, float) else observed}")
+    bounds = {k: round(v, 4) if isinstance(v, float) else v
+              for k, v in cfg.kwargs.items() if k in ("min_value", "max_value")}
     if bounds:
-        parts.append(f"expected {bounds}")
-    if result.exception_info and result.exception_info.get("raised_exception"):
-        parts.append(f"error: {result.exception_info.get('exception_message')}")
-    return "; ".join(parts)
+        parts.append(f"expected={bounds}")
+    if "value_set" in cfg.kwargs:
+        parts.append(f"expected in {cfg.kwargs['value_set']}")
+    parts += [f"error: {message}" for message in _errors(result.exception_info or {})]
+    return " ".join(parts)
 
 
 def validate_manifest(manifest: pd.DataFrame, *, resolution: int, split_fractions: dict[str, float],
                       split_tolerance: float, min_rows: int, max_rows: int,
                       caption_min_chars: int, caption_max_chars: int) -> ValidationOutcome:
-    os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
+    """Validate the manifest; never raises on bad data (an empty or column-less frame is a failed outcome)."""
+    if unknown := set(split_fractions) - set(SPLITS):
+        raise ValueError(f"unknown splits in split_fractions: {sorted(unknown)}")
+    os.environ["GX_ANALYTICS_ENABLED"] = "false"  # before GX is imported or a context exists
     import great_expectations as gx
     import great_expectations.expectations as gxe
-
-    frame = manifest.copy()
-    for split in split_fractions:
-        frame[f"is_{split}"] = (frame["split"] == split).astype(float) if "split" in frame else 0.0
-    name = f"curated-manifest-{uuid.uuid4().hex[:8]}"
     from great_expectations.data_context.types.base import ProgressBarsConfig
 
+    frame = manifest.copy()
+    if "split" in frame:  # without it the mean checks fail as missing columns rather than report a bogus 0.0
+        for split in split_fractions:
+            frame[f"is_{split}"] = (frame["split"] == split).astype(float)
+
+    name = f"curated-manifest-{uuid.uuid4().hex[:12]}"
     context = gx.get_context(mode="ephemeral")
     context.variables.progress_bars = ProgressBarsConfig(globally=False)  # keep stage logs readable
-    batch = context.data_sources.add_pandas(name).add_dataframe_asset("manifest").add_batch_definition_whole_dataframe(
-        "all")
-    suite = context.suites.add(_suite(
-        gx, gxe, name, resolution=resolution, split_fractions=split_fractions, split_tolerance=split_tolerance,
+    batch = context.data_sources.add_pandas(name).add_dataframe_asset(name).add_batch_definition_whole_dataframe(name)
+    suite = context.suites.add(gx.ExpectationSuite(name=name, expectations=_expectations(
+        gxe, resolution=resolution, split_fractions=split_fractions, split_tolerance=split_tolerance,
         min_rows=min_rows, max_rows=max_rows, caption_min_chars=caption_min_chars,
-        caption_max_chars=caption_max_chars))
+        caption_max_chars=caption_max_chars)))
     definition = context.validation_definitions.add(gx.ValidationDefinition(name=name, data=batch, suite=suite))
     result = definition.run(batch_parameters={"dataframe": frame}, result_format="SUMMARY")
-    failures = [_describe(r) for r in result.results if not r.success]
-    total = len(result.results)
-    summary = "\n".join(failures) if failures else f"all {total} expectations passed"
-    if failures:
-        summary = f"{len(failures)} of {total} expectations failed:\n{summary}"
+
+    failed = [_describe(r) for r in result.results if not r.success]
+    summary = "\n".join(failed) or f"all {len(result.results)} expectations passed"
     return ValidationOutcome(success=bool(result.success), summary=summary, result=result.to_json_dict())
