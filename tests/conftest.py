@@ -2,10 +2,11 @@ import os
 
 import pytest
 
-from services import start_mlflow, start_prefect, start_s3
+from services import TELEMETRY_OFF, start_mlflow, start_prefect, start_s3
 
-for _name, _value in {"DVC_NO_ANALYTICS": "1", "MLFLOW_DISABLE_TELEMETRY": "true", "GX_ANALYTICS_ENABLED": "false",
-                      "PREFECT_SERVER_ANALYTICS_ENABLED": "false", "DO_NOT_TRACK": "1"}.items():
+# Telemetry off for the whole session. Set at import rather than in a fixture: mlflow (and others) decide on
+# telemetry when first imported, which already happens while test modules are collected.
+for _name, _value in TELEMETRY_OFF.items():
     os.environ.setdefault(_name, _value)
 
 
