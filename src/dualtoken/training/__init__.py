@@ -1,0 +1,1 @@
+"""Training components shared by the tokenizer and MLLM trainers (checkpointing, schedules)."""
