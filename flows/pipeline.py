@@ -31,7 +31,13 @@ from dualtoken.tracking import (
 from flows.dvc import StageOutcome, repro
 
 # Headline numbers shown per stage in the run summary: stage -> (metrics file, keys).
-HEADLINES = {"curate": ("metrics/curate.json", ("inputs", "accepted", "rejected", "throughput.images_per_s"))}
+HEADLINES = {
+    "curate": ("metrics/curate.json", ("inputs", "accepted", "rejected", "throughput.images_per_s")),
+    "teacher": ("metrics/teacher.json", ("zero_shot.shape.accuracy", "zero_shot.colour.accuracy",
+                                         "retrieval_r1.image_to_text")),
+    "tokenizer": ("metrics/tokenizer.json", ("psnr", "ssim", "zero_shot.shape.ratio", "usage.pixel.overall",
+                                             "usage.semantic.overall")),
+}
 
 
 @task(name="dvc-stage", task_run_name="{stage}")
@@ -51,7 +57,7 @@ def _headline(stage: str, workspace: Path) -> str:
         value = metrics
         for part in dotted.split("."):
             value = value.get(part, {}) if isinstance(value, dict) else {}
-        shown.append(f"{dotted.split('.')[-1]}={value}")
+        shown.append(f"{dotted}={value:.4g}" if isinstance(value, float) else f"{dotted}={value}")
     return ", ".join(shown)
 
 

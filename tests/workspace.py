@@ -20,6 +20,15 @@ SMALL_PARAMS = {
     ],
     "curate.validation": {"min_rows": 200, "max_rows": 1000, "split_tolerance": 0.06},
     "curate.samples_per_shard": 200,
+    # A few steps each: the stages' plumbing (DVC, MLflow, registry), not model quality.
+    "teacher.steps": 4,
+    "teacher.batch_size": 16,
+    "teacher.runtime.log_every": 2,
+    "tokenizer.steps": 3,
+    "tokenizer.batch_size": 8,
+    "tokenizer.losses.gan_start_step": 1,
+    "tokenizer.runtime.log_every": 1,
+    "tokenizer.image_log_every": 2,
 }
 
 

@@ -41,6 +41,21 @@ def _cmd_curate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_train(args: argparse.Namespace) -> int:
+    """Teacher or tokenizer training, as the DVC stage runs it (``runtime.nproc > 1`` relaunches under torchrun)."""
+    import importlib
+
+    from dualtoken.training.distributed import relaunch_under_torchrun, under_torchrun
+
+    cfg = load_config(args.params, args.overrides)
+    nproc = getattr(cfg, args.command).runtime.nproc
+    if nproc > 1 and not under_torchrun():
+        argv = [args.command, "--params", args.params, *(f"-S{o}" for o in args.overrides)]
+        return relaunch_under_torchrun("dualtoken.cli", nproc, argv)
+    importlib.import_module(f"dualtoken.apps.{args.command}").main(cfg)
+    return 0
+
+
 def _cmd_demo_corpus(args: argparse.Namespace) -> int:
     """Write the built-in demo corpus as WebDataset shards, e.g. to try the webdataset source."""
     from dualtoken.data.synthetic import generate_example
@@ -70,6 +85,11 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("curate", help="run the curation job (same as the DVC stage) with overrides")
     _add_config_args(p)
     p.set_defaults(func=_cmd_curate)
+    for name, text in (("teacher", "train the demo SigLIP teacher (or record a pretrained one)"),
+                       ("tokenizer", "train the DualToken tokenizer from the teacher")):
+        p = sub.add_parser(name, help=f"{text}; same as the DVC stage, with overrides")
+        _add_config_args(p)
+        p.set_defaults(func=_cmd_train)
     p = sub.add_parser("demo-corpus", help="write the synthetic demo corpus as WebDataset tar shards")
     p.add_argument("--out", required=True)
     p.add_argument("--num", type=int, default=1000)
@@ -86,7 +106,7 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         return args.func(args)
-    except (ConfigError, TrackingError) as err:
+    except (ConfigError, TrackingError, FileNotFoundError) as err:
         print(f"dualtoken: {err}", file=sys.stderr)
         return 2
 

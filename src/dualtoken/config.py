@@ -168,6 +168,109 @@ class CurateConfig(_Strict):
         return self
 
 
+# --------------------------------------------------------------------------------------------- training
+class OptimConfig(_Strict):
+    """AdamW with linear warm-up and cosine decay to ``min_lr_ratio`` x ``lr``."""
+
+    lr: float = Field(7.2e-5, gt=0.0)
+    betas: tuple[float, float] = (0.5, 0.9)
+    weight_decay: float = Field(1e-4, ge=0.0)
+    warmup_steps: int = Field(0, ge=0)
+    min_lr_ratio: float = Field(0.1, ge=0.0, le=1.0)
+    grad_clip: float = Field(1.0, ge=0.0, description="max gradient norm; 0 disables clipping")
+
+    @field_validator("betas")
+    @classmethod
+    def _betas_in_range(cls, betas: tuple[float, float]) -> tuple[float, float]:
+        if not all(0.0 <= b < 1.0 for b in betas):
+            raise ValueError(f"betas must lie in [0, 1), got {list(betas)}")
+        return betas
+
+
+class RuntimeConfig(_Strict):
+    """How a training stage runs: processes, device, precision, checkpoints, logging cadence."""
+
+    nproc: int = Field(1, ge=1, le=1024, description="processes on this node; > 1 relaunches under torchrun")
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    precision: Literal["auto", "fp32", "bf16"] = Field("auto", description="auto: bf16 autocast on CUDA, else fp32")
+    gradient_checkpointing: Literal["auto", "on", "off"] = Field("auto", description="auto: on with CUDA")
+    grad_accum: int = Field(1, ge=1)
+    threads: int | None = Field(None, ge=1, description="torch CPU threads per process; null keeps torch's choice")
+    checkpoint_every: int = Field(100, ge=1)
+    keep_checkpoints: int = Field(2, ge=1)
+    log_every: int = Field(10, ge=1)
+
+
+class TeacherTextConfig(_Strict):
+    """Text tower and BPE tokenizer of the from-scratch demo teacher."""
+
+    vocab_size: int = Field(1024, ge=64)
+    max_length: int = Field(32, ge=4, description="captions are padded/truncated to this many tokens")
+    hidden_size: int = Field(128, ge=8)
+    intermediate_size: int = Field(512, ge=8)
+    layers: int = Field(3, ge=1)
+    heads: int = Field(4, ge=1)
+
+
+class TeacherConfig(_Strict):
+    pretrained: str | None = Field(None, description="local SigLIP checkpoint; null trains a tiny one from scratch")
+    architecture: str = Field("demo", description="named tokenizer config whose vision tower the teacher trains")
+    output_dir: str = "models/teacher"
+    metrics_path: str = "metrics/teacher.json"
+    work_dir: str = "data/.work/teacher"
+    text: TeacherTextConfig = TeacherTextConfig()
+    steps: int = Field(300, ge=1)
+    batch_size: int = Field(64, ge=2)
+    eval_batch_size: int = Field(256, ge=1)
+    optim: OptimConfig = OptimConfig(lr=1e-3, betas=(0.9, 0.98), weight_decay=1e-4, warmup_steps=20)
+    runtime: RuntimeConfig = RuntimeConfig()
+
+
+class LossConfig(_Strict):
+    """Tokenizer loss weights (DESIGN section 3: the released stage-1 values are the defaults)."""
+
+    semantic_tap: float = Field(5.0, ge=0.0, description="x (MSE + 1 - cos) at the semantic tap vs the teacher")
+    semantic_pooled: float = Field(1.0, ge=0.0, description="x (MSE + 1 - cos) of the pooled outputs")
+    commitment: float = Field(5.0, ge=0.0, description="x (pixel + semantic commitment)")
+    reconstruction: float = Field(5.0, ge=0.0, description="x MSE(reconstruction, image)")
+    perceptual: float = Field(1.0, ge=0.0)
+    perceptual_kind: Literal["teacher", "lpips", "none"] = Field(
+        "teacher", description="teacher: feature distance in the frozen teacher tower; lpips: needs lpips_weights")
+    lpips_weights: str | None = Field(None, description="LPIPS-VGG weights (safetensors) for perceptual_kind=lpips")
+    gan: float = Field(0.75, ge=0.0, description="x adaptive weight x hinge generator loss")
+    gan_start_step: int = Field(0, ge=0)
+    gan_weight_min: float = Field(0.3, ge=0.0)
+    gan_weight_max: float = Field(10.0, ge=0.0)
+    discriminator_channels: int = Field(64, ge=4)
+    discriminator_layers: int = Field(3, ge=1)
+
+    @model_validator(mode="after")
+    def _lpips_has_weights(self) -> LossConfig:
+        if self.perceptual_kind == "lpips" and not self.lpips_weights:
+            raise ValueError("perceptual_kind 'lpips' needs lpips_weights (a local path; nothing is downloaded)")
+        return self
+
+
+class TokenizerConfig(_Strict):
+    architecture: str = Field("demo", description="named DualToken config (see dualtoken.models.configuration)")
+    overrides: dict[str, Any] = Field(default_factory=dict, description="DualTokenConfig keys, e.g. layer_pixel")
+    init_from: str | None = Field(None, description="a saved DualToken model to continue from; null: the teacher")
+    stage: Literal[0, 1, 2] = Field(1, description="0: semantic branch only; 1: all; 2: pixel branch frozen")
+    output_dir: str = "models/tokenizer"
+    metrics_path: str = "metrics/tokenizer.json"
+    work_dir: str = "data/.work/tokenizer"
+    steps: int = Field(1000, ge=1)
+    batch_size: int = Field(32, ge=1)
+    eval_batch_size: int = Field(128, ge=1)
+    new_params_lr_scale: float = Field(1.0, gt=0.0, description="lr multiplier for parts the teacher lacks")
+    optim: OptimConfig = OptimConfig()
+    discriminator_optim: OptimConfig = OptimConfig()
+    losses: LossConfig = LossConfig()
+    runtime: RuntimeConfig = RuntimeConfig()
+    image_log_every: int = Field(200, ge=1, description="reconstruction grid to MLflow every N steps")
+    register_as: str | None = Field("dualtoken-tokenizer", description="MLflow registered model; null skips")
+
+
 # --------------------------------------------------------------------------------------------- services
 class StorageConfig(_Strict):
     """S3 settings. Credentials never live here: boto3 reads them from the environment or a profile."""
@@ -185,7 +288,7 @@ class TrackingConfig(_Strict):
 
 
 class PipelineConfig(_Strict):
-    stages: list[Literal["curate"]] = Field(default_factory=lambda: ["curate"], min_length=1)
+    stages: list[Literal["curate", "teacher", "tokenizer"]] = Field(default_factory=lambda: ["curate"], min_length=1)
     retries: int = Field(1, ge=0, le=10)
     retry_delay_s: float = Field(5.0, ge=0.0)
 
@@ -194,6 +297,8 @@ class Config(_Strict):
     seed: int = 0
     data: DataConfig
     curate: CurateConfig = CurateConfig()
+    teacher: TeacherConfig = TeacherConfig()
+    tokenizer: TokenizerConfig = TokenizerConfig()
     storage: StorageConfig = StorageConfig()
     tracking: TrackingConfig = TrackingConfig()
     pipeline: PipelineConfig = PipelineConfig()

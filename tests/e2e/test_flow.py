@@ -45,12 +45,44 @@ def test_flow_runs_stage_through_dvc_and_records_lineage(tmp_path, mlflow_server
     assert {"shapes", "mnist", "curated"} <= set(inputs)
     assert client.download_artifacts(parent.info.run_id, "pipeline_summary.md", str(tmp_path))
 
+    _check_training_stages(client, runs, parent, ws, tmp_path, mlflow_server.uri)
+
     second = _flow(ws, env)
     assert second.returncode == 0, second.stderr[-3000:]
     assert "up to date" in second.stdout + second.stderr
     runs = client.search_runs([exp.experiment_id])
-    assert sum(r.data.tags.get("dualtoken.stage") == "curate" for r in runs) == 1  # DVC skipped it
+    for name in ("curate", "teacher", "tokenizer"):
+        assert sum(r.data.tags.get("dualtoken.stage") == name for r in runs) == 1  # DVC skipped them
     assert sum(r.data.tags.get("dualtoken.stage") == "pipeline" for r in runs) == 2
+
+
+def _check_training_stages(client, runs, parent, ws, tmp_path, uri):
+    """Teacher and tokenizer runs nest under the pipeline run, log curves, grids and the registered model."""
+    by_stage = {r.data.tags.get("dualtoken.stage"): r for r in runs}
+    teacher, tokenizer = by_stage["teacher"], by_stage["tokenizer"]
+    for run in (teacher, tokenizer):
+        assert run.data.tags["mlflow.parentRunId"] == parent.info.run_id and run.info.status == "FINISHED"
+        assert len(client.get_metric_history(run.info.run_id, "train.loss")) >= 2  # per-step curve
+    metrics = json.loads((ws / "metrics/tokenizer.json").read_text())
+    assert tokenizer.data.metrics["psnr"] == pytest.approx(metrics["psnr"])
+    assert 0 < metrics["usage"]["pixel"]["overall"] <= 1 and "shape" in metrics["zero_shot"]
+    assert "zero_shot.colour.accuracy" in teacher.data.metrics
+    assert tokenizer.data.params["tokenizer.stage"] == "1"
+    images = [a.path for a in client.list_artifacts(tokenizer.info.run_id, "images")]
+    assert images, "reconstruction grids were not logged"
+    (version,) = client.search_model_versions("name = 'dualtoken-tokenizer'")
+    assert version.run_id == tokenizer.info.run_id
+
+    import mlflow
+    import numpy as np
+
+    mlflow.set_tracking_uri(uri)
+    (tmp_path / "m").mkdir()
+    loaded = mlflow.pyfunc.load_model(f"models:/dualtoken-tokenizer/{version.version}", dst_path=str(tmp_path / "m"))
+    codes = loaded.predict(np.zeros((2, 64, 64, 3), dtype=np.uint8))
+    assert codes.shape == (2, 8, 8, 8) and codes.dtype == np.int64  # 8x8 grid, 4 pixel + 4 semantic depths
+    saved = (ws / "models/tokenizer/config.json")
+    assert saved.is_file() and (ws / "models/teacher/tokenizer.json").is_file()
 
 
 def test_failing_stage_is_retried_and_the_run_marked_failed(tmp_path):

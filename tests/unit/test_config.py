@@ -60,3 +60,24 @@ def test_secrets_have_no_place_in_params():
 def test_missing_file_is_clear(tmp_path):
     with pytest.raises(ConfigError, match="not found"):
         load_config(tmp_path / "nope.yaml")
+
+
+def test_training_sections_are_validated_with_their_keys():
+    with pytest.raises(ConfigError, match=r"tokenizer\.losses\.perceptal: unknown key"):
+        parse_config({**MINIMAL, "tokenizer": {"losses": {"perceptal": 1.0}}})
+    with pytest.raises(ConfigError, match=r"tokenizer\.losses: .*lpips_weights"):
+        parse_config({**MINIMAL, "tokenizer": {"losses": {"perceptual_kind": "lpips"}}})
+    with pytest.raises(ConfigError, match=r"teacher\.optim\.betas: .*\[0, 1\)"):
+        parse_config({**MINIMAL, "teacher": {"optim": {"betas": [0.9, 1.5]}}})
+    with pytest.raises(ConfigError, match=r"tokenizer\.stage: .*got 3"):
+        parse_config({**MINIMAL, "tokenizer": {"stage": 3}})
+    cfg = parse_config({**MINIMAL, "tokenizer": {"runtime": {"nproc": 2, "precision": "bf16"}}})
+    assert cfg.tokenizer.runtime.nproc == 2 and cfg.tokenizer.optim.betas == (0.5, 0.9)  # paper defaults
+
+
+def test_uneven_batch_split_is_a_named_error():
+    from dualtoken.training.run import micro_batch
+
+    assert micro_batch(32, 2, 4, "tokenizer") == 4
+    with pytest.raises(ValueError, match=r"tokenizer\.batch_size \(30\).*2 x 4"):
+        micro_batch(30, 2, 4, "tokenizer")

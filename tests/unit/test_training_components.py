@@ -32,7 +32,8 @@ def _train(model, optimizer, scheduler, sampler, steps, start=0, ckpt=None, save
         scheduler.step()
         losses.append(loss.item())
         if ckpt is not None and step + 1 == save_at:
-            ckpt.save(step + 1, model, optimizer, scheduler, {"sampler": sampler.state_dict()})
+            ckpt.save(step + 1, {"model": model}, {"optimizer": optimizer}, {"scheduler": scheduler},
+                      {"sampler": sampler.state_dict()})
             return losses
     return losses
 
@@ -43,7 +44,7 @@ def test_resume_after_kill_reproduces_the_losses(tmp_path):
     first = _train(*_setup(), steps=12, ckpt=ckpt, save_at=5)  # "killed" right after saving step 5
     torch.manual_seed(123)  # the new process starts from some other RNG state
     model, optimizer, scheduler, sampler = _setup()
-    step, state = ckpt.load(ckpt.latest(), model, optimizer, scheduler)
+    step, state = ckpt.load(ckpt.latest(), {"model": model}, {"optimizer": optimizer}, {"scheduler": scheduler})
     sampler.load_state_dict(state["sampler"])
     rest = _train(model, optimizer, scheduler, sampler, steps=12, start=step)
     assert step == 5 and first + rest == full
@@ -53,7 +54,7 @@ def test_half_written_checkpoints_are_ignored_and_old_ones_pruned(tmp_path):
     model = torch.nn.Linear(2, 2)
     ckpt = Checkpointer(tmp_path, keep=2)
     for step in (1, 2, 3):
-        ckpt.save(step, model)
+        ckpt.save(step, {"model": model})
     (tmp_path / ".step-00000004.tmp").mkdir()  # a save killed half-way
     assert [p.name for p in ckpt.checkpoints()] == ["step-00000002", "step-00000003"]
     assert ckpt.latest().name == "step-00000003"
@@ -74,9 +75,9 @@ def test_tokenizer_checkpoint_keeps_codebooks_and_ema_state(tmp_path):
     torch.manual_seed(0)
     model = DualTokenModel(named_config("demo")).train()
     model(torch.randn(2, 3, 64, 64))  # initialises codebooks, moves EMA statistics
-    path = Checkpointer(tmp_path).save(1, model)
+    path = Checkpointer(tmp_path).save(1, {"model": model})
     restored = DualTokenModel(named_config("demo"))
-    assert Checkpointer(tmp_path).load(path, restored)[0] == 1
+    assert Checkpointer(tmp_path).load(path, {"model": restored})[0] == 1
     ours, theirs = model.state_dict(), restored.state_dict()
     assert all(torch.equal(ours[k], theirs[k]) for k in ours)
     assert bool(restored.semantic_quantizer.initialized)

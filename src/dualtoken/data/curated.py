@@ -121,3 +121,17 @@ class EpochSampler:
             raise ValueError(f"sampler state is for seed {state['seed']} / {state['size']} samples, "
                              f"not {self.seed} / {self.size}: the data or seed changed since the checkpoint")
         self.epoch, self.position = state["epoch"], state["position"]
+
+
+def corpus_digest(root: str | Path) -> str:
+    """Identity of a curated corpus: the shard index and the manifest (which holds every pixel hash)."""
+    import hashlib
+
+    root = Path(root)
+    digest = hashlib.sha256()
+    for name in ("shards.json", "manifest.parquet"):
+        path = root / name
+        if not path.is_file():
+            raise FileNotFoundError(f"{path} not found: run the curate stage first (dvc repro curate)")
+        digest.update(path.read_bytes())
+    return digest.hexdigest()[:16]

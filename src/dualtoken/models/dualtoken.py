@@ -11,6 +11,8 @@ One SigLIP vision tower, two taps:
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -70,6 +72,28 @@ class DualTokenModel(DualTokenPreTrainedModel):
         self.decoder = PixelDecoder(width, config.decoder_channels, config.decoder_channel_mult,
                                     config.decoder_res_blocks, config.decoder_attention_levels, config.latent_size)
         self.post_init()
+
+    @classmethod
+    def from_siglip(cls, tower: SiglipVisionModel | str | Path, config: DualTokenConfig | None = None,
+                    **overrides: Any) -> DualTokenModel:
+        """A tokenizer whose tower starts from a SigLIP vision tower (a module, or a local SigLIP folder).
+
+        The tower's own ``SiglipVisionConfig`` wins over the one in ``config``; layer taps are checked
+        against its depth. Projections, quantizers and decoder start fresh.
+        """
+        if not isinstance(tower, SiglipVisionModel):
+            tower = SiglipVisionModel.from_pretrained(tower, local_files_only=True)
+        base = (config or DualTokenConfig()).to_dict()
+        for key in ("vision_config", "model_type", "transformers_version", "architectures"):
+            base.pop(key, None)
+        model = cls(DualTokenConfig(**{**base, **overrides, "vision_config": tower.config.to_dict()}))
+        model.vision.load_state_dict(tower.state_dict())
+        return model
+
+    @property
+    def decoder_last_layer(self) -> torch.nn.Parameter:
+        """Weight of the decoder's output convolution: where the adaptive GAN weight compares gradients."""
+        return self.decoder.conv_out[-1].weight
 
     # ----------------------------------------------------------------------------------- tower
     @property

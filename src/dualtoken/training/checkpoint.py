@@ -1,9 +1,9 @@
 """Checkpoints that a killed run resumes from with the same subsequent losses.
 
-A checkpoint is a folder ``step-00000120/`` holding the model (safetensors), optimizer and scheduler
+A checkpoint is a folder ``step-00000120/`` holding every model (safetensors), optimizer and scheduler
 state (tensors and plain values only, loaded with ``weights_only=True``: nothing arbitrary is unpickled),
-every RNG state, and a JSON of trainer state (data position, ...). It is written under a temporary name
-and renamed into place, so a folder that exists is complete; the newest ``keep`` are kept.
+every rank's RNG state, and a JSON of trainer state (data position, ...). It is written under a
+temporary name and renamed into place, so a folder that exists is complete; the newest ``keep`` are kept.
 """
 
 from __future__ import annotations
@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import random
 import shutil
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -43,11 +44,19 @@ def _set_rng_state(tensors: dict[str, torch.Tensor], plain: dict[str, Any]) -> N
     np.random.set_state((kind, np.asarray(keys, dtype=np.uint32), pos, has_gauss, cached))
 
 
+def _noop() -> None:
+    return None
+
+
 class Checkpointer:
-    def __init__(self, folder: str | Path, keep: int = 2) -> None:
+    """Saves and restores named models/optimizers/schedulers; in a process group, rank 0 writes the shared
+    parts and every rank its own RNG state (``barrier`` must then be the group's barrier)."""
+
+    def __init__(self, folder: str | Path, keep: int = 2, rank: int = 0,
+                 barrier: Callable[[], None] = _noop) -> None:
         if keep < 1:
             raise ValueError("keep must be at least 1")
-        self.folder, self.keep = Path(folder), keep
+        self.folder, self.keep, self.rank, self.barrier = Path(folder), keep, rank, barrier
 
     def checkpoints(self) -> list[Path]:
         """Complete checkpoints, oldest first (half-written ones still carry their temporary name)."""
@@ -59,36 +68,45 @@ class Checkpointer:
         found = self.checkpoints()
         return found[-1] if found else None
 
-    def save(self, step: int, model: torch.nn.Module, optimizer: torch.optim.Optimizer | None = None,
-             scheduler: Any | None = None, state: dict[str, Any] | None = None) -> Path:
+    def save(self, step: int, models: Mapping[str, torch.nn.Module], optimizers: Mapping[str, Any] | None = None,
+             schedulers: Mapping[str, Any] | None = None, state: dict[str, Any] | None = None) -> Path:
         final = self.folder / f"{PREFIX}{step:08d}"
         tmp = self.folder / f".{final.name}.tmp"
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir(parents=True)
-        save_model(model, str(tmp / "model.safetensors"))
-        if optimizer is not None:
-            torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
-        if scheduler is not None:
-            torch.save(scheduler.state_dict(), tmp / "scheduler.pt")
+        if self.rank == 0:
+            shutil.rmtree(tmp, ignore_errors=True)
+            tmp.mkdir(parents=True)
+        self.barrier()
         rng_tensors, rng_plain = _rng_state()
-        save_file(rng_tensors, str(tmp / "rng.safetensors"))
-        with atomic_write(tmp / "state.json", "w") as handle:
-            json.dump({"step": step, "rng": rng_plain, "state": state or {}}, handle)
-        shutil.rmtree(final, ignore_errors=True)
-        tmp.rename(final)
-        for old in self.checkpoints()[: -self.keep]:
-            shutil.rmtree(old, ignore_errors=True)
+        save_file(rng_tensors, str(tmp / f"rng-rank{self.rank}.safetensors"))
+        with atomic_write(tmp / f"rng-rank{self.rank}.json", "w") as handle:
+            json.dump(rng_plain, handle)
+        self.barrier()
+        if self.rank == 0:
+            for name, model in models.items():
+                save_model(model, str(tmp / f"{name}.safetensors"))
+            for name, obj in {**(optimizers or {}), **(schedulers or {})}.items():
+                torch.save(obj.state_dict(), tmp / f"{name}.pt")
+            with atomic_write(tmp / "state.json", "w") as handle:
+                json.dump({"step": step, "state": state or {}}, handle)
+            shutil.rmtree(final, ignore_errors=True)
+            tmp.rename(final)
+            for old in self.checkpoints()[: -self.keep]:
+                shutil.rmtree(old, ignore_errors=True)
+        self.barrier()
         return final
 
-    def load(self, path: str | Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer | None = None,
-             scheduler: Any | None = None) -> tuple[int, dict[str, Any]]:
+    def load(self, path: str | Path, models: Mapping[str, torch.nn.Module], optimizers: Mapping[str, Any] | None = None,
+             schedulers: Mapping[str, Any] | None = None) -> tuple[int, dict[str, Any]]:
         """Restore everything saved; returns (step, trainer state)."""
         path = Path(path)
-        load_model(model, str(path / "model.safetensors"), strict=True)  # raises on any mismatch
-        if optimizer is not None:
-            optimizer.load_state_dict(torch.load(path / "optimizer.pt", weights_only=True))
-        if scheduler is not None:
-            scheduler.load_state_dict(torch.load(path / "scheduler.pt", weights_only=True))
+        for name, model in models.items():
+            load_model(model, str(path / f"{name}.safetensors"), strict=True)  # raises on any mismatch
+        for name, obj in {**(optimizers or {}), **(schedulers or {})}.items():
+            obj.load_state_dict(torch.load(path / f"{name}.pt", weights_only=True))
+        rng_file = path / f"rng-rank{self.rank}.safetensors"
+        if not rng_file.is_file():
+            raise FileNotFoundError(f"{path} holds no RNG state for rank {self.rank}: it was written by fewer "
+                                    "processes; resume with the same number of processes")
+        _set_rng_state(load_file(str(rng_file)), json.loads((path / f"rng-rank{self.rank}.json").read_text()))
         meta = json.loads((path / "state.json").read_text())
-        _set_rng_state(load_file(str(path / "rng.safetensors")), meta["rng"])
         return int(meta["step"]), meta["state"]

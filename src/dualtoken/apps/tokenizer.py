@@ -1,0 +1,111 @@
+"""The tokenizer as an application: build from the teacher, train, evaluate, save, log and register.
+
+Output ``models/tokenizer/`` (``save_pretrained``: config, weights with codebooks and EMA state) and
+``metrics/tokenizer.json``: val PSNR and SSIM, zero-shot accuracy through the quantized semantic path next
+to the teacher's, and codebook usage. MLflow gets step losses, usage per depth, reconstruction grids and
+the model, registered as ``tokenizer.register_as``.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from rich.console import Console
+
+from dualtoken.apps.training import log_final_metrics, mlflow_sink, setup_process, tracked, write_metrics
+from dualtoken.config import Config, ConfigError
+from dualtoken.data.curated import corpus_digest, load_split
+from dualtoken.evaluation.tokenizer import evaluate_tokenizer
+from dualtoken.models.configuration import named_config
+from dualtoken.models.dualtoken import DualTokenModel
+from dualtoken.models.teacher import checkpoint_digest, load_teacher
+from dualtoken.tracking import log_dataset, run_url
+from dualtoken.training.distributed import shutdown_distributed
+from dualtoken.training.run import save_folder_atomically
+from dualtoken.training.tokenizer import reconstruction_grid, train_tokenizer
+
+STAGE = "tokenizer"
+PREVIEW_IMAGES = 8
+
+
+def build_model(cfg: Config, teacher_tower: Any) -> DualTokenModel:
+    t = cfg.tokenizer
+    if t.init_from:
+        if not (Path(t.init_from) / "config.json").is_file():
+            raise ConfigError(f"tokenizer.init_from: {t.init_from} is not a saved DualToken model (no config.json)")
+        return DualTokenModel.from_pretrained(t.init_from, local_files_only=True)
+    try:
+        base = named_config(t.architecture)
+        return DualTokenModel.from_siglip(teacher_tower, base, **t.overrides)
+    except (ValueError, TypeError) as err:
+        key = "tokenizer.architecture" if "unknown tokenizer config" in str(err) else "tokenizer.overrides"
+        raise ConfigError(f"{key}: {err}") from None
+
+
+def main(cfg: Config, console: Console | None = None) -> dict[str, Any]:
+    console = console or Console(stderr=True, soft_wrap=True)
+    t = cfg.tokenizer
+    ctx = setup_process(t.runtime, cfg.seed)
+    try:
+        teacher, text_tokenizer = load_teacher(cfg.teacher.output_dir)
+        model = build_model(cfg, teacher.vision_model)
+        data = corpus_digest(cfg.curate.output_dir)
+        identity = {"tokenizer": t.model_dump(mode="json", exclude={"runtime", "register_as", "image_log_every"}),
+                    "seed": cfg.seed, "data": data, "teacher": checkpoint_digest(cfg.teacher.output_dir),
+                    "grad_accum": t.runtime.grad_accum}
+        train = load_split(cfg.curate.output_dir, "train")
+        val = load_split(cfg.curate.output_dir, "val")
+        preview = val.images[:PREVIEW_IMAGES]
+        with tracked(STAGE, cfg, ("seed", "tokenizer"), ctx) as run:
+            if run is not None:
+                import mlflow
+
+                log_dataset("curated", str(Path(cfg.curate.output_dir).resolve()), data, context="training")
+                mlflow.set_tag("dualtoken.teacher_sha256", identity["teacher"])
+                mlflow.log_dict(model.config.to_dict(), "tokenizer/config.json")
+            sizes = {name: sum(p.numel() for p in module.parameters()) for name, module in
+                     (("tower", model.vision), ("decoder", model.decoder), ("all", model))}
+            console.print(f"[tokenizer] stage {t.stage}, {sizes['all']:,} parameters (tower {sizes['tower']:,}, "
+                          f"decoder {sizes['decoder']:,}), {len(train)} images, {t.steps} steps of {t.batch_size}, "
+                          f"{ctx.world} process(es) on {ctx.device}")
+
+            def log_grid(step: int, grid: torch.Tensor) -> None:
+                import mlflow
+
+                mlflow.log_image(grid.numpy(), key="reconstructions", step=step)
+
+            t0 = time.perf_counter()
+            losses = train_tokenizer(t, model, teacher.vision_model, train, ctx, cfg.seed, identity, console,
+                                     sink=mlflow_sink("train") if ctx.is_main else None, preview=preview,
+                                     on_images=log_grid if ctx.is_main else None)
+            train_seconds = time.perf_counter() - t0
+            if not ctx.is_main:
+                return {}
+            metrics = evaluate_tokenizer(model, teacher, text_tokenizer, val, t.eval_batch_size, ctx.device)
+            metrics.update({"train_seconds": round(train_seconds, 1), "steps": t.steps, "stage": t.stage,
+                            "final_loss": losses[-1] if losses else None})
+            out = save_folder_atomically(t.output_dir, model.save_pretrained)
+            write_metrics(t.metrics_path, metrics)
+            import mlflow
+
+            log_final_metrics(metrics, step=t.steps)
+            log_grid(t.steps, reconstruction_grid(model, preview, ctx.device))
+            mlflow.log_artifact(t.metrics_path, artifact_path="tokenizer")
+            from dualtoken.registry import log_tokenizer
+
+            model_uri = log_tokenizer(out, t.register_as)
+            url = run_url(cfg.tracking, run.info.run_id)
+        zs = metrics["zero_shot"]
+        console.print(
+            f"[bold green]tokenizer done[/]: val PSNR {metrics['psnr']:.2f} dB, SSIM {metrics['ssim']:.3f}; zero-shot "
+            "quantized/teacher " + ", ".join(f"{k} {v['quantized']:.3f}/{v['teacher']:.3f}" for k, v in zs.items())
+            + f"; usage pixel {metrics['usage']['pixel']['overall']:.0%}, "
+            f"semantic {metrics['usage']['semantic']['overall']:.0%}\n"
+            f"  model:    {out}\n  metrics:  {t.metrics_path}\n  MLflow:   {url}\n  logged:   {model_uri}"
+            + (f" (registered as {t.register_as})" if t.register_as else ""))
+        return metrics
+    finally:
+        shutdown_distributed()

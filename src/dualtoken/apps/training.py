@@ -1,0 +1,57 @@
+"""What the training applications (teacher, tokenizer) share around their trainers: process set-up,
+an MLflow run on rank 0 only, step metrics streamed to it, and the metrics JSON DVC reads."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from dualtoken.config import Config, RuntimeConfig
+from dualtoken.storage import atomic_write
+from dualtoken.tracking import numeric_metrics, stage_run
+from dualtoken.training.distributed import DistContext, init_distributed
+
+
+def setup_process(runtime: RuntimeConfig, seed: int) -> DistContext:
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    if runtime.threads is not None:
+        torch.set_num_threads(runtime.threads)
+    ctx = init_distributed(runtime.device)
+    torch.manual_seed(seed)  # the same initial weights on every rank (DDP also broadcasts them)
+    return ctx
+
+
+@contextlib.contextmanager
+def tracked(stage: str, cfg: Config, sections: tuple[str, ...], ctx: DistContext) -> Iterator[Any]:
+    """The stage's MLflow run on rank 0; ``None`` on the other ranks, which log nothing."""
+    if not ctx.is_main:
+        yield None
+        return
+    with stage_run(stage, cfg, sections) as run:
+        yield run
+
+
+def mlflow_sink(prefix: str) -> Any:
+    def sink(step: int, metrics: dict[str, float]) -> None:
+        import mlflow
+
+        mlflow.log_metrics({f"{prefix}.{k}": v for k, v in metrics.items()}, step=step)
+    return sink
+
+
+def write_metrics(path: str | Path, metrics: dict[str, Any]) -> None:
+    with atomic_write(path, "w") as handle:
+        json.dump(metrics, handle, indent=2, sort_keys=True)
+        handle.write("\n")
+
+
+def log_final_metrics(metrics: dict[str, Any], step: int) -> None:
+    import mlflow
+
+    mlflow.log_metrics(numeric_metrics(metrics), step=step)

@@ -1,0 +1,30 @@
+"""Logging a tokenizer to MLflow as a loadable model and registering it.
+
+The registered artifact is an MLflow ``pyfunc`` (model from code, ``pyfunc_model.py``) around the
+``save_pretrained`` folder, so ``mlflow.pyfunc.load_model("models:/dualtoken-tokenizer/1").predict(images)``
+returns codes, and the folder itself is there for ``AutoModel.from_pretrained``.
+"""
+
+from __future__ import annotations
+
+from importlib.metadata import version
+from pathlib import Path
+
+PYFUNC_FILE = Path(__file__).with_name("pyfunc_model.py")
+
+
+def log_tokenizer(model_dir: str | Path, registered_name: str | None) -> str:
+    """Log the folder as a pyfunc model on the active run (and register it); returns the model URI."""
+    import mlflow
+    import numpy as np
+    from mlflow.models import ModelSignature
+    from mlflow.types import Schema, TensorSpec
+
+    signature = ModelSignature(inputs=Schema([TensorSpec(np.dtype(np.uint8), (-1, -1, -1, 3), "images")]),
+                               outputs=Schema([TensorSpec(np.dtype(np.int64), (-1, -1, -1, -1), "codes")]))
+    requirements = [f"{p}=={version(p)}" for p in ("torch", "transformers", "safetensors", "mlflow")]
+    info = mlflow.pyfunc.log_model(name="tokenizer", python_model=str(PYFUNC_FILE),
+                                   artifacts={"model": str(model_dir)}, pip_requirements=requirements,
+                                   signature=signature,
+                                   registered_model_name=registered_name)
+    return info.model_uri

@@ -1,0 +1,119 @@
+"""Scaffolding every training stage shares: optimizer + schedule from config, resumable checkpoint
+folders tied to a configuration fingerprint, step logging with throughput, atomic model folders."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+import time
+from collections.abc import Callable, Iterable
+from pathlib import Path
+from typing import Any
+
+import torch
+from rich.console import Console
+
+from dualtoken.config import OptimConfig, RuntimeConfig
+from dualtoken.training.checkpoint import Checkpointer
+from dualtoken.training.distributed import DistContext
+from dualtoken.training.schedule import warmup_cosine_scheduler
+
+FINGERPRINT_FILE = "fingerprint.json"
+
+
+def fingerprint(payload: dict[str, Any]) -> str:
+    return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def build_optimizer(groups: Iterable[dict[str, Any]], optim: OptimConfig, total_steps: int
+                    ) -> tuple[torch.optim.AdamW, torch.optim.lr_scheduler.LambdaLR]:
+    """AdamW over parameter groups (each may carry an ``lr_scale``), warm-up + cosine schedule."""
+    param_groups = []
+    for group in groups:
+        params = [p for p in group["params"] if p.requires_grad]
+        if params:
+            param_groups.append({"params": params, "lr": optim.lr * group.get("lr_scale", 1.0)})
+    if not param_groups:
+        raise ValueError("nothing to train: every parameter is frozen")
+    optimizer = torch.optim.AdamW(param_groups, lr=optim.lr, betas=optim.betas, weight_decay=optim.weight_decay)
+    return optimizer, warmup_cosine_scheduler(optimizer, optim.warmup_steps, total_steps, optim.min_lr_ratio)
+
+
+def open_checkpoints(work_dir: str | Path, print_fn: Callable[[str], None], ctx: DistContext, keep: int,
+                     identity: dict[str, Any]) -> Checkpointer:
+    """Checkpoints under ``work_dir/checkpoints``; ones written for another configuration are set aside.
+
+    ``identity`` is everything that makes a checkpoint valid to resume (config, data digest, process count).
+    """
+    folder = Path(work_dir) / "checkpoints"
+    marker = Path(work_dir) / FINGERPRINT_FILE
+    wanted = fingerprint(identity)
+    if ctx.is_main:
+        found = json.loads(marker.read_text()).get("fingerprint") if marker.is_file() else None
+        if found != wanted and folder.exists():
+            stale = folder.with_name(f"checkpoints.stale-{found or 'unknown'}")
+            shutil.rmtree(stale, ignore_errors=True)
+            folder.rename(stale)
+            print_fn(f"checkpoints in {folder} were written for another configuration: moved to {stale}, "
+                     "starting fresh")
+        marker.parent.mkdir(parents=True, exist_ok=True)
+        marker.write_text(json.dumps({"fingerprint": wanted, "identity": identity}, indent=1, default=str))
+    ctx.barrier()
+    return Checkpointer(folder, keep=keep, rank=ctx.rank, barrier=ctx.barrier)
+
+
+class StepLog:
+    """Prints a line every ``every`` steps on rank 0 (loss terms, lr, samples/s) and hands the numbers on."""
+
+    def __init__(self, name: str, total_steps: int, every: int, console: Console, ctx: DistContext,
+                 sink: Callable[[int, dict[str, float]], None] | None = None) -> None:
+        self.name, self.total, self.every = name, total_steps, every
+        self.console, self.ctx, self.sink = console, ctx, sink
+        self.samples, self.t0 = 0, time.perf_counter()
+
+    def __call__(self, step: int, batch_samples: int, metrics: dict[str, float]) -> None:
+        """``step`` is 1-based (steps done); metrics are this rank's, averaged across ranks here."""
+        self.samples += batch_samples
+        if step % self.every and step != self.total:
+            return
+        keys = sorted(metrics)
+        averaged = self.ctx.mean(torch.tensor([metrics[k] for k in keys], dtype=torch.float64))
+        out = dict(zip(keys, averaged.tolist(), strict=True))
+        elapsed = time.perf_counter() - self.t0
+        out["samples_per_s"] = self.samples * self.ctx.world / max(elapsed, 1e-9)
+        self.samples, self.t0 = 0, time.perf_counter()
+        if self.ctx.is_main:
+            shown = " ".join(f"{k}={v:.4g}" for k, v in out.items())
+            self.console.print(f"[{self.name}] step {step}/{self.total} {shown}")
+            if self.sink is not None:
+                self.sink(step, out)
+
+
+def save_folder_atomically(out_dir: str | Path, write: Callable[[Path], None]) -> Path:
+    """Let ``write`` fill a temporary sibling folder, then swap it in: readers never see half a model."""
+    out = Path(out_dir)
+    tmp = out.with_name(f".{out.name}.tmp")
+    old = out.with_name(f".{out.name}.old")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    write(tmp)
+    shutil.rmtree(old, ignore_errors=True)
+    if out.exists():
+        out.rename(old)
+    tmp.rename(out)
+    shutil.rmtree(old, ignore_errors=True)
+    return out
+
+
+def wants_checkpointing(runtime: RuntimeConfig, device: torch.device) -> bool:
+    mode = runtime.gradient_checkpointing
+    return mode == "on" or (mode == "auto" and device.type == "cuda")
+
+
+def micro_batch(batch_size: int, world: int, grad_accum: int, key: str) -> int:
+    """Per-process micro batch for a global batch; an uneven split is a configuration error."""
+    if batch_size % (world * grad_accum):
+        raise ValueError(f"{key}.batch_size ({batch_size}) must be divisible by processes x grad_accum "
+                         f"({world} x {grad_accum})")
+    return batch_size // (world * grad_accum)

@@ -1,0 +1,161 @@
+"""Training the DualToken tokenizer against a frozen SigLIP teacher (losses in ``tokenizer_losses``).
+
+One optimizer step = ``grad_accum`` micro batches per process. With the GAN active (from
+``gan_start_step``), each micro batch also trains the PatchGAN discriminator on (image, reconstruction).
+A checkpoint holds both networks, both optimizers and schedules, the sampler position and every RNG.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from rich.console import Console
+from transformers import SiglipVisionModel
+
+from dualtoken.config import TokenizerConfig
+from dualtoken.data.curated import CuratedSplit, EpochSampler, from_model_output, to_model_input
+from dualtoken.evaluation.reconstruction import image_grid
+from dualtoken.models.dualtoken import DualTokenModel
+from dualtoken.models.layers import PatchDiscriminator, adaptive_gan_weight, hinge_d_loss, hinge_g_loss
+from dualtoken.training.distributed import DistContext
+from dualtoken.training.engine import Engine
+from dualtoken.training.run import StepLog, build_optimizer, micro_batch, open_checkpoints, wants_checkpointing
+from dualtoken.training.tokenizer_losses import (
+    Perceptual,
+    StagePlan,
+    apply_stage,
+    mse_cos,
+    new_parameter_groups,
+    perceptual_loss,
+    stage_plan,
+    tower_states,
+)
+
+
+@dataclass
+class Objective:
+    """The loss of one micro batch, given the frozen teacher tower and what the stage trains."""
+
+    cfg: TokenizerConfig
+    plan: StagePlan
+    teacher: SiglipVisionModel
+    discriminator: PatchDiscriminator
+    perceptual: Perceptual | None
+
+    def gan_active(self, step: int) -> bool:
+        return self.plan.pixel and self.cfg.losses.gan > 0 and step >= self.cfg.losses.gan_start_step
+
+    def __call__(self, model: DualTokenModel, forward: Callable[[torch.Tensor], Any], images: torch.Tensor,
+                 step: int) -> tuple[torch.Tensor, dict[str, float], torch.Tensor]:
+        w, layer = self.cfg.losses, model.config.layer_semantic
+        with torch.no_grad():
+            states, pooled = tower_states(self.teacher, images, (layer,), pooled=True)
+        out = forward(images)
+        terms = {"semantic_tap": mse_cos(out.semantic_features, states[layer]),
+                 "semantic_pooled": mse_cos(out.pooled, pooled),
+                 "commitment": out.semantic.commitment_loss + out.semantic.codebook_loss}
+        weights = {"semantic_tap": w.semantic_tap, "semantic_pooled": w.semantic_pooled, "commitment": w.commitment}
+        if self.plan.pixel:
+            terms["commitment"] = terms["commitment"] + out.pixel.commitment_loss + out.pixel.codebook_loss
+            terms["reconstruction"] = F.mse_loss(out.reconstruction.float(), images.float())
+            weights["reconstruction"] = w.reconstruction
+            if self.perceptual is not None and w.perceptual > 0:
+                terms["perceptual"] = self.perceptual(images, out.reconstruction)
+                weights["perceptual"] = w.perceptual
+        loss = sum(weights[k] * v for k, v in terms.items())
+        if self.gan_active(step):
+            nll = sum(weights[k] * terms[k] for k in ("reconstruction", "perceptual") if k in terms)
+            self.discriminator.requires_grad_(False)  # the generator's loss must not train the discriminator
+            g_loss = hinge_g_loss(self.discriminator(out.reconstruction))
+            self.discriminator.requires_grad_(True)
+            adaptive = adaptive_gan_weight(nll, g_loss, model.decoder_last_layer, w.gan_weight_min, w.gan_weight_max)
+            loss = loss + w.gan * adaptive * g_loss
+            terms["gan_generator"], terms["gan_adaptive_weight"] = g_loss, adaptive
+        report = {k: v.item() for k, v in terms.items()}
+        for name, q in (("pixel", out.pixel), ("semantic", out.semantic)):
+            report.update({f"{name}_usage_d{d}": float(u) for d, u in enumerate(q.usage)})
+        return loss, report, out.reconstruction.detach()
+
+
+@torch.no_grad()
+def reconstruction_grid(model: DualTokenModel, images: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """Originals above their reconstructions (uint8 HWC), for the MLflow image log."""
+    was_training = model.training
+    model.eval()
+    recon = from_model_output(model.reconstruct(to_model_input(images).to(device)).cpu())
+    model.train(was_training)
+    return image_grid([images, recon])
+
+
+def train_tokenizer(cfg: TokenizerConfig, model: DualTokenModel, teacher: SiglipVisionModel, train: CuratedSplit,
+                    ctx: DistContext, seed: int, identity: dict[str, Any], console: Console,
+                    sink: Callable[[int, dict[str, float]], None] | None = None,
+                    preview: torch.Tensor | None = None,
+                    on_images: Callable[[int, torch.Tensor], None] | None = None) -> list[float]:
+    """Train ``model`` in place (resuming from ``cfg.work_dir`` if a matching checkpoint exists)."""
+    rt = cfg.runtime
+    micro = micro_batch(cfg.batch_size, ctx.world, rt.grad_accum, "tokenizer")
+    plan = stage_plan(cfg.stage, model.config)
+    model.to(ctx.device).train()
+    apply_stage(model, plan)
+    if wants_checkpointing(rt, ctx.device):
+        model.gradient_checkpointing_enable()
+    teacher.to(ctx.device).eval().requires_grad_(False)
+    perceptual = perceptual_loss(cfg.losses, teacher, model.config.layer_pixel, ctx.device)
+    disc = PatchDiscriminator(cfg.losses.discriminator_channels, cfg.losses.discriminator_layers).to(ctx.device)
+    objective = Objective(cfg, plan, teacher, disc, perceptual)
+
+    tower, fresh = new_parameter_groups(model)
+    optimizer, scheduler = build_optimizer([{"params": tower}, {"params": fresh, "lr_scale": cfg.new_params_lr_scale}],
+                                           cfg.optim, cfg.steps)
+    engine = Engine(model, optimizer, scheduler, ctx, rt.grad_accum, cfg.optim.grad_clip, rt.precision)
+    gan_steps = max(1, cfg.steps - cfg.losses.gan_start_step)  # its schedule starts when the GAN does
+    d_optimizer, d_scheduler = build_optimizer([{"params": disc.parameters()}], cfg.discriminator_optim, gan_steps)
+    d_engine = Engine(disc, d_optimizer, d_scheduler, ctx, rt.grad_accum, cfg.discriminator_optim.grad_clip,
+                      rt.precision)
+    sampler = EpochSampler(len(train), micro, seed=seed, rank=ctx.rank, world=ctx.world)
+    ckpt = open_checkpoints(cfg.work_dir, console.print, ctx, rt.keep_checkpoints, {**identity, "world": ctx.world})
+    models, optimizers = {"model": model, "discriminator": disc}, {"optimizer": optimizer, "d_optimizer": d_optimizer}
+    schedulers = {"scheduler": scheduler, "d_scheduler": d_scheduler}
+    start = 0
+    if (latest := ckpt.latest()) is not None:
+        start, state = ckpt.load(latest, models, optimizers, schedulers)
+        sampler.load_state_dict(state["sampler"])
+        console.print(f"[tokenizer] resumed from {latest} (step {start}/{cfg.steps})")
+
+    def forward(images: torch.Tensor) -> Any:
+        return engine.model(images)
+
+    log = StepLog("tokenizer", cfg.steps, rt.log_every, console, ctx, sink)
+    losses = []
+    for step in range(start, cfg.steps):
+        gan = objective.gan_active(step)
+        report: dict[str, float] = {}
+        total = 0.0
+        for m in range(rt.grad_accum):
+            images = to_model_input(train.images[sampler.next_batch()]).to(ctx.device)
+            with engine.micro_step(m), engine.autocast():
+                loss, terms, recon = objective(model, forward, images, step)
+                engine.backward(loss)
+            if gan:
+                with d_engine.micro_step(m), d_engine.autocast():
+                    d_loss = hinge_d_loss(d_engine.model(images), d_engine.model(recon))
+                    d_engine.backward(d_loss)
+                terms["gan_discriminator"] = d_loss.item()
+            total += loss.item() / rt.grad_accum
+            for k, v in terms.items():
+                report[k] = report.get(k, 0.0) + v / rt.grad_accum
+        report["grad_norm"] = engine.step()
+        if gan:
+            d_engine.step()
+        losses.append(total)
+        log(step + 1, cfg.batch_size // ctx.world, {"loss": total, "lr": engine.lr, **report})
+        if on_images is not None and preview is not None and ctx.is_main and (step + 1) % cfg.image_log_every == 0:
+            on_images(step + 1, reconstruction_grid(model, preview, ctx.device))
+        if (step + 1) % rt.checkpoint_every == 0 and step + 1 < cfg.steps:
+            ckpt.save(step + 1, models, optimizers, schedulers, {"sampler": sampler.state_dict()})
+    return losses

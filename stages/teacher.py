@@ -1,0 +1,10 @@
+"""DVC stage ``teacher``: train the demo SigLIP teacher from scratch (or record a pretrained one)."""
+
+from __future__ import annotations
+
+import sys
+
+from stages.common import run_training_stage
+
+if __name__ == "__main__":
+    sys.exit(run_training_stage("teacher", "stages.teacher", sys.argv[1:]))

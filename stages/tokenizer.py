@@ -1,0 +1,10 @@
+"""DVC stage ``tokenizer``: train the DualToken tokenizer from the teacher; evaluate, save, register."""
+
+from __future__ import annotations
+
+import sys
+
+from stages.common import run_training_stage
+
+if __name__ == "__main__":
+    sys.exit(run_training_stage("tokenizer", "stages.tokenizer", sys.argv[1:]))

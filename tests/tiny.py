@@ -1,0 +1,58 @@
+"""Tiny models and data for fast training tests: 32 px images, a 3-layer width-32 SigLIP, and a
+DualToken model on it with 2-deep residual codebooks of 32 codes."""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image
+
+from dualtoken.config import TokenizerConfig
+from dualtoken.data.curated import CuratedSplit
+from dualtoken.data.synthetic import generate_example
+from dualtoken.models.configuration import DualTokenConfig
+from dualtoken.models.teacher import new_teacher, scratch_config
+
+SIZE = 32
+VISION = {"image_size": SIZE, "patch_size": 8, "hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 3,
+          "num_attention_heads": 2, "hidden_act": "gelu_pytorch_tanh", "layer_norm_eps": 1e-6,
+          "vision_use_head": True}
+TOKENIZER = {"layer_pixel": 1, "layer_shortcut": None, "layer_semantic": 2, "projection_heads": 2,
+             "pixel_codebook_size": 32, "pixel_code_dim": 8, "pixel_depth": 2,
+             "semantic_codebook_size": 32, "semantic_code_dim": 8, "semantic_depth": 2,
+             "decoder_channels": 8, "decoder_channel_mult": [1, 1, 2], "decoder_res_blocks": 1, "latent_size": 8}
+
+
+def tiny_split(n: int, seed: int = 0) -> CuratedSplit:
+    images, metas = [], []
+    for i in range(n):
+        ex = generate_example(seed, i, SIZE)
+        images.append(np.asarray(Image.open(io.BytesIO(ex.png)).convert("RGB")))
+        metas.append({"captions": ex.captions, "attributes": ex.attributes, "qa": ex.qa})
+    return CuratedSplit(torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2).contiguous(), metas)
+
+
+def tiny_teacher(vocab_size: int = 300, pad_token_id: int = 0) -> Any:
+    torch.manual_seed(0)
+    return new_teacher(scratch_config(VISION, vocab_size, 16, 32, 64, 2, 2, pad_token_id), batch_size=8)
+
+
+def tiny_tokenizer_config() -> DualTokenConfig:
+    return DualTokenConfig(vision_config=VISION, **TOKENIZER)
+
+
+def tokenizer_cfg(work: Path, **overrides: Any) -> TokenizerConfig:
+    base: dict[str, Any] = {"steps": 6, "batch_size": 8, "work_dir": str(work), "image_log_every": 1000,
+                            "optim": {"lr": 1e-3, "warmup_steps": 1},
+                            "losses": {"gan_start_step": 2, "discriminator_channels": 8, "discriminator_layers": 2},
+                            "runtime": {"log_every": 1, "checkpoint_every": 3, "device": "cpu"}}
+    for key, value in overrides.items():
+        if isinstance(value, dict):
+            base[key] = {**base.get(key, {}), **value}
+        else:
+            base[key] = value
+    return TokenizerConfig.model_validate(base)

@@ -1,0 +1,135 @@
+"""Tokenizer training: losses fall when overfitting one batch, freezing schedules, a killed run resumes with
+the uninterrupted losses, SigLIP initialisation from a saved checkpoint, metrics on known inputs."""
+
+import pytest
+import torch
+from rich.console import Console
+
+from dualtoken.data.curated import to_model_input
+from dualtoken.evaluation.reconstruction import psnr, ssim
+from dualtoken.evaluation.tokenizer import codebook_usage
+from dualtoken.models.dualtoken import DualTokenModel
+from dualtoken.training.distributed import DistContext
+from dualtoken.training.tokenizer import train_tokenizer
+from dualtoken.training.tokenizer_losses import apply_stage, stage_plan, teacher_feature_distance
+from tiny import tiny_split, tiny_teacher, tiny_tokenizer_config, tokenizer_cfg
+
+CPU = DistContext(0, 1, 0, torch.device("cpu"))
+QUIET = Console(quiet=True)
+
+
+class Killed(Exception):
+    pass
+
+
+def _model(teacher):
+    torch.manual_seed(1)
+    return DualTokenModel.from_siglip(teacher.vision_model, tiny_tokenizer_config())
+
+
+def test_from_siglip_loads_a_locally_saved_checkpoint(tmp_path):
+    teacher = tiny_teacher()
+    teacher.vision_model.save_pretrained(tmp_path / "siglip")
+    model = DualTokenModel.from_siglip(tmp_path / "siglip", tiny_tokenizer_config())
+    ours, theirs = model.vision.state_dict(), teacher.vision_model.state_dict()
+    assert ours.keys() == theirs.keys() and all(torch.equal(ours[k], theirs[k]) for k in ours)
+    images = to_model_input(tiny_split(2).images)
+    with torch.no_grad():  # the tower before any quantizer: same pooled output as the teacher's tower
+        assert torch.allclose(model.vision(images).pooler_output, teacher.vision_model(images).pooler_output)
+    with pytest.raises(ValueError, match="layer_semantic"):
+        DualTokenModel.from_siglip(tmp_path / "siglip", tiny_tokenizer_config(), layer_semantic=9)
+
+
+def test_overfitting_one_batch_lowers_every_loss(tmp_path):
+    teacher = tiny_teacher()
+    data = tiny_split(8)
+    seen: list[dict] = []
+    cfg = tokenizer_cfg(tmp_path, steps=60, losses={"gan_start_step": 1000}, runtime={"checkpoint_every": 1000})
+    train_tokenizer(cfg, _model(teacher), teacher.vision_model, data, CPU, 0, {}, QUIET,
+                    sink=lambda step, m: seen.append(m))
+    first, last = seen[0], seen[-1]
+    for term in ("reconstruction", "semantic_tap", "semantic_pooled", "perceptual", "loss"):
+        assert last[term] < 0.7 * first[term], (term, first[term], last[term])
+
+
+def test_killed_run_resumes_with_the_same_losses(tmp_path):
+    teacher = tiny_teacher()
+    data = tiny_split(24)
+    full = train_tokenizer(tokenizer_cfg(tmp_path / "a"), _model(teacher), teacher.vision_model, data, CPU, 0, {},
+                           QUIET)
+
+    def kill_at_step_5(step, metrics):
+        if step == 5:
+            raise Killed
+
+    cfg = tokenizer_cfg(tmp_path / "b")
+    with pytest.raises(Killed):  # dies after step 5, the last checkpoint being step 3
+        train_tokenizer(cfg, _model(teacher), teacher.vision_model, data, CPU, 0, {}, QUIET, sink=kill_at_step_5)
+    torch.manual_seed(99)  # a new process starts from other RNG state and other weights
+    fresh = DualTokenModel.from_siglip(teacher.vision_model, tiny_tokenizer_config())
+    rest = train_tokenizer(cfg, fresh, teacher.vision_model, data, CPU, 0, {}, QUIET)
+    assert len(full) == 6 and len(rest) == 3
+    assert rest == full[3:]  # bit-identical: weights, both optimizers, EMA codebooks, sampler and RNG restored
+
+    changed = tokenizer_cfg(tmp_path / "b", steps=7)  # another configuration: its checkpoints are set aside
+    again = train_tokenizer(changed, _model(teacher), teacher.vision_model, data, CPU, 0, {"other": 1}, QUIET)
+    assert len(again) == 7 and any((tmp_path / "b").glob("checkpoints.stale-*"))
+
+
+@pytest.mark.parametrize(("stage", "tower_trains", "pixel_trains"), [(0, False, False), (1, True, True),
+                                                                      (2, True, False)])
+def test_freezing_schedules(stage, tower_trains, pixel_trains):
+    model = DualTokenModel(tiny_tokenizer_config()).train()
+    apply_stage(model, stage_plan(stage, model.config))
+    cfg = model.config
+    assert model.semantic_down.linear.weight.requires_grad and model.vision.head.probe.requires_grad
+    assert model.layers[cfg.layer_semantic - 1].mlp.fc1.weight.requires_grad == tower_trains
+    assert model.vision.embeddings.patch_embedding.weight.requires_grad == (stage == 1)
+    assert model.decoder_last_layer.requires_grad == pixel_trains
+    assert model.pixel_quantizer.training == pixel_trains  # a frozen quantizer's EMA must not move
+
+
+def test_teacher_perceptual_distance_is_zero_on_identical_images_only():
+    tower = tiny_teacher().vision_model.eval()
+    images = to_model_input(tiny_split(4).images)
+    assert teacher_feature_distance(tower, images, images, (1,)).item() == pytest.approx(0.0, abs=1e-6)
+    assert teacher_feature_distance(tower, images, images.flip(-1), (1,)).item() > 0.01
+
+
+def test_psnr_and_ssim_on_known_inputs():
+    a = torch.randint(0, 256, (3, 3, 32, 32), generator=torch.Generator().manual_seed(0), dtype=torch.uint8)
+    b = (a.int() + 5).clamp(0, 255).to(torch.uint8)  # ~ every pixel off by 5: PSNR ~ 20 log10(255 / 5)
+    assert psnr(a, b).mean().item() == pytest.approx(34.15, abs=0.3)
+    assert ssim(a, a).min().item() == pytest.approx(1.0, abs=1e-5)
+    assert ssim(a, 255 - a).max().item() < 0.0  # an inverted image is anti-correlated
+    assert ssim(a, b).min().item() > 0.95
+
+
+def test_codebook_usage_counts_distinct_codes():
+    codes = torch.tensor([[0, 1], [0, 2], [3, 2]])  # depth 0 uses {0, 3}, depth 1 uses {1, 2}
+    shared = codebook_usage(codes, 8, shared=True)
+    assert shared["per_depth"] == [0.25, 0.25] and shared["overall"] == 0.5
+    assert codebook_usage(codes, 8, shared=False)["overall"] == 0.25
+
+
+
+def test_lpips_loads_a_weight_file_strictly_and_measures_distance(tmp_path):
+    from safetensors.torch import save_file
+
+    from dualtoken.models.lpips import LPIPS
+
+    torch.manual_seed(0)
+    reference = LPIPS()
+    for i in range(5):  # LPIPS heads are non-negative by construction
+        head = getattr(reference, f"lin{i}").model[1]
+        head.weight.data = head.weight.data.abs()
+    save_file(reference.state_dict(), str(tmp_path / "lpips.safetensors"))
+    lpips = LPIPS.from_file(tmp_path / "lpips.safetensors")
+    images = to_model_input(tiny_split(2).images)
+    assert lpips(images, images).item() == pytest.approx(0.0, abs=1e-6)
+    assert lpips(images, images.flip(-1)).item() > lpips(images, images + 0.01).item() > 0
+    save_file({"features.0.weight": torch.zeros(1)}, str(tmp_path / "bad.safetensors"))
+    with pytest.raises(RuntimeError, match="Missing key"):
+        LPIPS.from_file(tmp_path / "bad.safetensors")
+    with pytest.raises(FileNotFoundError, match="perceptual_kind 'teacher'"):
+        LPIPS.from_file(tmp_path / "none.safetensors")
