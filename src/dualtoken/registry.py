@@ -20,8 +20,8 @@ def log_tokenizer(model_dir: str | Path, registered_name: str | None) -> str:
     from mlflow.models import ModelSignature
     from mlflow.types import Schema, TensorSpec
 
-    signature = ModelSignature(inputs=Schema([TensorSpec(np.dtype(np.uint8), (-1, -1, -1, 3), "images")]),
-                               outputs=Schema([TensorSpec(np.dtype(np.int64), (-1, -1, -1, -1), "codes")]))
+    signature = ModelSignature(inputs=Schema([TensorSpec(np.dtype(np.uint8), (-1, -1, -1, 3))]),
+                               outputs=Schema([TensorSpec(np.dtype(np.int64), (-1, -1, -1, -1))]))
     requirements = [f"{p}=={version(p)}" for p in ("torch", "transformers", "safetensors", "mlflow")]
     info = mlflow.pyfunc.log_model(name="tokenizer", python_model=str(PYFUNC_FILE),
                                    artifacts={"model": str(model_dir)}, pip_requirements=requirements,

@@ -90,3 +90,23 @@ def test_unreachable_tracking_server_fails_fast_with_a_hint(tmp_path, monkeypatc
     assert time.perf_counter() - t0 < 30
     err = capsys.readouterr().err
     assert "is not reachable" in err and "infra/local/mlflow.sh" in err
+
+
+
+def test_training_stages_explain_missing_inputs(tmp_path):
+    params = _params(tmp_path)
+    raw = yaml.safe_load(params.read_text())
+    raw["teacher"] = {"output_dir": str(tmp_path / "teacher")}
+    params.write_text(yaml.safe_dump(raw))
+    for stage, hint in (("teacher", "run the curate stage first"), ("tokenizer", "run the teacher stage first")):
+        proc = subprocess.run([sys.executable, "-m", f"stages.{stage}", "--params", str(params)],
+                              capture_output=True, text=True, timeout=300)
+        assert proc.returncode == 2 and hint in proc.stderr and "Traceback" not in proc.stderr, proc.stderr[-2000:]
+
+
+def test_unknown_architecture_names_the_known_ones():
+    from dualtoken.models.teacher import vision_config_of
+
+    assert vision_config_of("demo")["hidden_size"] == 128
+    with pytest.raises(ValueError, match=r"unknown architecture 'vit-huge'; known: \['demo'"):
+        vision_config_of("vit-huge")

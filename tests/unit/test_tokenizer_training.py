@@ -12,7 +12,7 @@ from dualtoken.models.dualtoken import DualTokenModel
 from dualtoken.training.distributed import DistContext
 from dualtoken.training.tokenizer import train_tokenizer
 from dualtoken.training.tokenizer_losses import apply_stage, stage_plan, teacher_feature_distance
-from tiny import tiny_split, tiny_teacher, tiny_tokenizer_config, tokenizer_cfg
+from tiny import TOKENIZER, tiny_split, tiny_teacher, tiny_tokenizer_config, tokenizer_cfg
 
 CPU = DistContext(0, 1, 0, torch.device("cpu"))
 QUIET = Console(quiet=True)
@@ -133,3 +133,19 @@ def test_lpips_loads_a_weight_file_strictly_and_measures_distance(tmp_path):
         LPIPS.from_file(tmp_path / "bad.safetensors")
     with pytest.raises(FileNotFoundError, match="perceptual_kind 'teacher'"):
         LPIPS.from_file(tmp_path / "none.safetensors")
+
+
+def test_tokenizer_overrides_are_checked_against_the_model_config(tmp_path):
+    from dualtoken.apps.tokenizer import build_model
+    from dualtoken.config import ConfigError, parse_config
+
+    base = {"data": {"sources": [{"kind": "demo"}]}}
+    teacher = tiny_teacher().vision_model
+    with pytest.raises(ConfigError, match=r"tokenizer\.overrides\.layr_pixel: unknown key"):
+        build_model(parse_config({**base, "tokenizer": {"overrides": {"layr_pixel": 1}}}), teacher)
+    with pytest.raises(ConfigError, match=r"tokenizer\.overrides: .*layer_semantic"):
+        build_model(parse_config({**base, "tokenizer": {"overrides": {"layer_semantic": 7}}}), teacher)
+    with pytest.raises(ConfigError, match=r"tokenizer\.architecture: unknown tokenizer config"):
+        build_model(parse_config({**base, "tokenizer": {"architecture": "vit-huge"}}), teacher)
+    model = build_model(parse_config({**base, "tokenizer": {"overrides": {**TOKENIZER, "pixel_depth": 3}}}), teacher)
+    assert model.config.pixel_depth == 3 and model.config.vision_config.image_size == 32  # the teacher's tower wins

@@ -8,6 +8,7 @@ the model, registered as ``tokenizer.register_as``.
 
 from __future__ import annotations
 
+import inspect
 import time
 from pathlib import Path
 from typing import Any
@@ -19,7 +20,7 @@ from dualtoken.apps.training import log_final_metrics, mlflow_sink, setup_proces
 from dualtoken.config import Config, ConfigError
 from dualtoken.data.curated import corpus_digest, load_split
 from dualtoken.evaluation.tokenizer import evaluate_tokenizer
-from dualtoken.models.configuration import named_config
+from dualtoken.models.configuration import DualTokenConfig, named_config
 from dualtoken.models.dualtoken import DualTokenModel
 from dualtoken.models.teacher import checkpoint_digest, load_teacher
 from dualtoken.tracking import log_dataset, run_url
@@ -37,6 +38,9 @@ def build_model(cfg: Config, teacher_tower: Any) -> DualTokenModel:
         if not (Path(t.init_from) / "config.json").is_file():
             raise ConfigError(f"tokenizer.init_from: {t.init_from} is not a saved DualToken model (no config.json)")
         return DualTokenModel.from_pretrained(t.init_from, local_files_only=True)
+    known = set(inspect.signature(DualTokenConfig.__init__).parameters) - {"self", "kwargs", "vision_config"}
+    for key in sorted(set(t.overrides) - known):
+        raise ConfigError(f"tokenizer.overrides.{key}: unknown key; DualTokenConfig has {sorted(known)}")
     try:
         base = named_config(t.architecture)
         return DualTokenModel.from_siglip(teacher_tower, base, **t.overrides)
@@ -50,6 +54,9 @@ def main(cfg: Config, console: Console | None = None) -> dict[str, Any]:
     t = cfg.tokenizer
     ctx = setup_process(t.runtime, cfg.seed)
     try:
+        if not (Path(cfg.teacher.output_dir) / "config.json").is_file():
+            raise FileNotFoundError(f"no teacher in {cfg.teacher.output_dir}: run the teacher stage first "
+                                    "(dvc repro teacher)")
         teacher, text_tokenizer = load_teacher(cfg.teacher.output_dir)
         model = build_model(cfg, teacher.vision_model)
         data = corpus_digest(cfg.curate.output_dir)

@@ -102,7 +102,8 @@ NAMED_CONFIGS: dict[str, dict[str, Any]] = {
         "projection_heads": 4,
         "pixel_codebook_size": 512, "pixel_code_dim": 16, "pixel_depth": 4,
         "semantic_codebook_size": 512, "semantic_code_dim": 16, "semantic_depth": 4,
-        "decoder_channels": 32, "decoder_channel_mult": [1, 2, 2, 4], "decoder_res_blocks": 1,
+        # Widths 8/16/32/64 from 64 px up to 8 px: convolutions at full resolution dominate a CPU step.
+        "decoder_channels": 8, "decoder_channel_mult": [1, 2, 4, 8], "decoder_res_blocks": 1,
     },
     # The paper's main setting: SigLIP-So400m/14 at 384 px (27 x 27 tokens), taps after layers 6 and 26.
     "so400m-patch14-384": {
