@@ -10,20 +10,24 @@ the baseline is the full tower forward with its pooling head. Ratio > 1 is overh
 from __future__ import annotations
 
 import argparse
+import statistics
 import time
 from collections.abc import Callable
 
 import torch
 
 
-def best_time(fn: Callable[[], object], repeats: int) -> float:
-    fn()  # warm-up
-    times = []
+def interleaved_medians(fns: dict[str, Callable[[], object]], repeats: int) -> dict[str, float]:
+    """Median seconds per function, alternating them so machine noise hits both alike."""
+    for fn in fns.values():
+        fn()  # warm-up
+    times: dict[str, list[float]] = {name: [] for name in fns}
     for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return min(times)
+        for name, fn in fns.items():
+            t0 = time.perf_counter()
+            fn()
+            times[name].append(time.perf_counter() - t0)
+    return {name: statistics.median(ts) for name, ts in times.items()}
 
 
 def main() -> None:
@@ -33,7 +37,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", default="demo")
     parser.add_argument("--batch", type=int, default=64)
-    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--repeats", type=int, default=11)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     args = parser.parse_args()
     torch.manual_seed(0)
@@ -49,8 +53,9 @@ def main() -> None:
             if args.device.startswith("cuda"):
                 torch.cuda.synchronize()
 
-        tower = best_time(lambda: (model.vision(images), sync()), args.repeats)
-        encode = best_time(lambda: (model.encode(images), sync()), args.repeats)
+        medians = interleaved_medians({"tower": lambda: (model.vision(images), sync()),
+                                       "encode": lambda: (model.encode(images), sync())}, args.repeats)
+    tower, encode = medians["tower"], medians["encode"]
     print(f"{args.config}: batch {args.batch} at {size}px on {args.device}, "
           f"{config.grid_size}x{config.grid_size} tokens, taps {config.layer_pixel}/{config.layer_semantic} "
           f"of {config.vision_config.num_hidden_layers} layers")
