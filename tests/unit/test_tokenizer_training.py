@@ -149,3 +149,15 @@ def test_tokenizer_overrides_are_checked_against_the_model_config(tmp_path):
         build_model(parse_config({**base, "tokenizer": {"architecture": "vit-huge"}}), teacher)
     model = build_model(parse_config({**base, "tokenizer": {"overrides": {**TOKENIZER, "pixel_depth": 3}}}), teacher)
     assert model.config.pixel_depth == 3 and model.config.vision_config.image_size == 32  # the teacher's tower wins
+
+
+def test_gpu_code_paths_bf16_autocast_and_gradient_checkpointing_run_on_cpu(tmp_path):
+    """What `precision: auto` and `gradient_checkpointing: auto` switch on with CUDA, exercised on CPU."""
+    teacher = tiny_teacher()
+    model = _model(teacher)
+    cfg = tokenizer_cfg(tmp_path, steps=3, losses={"gan_start_step": 1},
+                        runtime={"precision": "bf16", "gradient_checkpointing": "on", "checkpoint_every": 1000})
+    losses = train_tokenizer(cfg, model, teacher.vision_model, tiny_split(16), CPU, 0, {}, QUIET)
+    assert len(losses) == 3 and all(torch.isfinite(torch.tensor(losses)))
+    assert all(layer.gradient_checkpointing for layer in model.layers)
+    assert all(p.dtype == torch.float32 for p in model.parameters())  # autocast: fp32 master weights

@@ -106,9 +106,15 @@ def save_folder_atomically(out_dir: str | Path, write: Callable[[Path], None]) -
     return out
 
 
-def wants_checkpointing(runtime: RuntimeConfig, device: torch.device) -> bool:
+def apply_activation_checkpointing(model: torch.nn.Module, runtime: RuntimeConfig, device: torch.device) -> bool:
+    """Recompute layer activations in backward (``gradient_checkpointing``: on, or auto with CUDA)."""
     mode = runtime.gradient_checkpointing
-    return mode == "on" or (mode == "auto" and device.type == "cuda")
+    if not (mode == "on" or (mode == "auto" and device.type == "cuda")):
+        return False
+    # transformers >= 5.2 renamed it; both names switch the same GradientCheckpointingLayer flag
+    enable = getattr(model, "activation_checkpointing_enable", None) or model.gradient_checkpointing_enable
+    enable()
+    return True
 
 
 def micro_batch(batch_size: int, world: int, grad_accum: int, key: str) -> int:

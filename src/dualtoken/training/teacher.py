@@ -22,7 +22,13 @@ from dualtoken.evaluation.zeroshot import embed_in_batches, retrieval_r1, zero_s
 from dualtoken.models.teacher import image_embedder, text_embedder, tokenize
 from dualtoken.training.distributed import DistContext
 from dualtoken.training.engine import Engine
-from dualtoken.training.run import StepLog, build_optimizer, micro_batch, open_checkpoints, wants_checkpointing
+from dualtoken.training.run import (
+    StepLog,
+    apply_activation_checkpointing,
+    build_optimizer,
+    micro_batch,
+    open_checkpoints,
+)
 
 
 @dataclass
@@ -75,8 +81,7 @@ def train_teacher(cfg: TeacherConfig, model: SiglipModel, tokenizer: PreTrainedT
     rt = cfg.runtime
     micro = micro_batch(cfg.batch_size, ctx.world, rt.grad_accum, "teacher")
     model.to(ctx.device).train()
-    if wants_checkpointing(rt, ctx.device):
-        model.gradient_checkpointing_enable()
+    apply_activation_checkpointing(model, rt, ctx.device)
     captions = CaptionTable.build(train.meta, tokenizer, cfg.text.max_length)
     optimizer, scheduler = build_optimizer([{"params": model.parameters()}], cfg.optim, cfg.steps)
     engine = Engine(model, optimizer, scheduler, ctx, rt.grad_accum, cfg.optim.grad_clip, rt.precision)

@@ -23,7 +23,13 @@ from dualtoken.models.dualtoken import DualTokenModel
 from dualtoken.models.layers import PatchDiscriminator, adaptive_gan_weight, hinge_d_loss, hinge_g_loss
 from dualtoken.training.distributed import DistContext
 from dualtoken.training.engine import Engine
-from dualtoken.training.run import StepLog, build_optimizer, micro_batch, open_checkpoints, wants_checkpointing
+from dualtoken.training.run import (
+    StepLog,
+    apply_activation_checkpointing,
+    build_optimizer,
+    micro_batch,
+    open_checkpoints,
+)
 from dualtoken.training.tokenizer_losses import (
     Perceptual,
     StagePlan,
@@ -102,8 +108,7 @@ def train_tokenizer(cfg: TokenizerConfig, model: DualTokenModel, teacher: Siglip
     plan = stage_plan(cfg.stage, model.config)
     model.to(ctx.device).train()
     apply_stage(model, plan)
-    if wants_checkpointing(rt, ctx.device):
-        model.gradient_checkpointing_enable()
+    apply_activation_checkpointing(model, rt, ctx.device)
     teacher.to(ctx.device).eval().requires_grad_(False)
     perceptual = perceptual_loss(cfg.losses, teacher, model.config.layer_pixel, ctx.device)
     disc = PatchDiscriminator(cfg.losses.discriminator_channels, cfg.losses.discriminator_layers).to(ctx.device)
