@@ -110,3 +110,27 @@ def test_unknown_architecture_names_the_known_ones():
     assert vision_config_of("demo")["hidden_size"] == 128
     with pytest.raises(ValueError, match=r"unknown architecture 'vit-huge'; known: \['demo'"):
         vision_config_of("vit-huge")
+
+
+def test_pretrained_teacher_is_loaded_evaluated_and_recorded(tmp_path, monkeypatch):
+    from dualtoken.models.teacher import checkpoint_digest
+    from dualtoken.text import train_bpe
+    from tiny import SIZE, tiny_teacher
+
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    assert cli_main(["demo-corpus", "--out", str(tmp_path / "in"), "--num", "120", "--per-shard", "60",
+                     "--size", str(SIZE)]) == 0
+    params = _params(tmp_path, resolution=SIZE, min_side=8)
+    assert cli_main(["curate", "--params", str(params)]) == 0
+    tokenizer = train_bpe(["a red circle", "a blue square", "a handwritten digit one"] * 10, vocab_size=300)
+    siglip = tiny_teacher(vocab_size=len(tokenizer), pad_token_id=tokenizer.pad_token_id)
+    siglip.save_pretrained(tmp_path / "siglip")
+    tokenizer.save_pretrained(tmp_path / "siglip")
+    out = tmp_path / "teacher"
+    assert cli_main(["teacher", "--params", str(params), "-S", f"teacher.pretrained={tmp_path / 'siglip'}",
+                     "-S", f"teacher.output_dir={out}", "-S", f"teacher.metrics_path={tmp_path / 't.json'}"]) == 0
+    identity = json.loads((out / "teacher.json").read_text())
+    assert identity["source"] == "pretrained" and identity["sha256"] == checkpoint_digest(tmp_path / "siglip")
+    metrics = json.loads((tmp_path / "t.json").read_text())
+    assert {"shape", "colour"} <= set(metrics["zero_shot"]) and "image_to_text" in metrics["retrieval_r1"]
+    assert (out / "model.safetensors").is_file() and (out / "tokenizer.json").is_file()

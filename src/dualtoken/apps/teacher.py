@@ -73,7 +73,8 @@ def main(cfg: Config, console: Console | None = None) -> dict[str, Any]:
             def write(folder: Path) -> None:
                 model.save_pretrained(folder)
                 tokenizer.save_pretrained(folder)
-                (folder / "teacher.json").write_text(json.dumps({**info, "data": data}, indent=1))
+                stable = {k: v for k, v in info.items() if k not in ("train_seconds", "final_loss")}
+                (folder / "teacher.json").write_text(json.dumps({**stable, "data": data}, indent=1))
 
             out = save_folder_atomically(t.output_dir, write)
             write_metrics(t.metrics_path, metrics)

@@ -40,14 +40,27 @@ def build_optimizer(groups: Iterable[dict[str, Any]], optim: OptimConfig, total_
     return optimizer, warmup_cosine_scheduler(optimizer, optim.warmup_steps, total_steps, optim.min_lr_ratio)
 
 
+def library_digest() -> str:
+    """Digest of the library's Python sources: checkpoints written by other code are not resumed, so an
+    output DVC records for new code never continues a run of the old code."""
+    root = Path(__file__).resolve().parents[1]
+    digest = hashlib.sha256()
+    for path in sorted(root.rglob("*.py")):
+        digest.update(path.relative_to(root).as_posix().encode())
+        digest.update(path.read_bytes())
+    return digest.hexdigest()[:16]
+
+
 def open_checkpoints(work_dir: str | Path, print_fn: Callable[[str], None], ctx: DistContext, keep: int,
                      identity: dict[str, Any]) -> Checkpointer:
     """Checkpoints under ``work_dir/checkpoints``; ones written for another configuration are set aside.
 
-    ``identity`` is everything that makes a checkpoint valid to resume (config, data digest, process count).
+    ``identity`` is everything that makes a checkpoint valid to resume (config, data digest, process
+    count); the library's code digest is added here.
     """
     folder = Path(work_dir) / "checkpoints"
     marker = Path(work_dir) / FINGERPRINT_FILE
+    identity = {**identity, "code": library_digest()}
     wanted = fingerprint(identity)
     if ctx.is_main:
         found = json.loads(marker.read_text()).get("fingerprint") if marker.is_file() else None
@@ -55,8 +68,8 @@ def open_checkpoints(work_dir: str | Path, print_fn: Callable[[str], None], ctx:
             stale = folder.with_name(f"checkpoints.stale-{found or 'unknown'}")
             shutil.rmtree(stale, ignore_errors=True)
             folder.rename(stale)
-            print_fn(f"checkpoints in {folder} were written for another configuration: moved to {stale}, "
-                     "starting fresh")
+            print_fn(f"checkpoints in {folder} were written for another configuration, corpus or code version: "
+                     f"moved to {stale}, starting fresh")
         marker.parent.mkdir(parents=True, exist_ok=True)
         marker.write_text(json.dumps({"fingerprint": wanted, "identity": identity}, indent=1, default=str))
     ctx.barrier()
