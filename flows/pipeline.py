@@ -35,7 +35,7 @@ HEADLINES = {
     "curate": ("metrics/curate.json", ("inputs", "accepted", "rejected", "throughput.images_per_s")),
     "teacher": ("metrics/teacher.json", ("zero_shot.shape.accuracy", "zero_shot.colour.accuracy",
                                          "retrieval_r1.image_to_text")),
-    "tokenizer": ("metrics/tokenizer.json", ("psnr", "ssim", "zero_shot.shape.ratio", "usage.pixel.overall",
+    "tokenizer": ("metrics/tokenizer.json", ("psnr", "ssim", "zero_shot.colour.ratio", "usage.pixel.overall",
                                              "usage.semantic.overall")),
 }
 

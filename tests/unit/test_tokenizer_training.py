@@ -161,3 +161,13 @@ def test_gpu_code_paths_bf16_autocast_and_gradient_checkpointing_run_on_cpu(tmp_
     assert len(losses) == 3 and all(torch.isfinite(torch.tensor(losses)))
     assert all(layer.gradient_checkpointing for layer in model.layers)
     assert all(p.dtype == torch.float32 for p in model.parameters())  # autocast: fp32 master weights
+
+
+def test_logging_a_grid_keeps_a_frozen_quantizer_frozen(tmp_path):
+    from dualtoken.training.tokenizer import reconstruction_grid
+
+    model = DualTokenModel(tiny_tokenizer_config()).train()
+    apply_stage(model, stage_plan(2, model.config))
+    grid = reconstruction_grid(model, tiny_split(3).images, torch.device("cpu"))
+    assert grid.shape == (2 * 32, 3 * 32, 3) and grid.dtype == torch.uint8
+    assert model.training and model.semantic_quantizer.training and not model.pixel_quantizer.training

@@ -90,10 +90,11 @@ class Objective:
 @torch.no_grad()
 def reconstruction_grid(model: DualTokenModel, images: torch.Tensor, device: torch.device) -> torch.Tensor:
     """Originals above their reconstructions (uint8 HWC), for the MLflow image log."""
-    was_training = model.training
+    modes = {m: m.training for m in model.modules()}  # a frozen quantizer must stay in eval mode afterwards
     model.eval()
     recon = from_model_output(model.reconstruct(to_model_input(images).to(device)).cpu())
-    model.train(was_training)
+    for module, training in modes.items():
+        module.training = training
     return image_grid([images, recon])
 
 
