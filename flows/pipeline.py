@@ -37,6 +37,8 @@ HEADLINES = {
                                          "retrieval_r1.image_to_text")),
     "tokenizer": ("metrics/tokenizer.json", ("psnr", "ssim", "zero_shot.colour.ratio", "usage.pixel.overall",
                                              "usage.semantic.overall")),
+    "tokenize": ("metrics/tokenize.json", ("images", "tokens.total", "throughput.images_per_s", "verify.psnr_written",
+                                           "codes.pixel.usage.all_depths", "codes.semantic.usage.all_depths")),
 }
 
 

@@ -1,5 +1,5 @@
-"""What every training stage entry does: parse ``--params``, relaunch under torchrun for
-``runtime.nproc > 1``, run the application, turn known failures into exit status 2 with one line."""
+"""What every torch stage entry (teacher, tokenizer, tokenize) does: parse ``--params``, relaunch under
+torchrun for ``runtime.nproc > 1``, run the application, turn known failures into exit status 2 with one line."""
 
 from __future__ import annotations
 
@@ -7,13 +7,12 @@ import argparse
 import importlib
 import sys
 
-from dualtoken.config import ConfigError, load_config
-from dualtoken.storage import StorageError
-from dualtoken.tracking import TrackingError
+from dualtoken.config import load_config
+from dualtoken.errors import DualtokenError
 from dualtoken.training.distributed import relaunch_under_torchrun, under_torchrun
 
 
-def run_training_stage(stage: str, module: str, argv: list[str]) -> int:
+def run_stage(stage: str, module: str, argv: list[str]) -> int:
     parser = argparse.ArgumentParser(description=f"DVC stage {stage}")
     parser.add_argument("--params", default="params.yaml")
     args = parser.parse_args(argv)
@@ -23,7 +22,7 @@ def run_training_stage(stage: str, module: str, argv: list[str]) -> int:
         if nproc > 1 and not under_torchrun():
             return relaunch_under_torchrun(module, nproc, argv)
         importlib.import_module(f"dualtoken.apps.{stage}").main(cfg)
-    except (ConfigError, StorageError, TrackingError, FileNotFoundError) as err:
+    except (DualtokenError, FileNotFoundError) as err:
         print(f"{stage}: {err}", file=sys.stderr)
         return 2
     return 0

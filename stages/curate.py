@@ -6,10 +6,8 @@ import argparse
 import sys
 
 from dualtoken.apps.curate import main
-from dualtoken.config import ConfigError, load_config
-from dualtoken.curation.job import ValidationFailed
-from dualtoken.storage import StorageError
-from dualtoken.tracking import TrackingError
+from dualtoken.config import load_config
+from dualtoken.errors import DualtokenError
 
 
 def cli(argv: list[str] | None = None) -> int:
@@ -18,7 +16,7 @@ def cli(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         main(load_config(args.params))
-    except (ConfigError, ValidationFailed, StorageError, TrackingError) as err:
+    except DualtokenError as err:
         print(f"curate: {err}", file=sys.stderr)
         return 2
     return 0

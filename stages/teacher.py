@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sys
 
-from stages.common import run_training_stage
+from stages.common import run_stage
 
 if __name__ == "__main__":
-    sys.exit(run_training_stage("teacher", "stages.teacher", sys.argv[1:]))
+    sys.exit(run_stage("teacher", "stages.teacher", sys.argv[1:]))

@@ -4,6 +4,7 @@ DualToken model on it with 2-deep residual codebooks of 32 codes."""
 from __future__ import annotations
 
 import io
+import json
 from pathlib import Path
 from typing import Any
 
@@ -12,9 +13,11 @@ import torch
 from PIL import Image
 
 from dualtoken.config import TokenizerConfig
-from dualtoken.data.curated import CuratedSplit
+from dualtoken.data.curated import CuratedSplit, to_model_input
 from dualtoken.data.synthetic import generate_example
+from dualtoken.data.tarstream import TarWriter
 from dualtoken.models.configuration import DualTokenConfig
+from dualtoken.models.dualtoken import DualTokenModel
 from dualtoken.models.teacher import new_teacher, scratch_config
 
 SIZE = 32
@@ -56,3 +59,37 @@ def tokenizer_cfg(work: Path, **overrides: Any) -> TokenizerConfig:
         else:
             base[key] = value
     return TokenizerConfig.model_validate(base)
+
+
+def write_curated_corpus(root: Path, shard_sizes: dict[str, list[int]], seed: int = 0) -> Path:
+    """A corpus in the curate stage's layout: png + txt + json per key, shards.json, manifest.parquet."""
+    import pandas as pd
+
+    root.mkdir(parents=True, exist_ok=True)
+    rows, index, i = [], {"splits": {}, "counts": {}}, 0
+    for split, sizes in shard_sizes.items():
+        names = [f"{split}-{s:06d}.tar" for s in range(len(sizes))]
+        for name, n in zip(names, sizes, strict=True):
+            with TarWriter(root / name) as writer:
+                for _ in range(n):
+                    ex = generate_example(seed, i, SIZE)
+                    meta = {"key": ex.key, "split": split, "captions": ex.captions, "qa": ex.qa,
+                            "attributes": ex.attributes}
+                    writer.add_sample(ex.key, {"png": ex.png, "txt": ex.captions[0].encode(),
+                                               "json": json.dumps(meta).encode()})
+                    rows.append({"key": ex.key, "split": split, "shard": name})
+                    i += 1
+        index["splits"][split], index["counts"][split] = names, sum(sizes)
+    (root / "shards.json").write_text(json.dumps(index))
+    pd.DataFrame(rows).to_parquet(root / "manifest.parquet")
+    return root
+
+
+def saved_tiny_tokenizer(path: Path, images: torch.Tensor) -> DualTokenModel:
+    """A tiny DualToken model whose codebooks were initialised from ``images``, saved to ``path``."""
+    torch.manual_seed(0)
+    model = DualTokenModel(tiny_tokenizer_config())
+    with torch.no_grad():
+        model.train()(to_model_input(images))
+    model.eval().save_pretrained(path)
+    return model

@@ -14,6 +14,7 @@ from pathlib import Path
 import yaml
 
 from dualtoken.config import ConfigError, load_config
+from dualtoken.errors import DualtokenError
 
 
 def _add_config_args(parser: argparse.ArgumentParser) -> None:
@@ -56,6 +57,26 @@ def _cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_tokenize(args: argparse.Namespace) -> int:
+    """The tokenize stage; ``--rank/--world`` tokenise one slice only, ``--finalize`` assembles afterwards."""
+    from dualtoken.tokenization.partition import WorkSlice
+    from dualtoken.training.distributed import relaunch_under_torchrun, under_torchrun
+
+    cfg = load_config(args.params, args.overrides)
+    if (args.rank is None) != (args.world is None):
+        raise ConfigError("--rank and --world go together (this process's slice of the shard list)")
+    if args.finalize and args.rank is not None:
+        raise ConfigError("--finalize assembles what every slice wrote: it takes no --rank/--world")
+    work = WorkSlice(args.rank, args.world) if args.rank is not None else None
+    if cfg.tokenize.runtime.nproc > 1 and not under_torchrun() and work is None and not args.finalize:
+        argv = ["tokenize", "--params", args.params, *(f"-S{o}" for o in args.overrides)]
+        return relaunch_under_torchrun("dualtoken.cli", cfg.tokenize.runtime.nproc, argv)
+    from dualtoken.apps.tokenize import main as tokenize_main
+
+    tokenize_main(cfg, work=work, finalize_only=args.finalize)
+    return 0
+
+
 def _cmd_demo_corpus(args: argparse.Namespace) -> int:
     """Write the built-in demo corpus as WebDataset shards, e.g. to try the webdataset source."""
     from dualtoken.data.synthetic import generate_example
@@ -90,6 +111,14 @@ def build_parser() -> argparse.ArgumentParser:
         p = sub.add_parser(name, help=f"{text}; same as the DVC stage, with overrides")
         _add_config_args(p)
         p.set_defaults(func=_cmd_train)
+    p = sub.add_parser("tokenize", help="tokenise the curated corpus into dual-code shards; same as the DVC stage",
+                       description="Without options: every shard (or this launcher's slice: torchrun, Slurm array, "
+                                   "Kubernetes indexed job), then assemble, verify and log.")
+    _add_config_args(p)
+    p.add_argument("--rank", type=int, help="tokenise only slice RANK of WORLD (e.g. one task of a job array)")
+    p.add_argument("--world", type=int, help="how many slices the shard list is cut into")
+    p.add_argument("--finalize", action="store_true", help="assemble, verify and log once every slice is done")
+    p.set_defaults(func=_cmd_tokenize)
     p = sub.add_parser("demo-corpus", help="write the synthetic demo corpus as WebDataset tar shards")
     p.add_argument("--out", required=True)
     p.add_argument("--num", type=int, default=1000)
@@ -102,11 +131,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    from dualtoken.tracking import TrackingError
-
     try:
         return args.func(args)
-    except (ConfigError, TrackingError, FileNotFoundError) as err:
+    except (DualtokenError, FileNotFoundError) as err:
         print(f"dualtoken: {err}", file=sys.stderr)
         return 2
 

@@ -12,15 +12,26 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from dualtoken.errors import DualtokenError
 
 
-class ConfigError(ValueError):
+class ConfigError(DualtokenError, ValueError):
     """A configuration problem, phrased for the person who wrote the YAML."""
 
 
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+def _s3_url(value: str) -> str:
+    if not value.startswith("s3://"):
+        raise ValueError(f"must be an s3:// URL, got {value!r}")
+    return value
+
+
+S3Prefix = Annotated[str, AfterValidator(_s3_url)]
 
 
 # --------------------------------------------------------------------------------------------- sources
@@ -151,14 +162,7 @@ class CurateConfig(_Strict):
     split: SplitFractions = SplitFractions()
     validation: ValidationRules = ValidationRules()
     preview_images: int = Field(64, ge=0, le=1024)
-    publish_uri: str | None = Field(None, description="optional s3:// prefix the shards are uploaded to")
-
-    @field_validator("publish_uri")
-    @classmethod
-    def _s3_only(cls, value: str | None) -> str | None:
-        if value is not None and not value.startswith("s3://"):
-            raise ValueError(f"must be an s3:// URL, got {value!r}")
-        return value
+    publish_uri: S3Prefix | None = Field(None, description="optional s3:// prefix the shards are uploaded to")
 
     @model_validator(mode="after")
     def _threshold_fits_hash(self) -> CurateConfig:
@@ -187,15 +191,20 @@ class OptimConfig(_Strict):
         return betas
 
 
-class RuntimeConfig(_Strict):
-    """How a training stage runs: processes, device, precision, checkpoints, logging cadence."""
+class ProcessConfig(_Strict):
+    """Where a stage's processes run: how many on this node, on which device, in which precision."""
 
     nproc: int = Field(1, ge=1, le=1024, description="processes on this node; > 1 relaunches under torchrun")
     device: Literal["auto", "cpu", "cuda"] = "auto"
     precision: Literal["auto", "fp32", "bf16"] = Field("auto", description="auto: bf16 autocast on CUDA, else fp32")
+    threads: int | None = Field(None, ge=1, description="torch CPU threads per process; null keeps torch's choice")
+
+
+class RuntimeConfig(ProcessConfig):
+    """How a training stage runs: processes, device, precision, checkpoints, logging cadence."""
+
     gradient_checkpointing: Literal["auto", "on", "off"] = Field("auto", description="auto: on with CUDA")
     grad_accum: int = Field(1, ge=1)
-    threads: int | None = Field(None, ge=1, description="torch CPU threads per process; null keeps torch's choice")
     checkpoint_every: int = Field(100, ge=1)
     keep_checkpoints: int = Field(2, ge=1)
     log_every: int = Field(10, ge=1)
@@ -271,6 +280,35 @@ class TokenizerConfig(_Strict):
     register_as: str | None = Field("dualtoken-tokenizer", description="MLflow registered model; null skips")
 
 
+class TokenizeConfig(_Strict):
+    """Corpus tokenisation: curated shards -> dual-code shards, one output shard per input shard."""
+
+    input: str | None = Field(None, description="curated corpus (local or s3:// with shards.json); null: "
+                                                "curate.output_dir")
+    tokenizer: str | None = Field(None, description="saved DualToken model; null: tokenizer.output_dir")
+    output_dir: str = "data/tokens"
+    metrics_path: str = "metrics/tokenize.json"
+    plots_dir: str = "plots/tokenize"
+    work_dir: str = Field("data/.work/tokenize", description="finished shards + completion markers (resume)")
+    splits: list[Literal["train", "val", "test"]] = Field(default_factory=lambda: ["train", "val", "test"],
+                                                          min_length=1)
+    batch_size: int = Field(128, ge=1)
+    loader_workers: int = Field(2, ge=0, le=256, description="DataLoader processes reading and decoding images")
+    prefetch_batches: int = Field(4, ge=1, description="batches each loader worker keeps ready")
+    verify_images: int = Field(512, ge=0, description="val images decoded back from written codes for PSNR")
+    psnr_tolerance_db: float = Field(0.1, ge=0.0)
+    barrier_timeout_min: int = Field(360, ge=1, description="how long finished ranks wait for the slowest one")
+    publish_uri: S3Prefix | None = Field(None, description="optional s3:// prefix the token shards are uploaded to")
+    runtime: ProcessConfig = ProcessConfig()
+
+    @field_validator("splits")
+    @classmethod
+    def _unique_splits(cls, splits: list[str]) -> list[str]:
+        if len(set(splits)) != len(splits):
+            raise ValueError(f"splits must not repeat, got {splits}")
+        return splits
+
+
 # --------------------------------------------------------------------------------------------- services
 class StorageConfig(_Strict):
     """S3 settings. Credentials never live here: boto3 reads them from the environment or a profile."""
@@ -287,8 +325,11 @@ class TrackingConfig(_Strict):
     experiment: str = "dualtoken"
 
 
+StageName = Literal["curate", "teacher", "tokenizer", "tokenize"]
+
+
 class PipelineConfig(_Strict):
-    stages: list[Literal["curate", "teacher", "tokenizer"]] = Field(default_factory=lambda: ["curate"], min_length=1)
+    stages: list[StageName] = Field(default_factory=lambda: ["curate"], min_length=1)
     retries: int = Field(1, ge=0, le=10)
     retry_delay_s: float = Field(5.0, ge=0.0)
 
@@ -299,6 +340,7 @@ class Config(_Strict):
     curate: CurateConfig = CurateConfig()
     teacher: TeacherConfig = TeacherConfig()
     tokenizer: TokenizerConfig = TokenizerConfig()
+    tokenize: TokenizeConfig = TokenizeConfig()
     storage: StorageConfig = StorageConfig()
     tracking: TrackingConfig = TrackingConfig()
     pipeline: PipelineConfig = PipelineConfig()

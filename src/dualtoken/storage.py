@@ -16,9 +16,10 @@ from typing import IO, Any
 from braceexpand import braceexpand
 
 from dualtoken.config import StorageConfig
+from dualtoken.errors import DualtokenError
 
 
-class StorageError(RuntimeError):
+class StorageError(DualtokenError, RuntimeError):
     """A path or object could not be read or written; the message says which and why."""
 
 
@@ -83,12 +84,38 @@ def open_read(uri: str, cfg: StorageConfig) -> Iterator[IO[bytes]]:
         yield handle
 
 
+def join_uri(base: str | Path, name: str) -> str:
+    """``base/name`` for a local folder or an ``s3://`` prefix."""
+    base = str(base)
+    return f"{base.rstrip('/')}/{name}" if is_s3(base) else str(Path(base) / name)
+
+
+def read_bytes(uri: str, cfg: StorageConfig) -> bytes:
+    """A whole (small) file or object: indexes, manifests."""
+    with open_read(uri, cfg) as handle:
+        return handle.read()
+
+
+def _process_umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+_UMASK = _process_umask()
+
+
 @contextlib.contextmanager
 def atomic_write(path: str | Path, mode: str = "wb") -> Iterator[IO[Any]]:
-    """Write to a temporary file beside ``path`` and rename it into place only on success."""
+    """Write to a temporary file beside ``path`` and rename it into place only on success.
+
+    The file gets the permissions a plain ``open`` would give (0666 less the umask), not mkstemp's 0600,
+    so a team sharing a data folder can read what a stage wrote.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.fchmod(fd, 0o666 & ~_UMASK)
     try:
         with os.fdopen(fd, mode) as handle:
             yield handle

@@ -21,13 +21,14 @@ from pathlib import Path
 from typing import Any
 
 from dualtoken.config import Config, TrackingConfig
+from dualtoken.errors import DualtokenError
 
 ENV_PARENT_RUN = "DUALTOKEN_PARENT_RUN_ID"
 ENV_FLOW_RUN = "DUALTOKEN_FLOW_RUN_ID"
 STAGE_TAG = "dualtoken.stage"
 
 
-class TrackingError(RuntimeError):
+class TrackingError(DualtokenError, RuntimeError):
     """The tracking server cannot be reached; the message says which and how to fix it."""
 
 

@@ -46,12 +46,13 @@ def test_flow_runs_stage_through_dvc_and_records_lineage(tmp_path, mlflow_server
     assert client.download_artifacts(parent.info.run_id, "pipeline_summary.md", str(tmp_path))
 
     _check_training_stages(client, runs, parent, ws, tmp_path, mlflow_server.uri)
+    _check_tokenize(client, runs, parent, ws)
 
     second = _flow(ws, env)
     assert second.returncode == 0, second.stderr[-3000:]
     assert "up to date" in second.stdout + second.stderr
     runs = client.search_runs([exp.experiment_id])
-    for name in ("curate", "teacher", "tokenizer"):
+    for name in ("curate", "teacher", "tokenizer", "tokenize"):
         assert sum(r.data.tags.get("dualtoken.stage") == name for r in runs) == 1  # DVC skipped them
     assert sum(r.data.tags.get("dualtoken.stage") == "pipeline" for r in runs) == 2
 
@@ -83,6 +84,21 @@ def _check_training_stages(client, runs, parent, ws, tmp_path, uri):
     assert codes.shape == (2, 8, 8, 8) and codes.dtype == np.int64  # 8x8 grid, 4 pixel + 4 semantic depths
     saved = (ws / "models/tokenizer/config.json")
     assert saved.is_file() and (ws / "models/teacher/tokenizer.json").is_file()
+
+
+def _check_tokenize(client, runs, parent, ws):
+    """The token corpus accounts for every curated image, is verified, and its run carries the lineage."""
+    (run,) = [r for r in runs if r.data.tags.get("dualtoken.stage") == "tokenize"]
+    assert run.data.tags["mlflow.parentRunId"] == parent.info.run_id and run.info.status == "FINISHED"
+    metrics = json.loads((ws / "metrics/tokenize.json").read_text())
+    curated = json.loads((ws / "metrics/curate.json").read_text())
+    assert metrics["images"] == curated["accepted"] and metrics["accounting_ok"] and metrics["verify"]["ok"]
+    assert metrics["verify"]["delta_tokenizer_stage_db"] <= 0.1
+    assert run.data.metrics["tokens.total"] == metrics["tokens"]["total"]
+    assert run.data.tags["dualtoken.tokenizer_sha256"] == json.loads(
+        (ws / "data/tokens/shards.json").read_text())["tokenizer"]["sha256"]
+    assert "tokenize/code_usage.png" in {a.path for a in client.list_artifacts(run.info.run_id, "tokenize")}
+    assert {"curated", "tokens"} <= {d.dataset.name for d in run.inputs.dataset_inputs}
 
 
 def test_failing_stage_is_retried_and_the_run_marked_failed(tmp_path):

@@ -6,7 +6,7 @@ from transformers import AutoTokenizer
 
 from dualtoken.config import parse_config
 from dualtoken.curation.pipeline import run_phase1, run_phase2
-from dualtoken.data.curated import EpochSampler, from_model_output, load_split, shard_paths, to_model_input
+from dualtoken.data.curated import EpochSampler, from_model_output, load_split, shard_urls, to_model_input
 from dualtoken.data.synthetic import generate_example
 from dualtoken.text import train_bpe
 
@@ -37,10 +37,10 @@ def test_load_split_matches_the_manifest(curated):
 
 
 def test_missing_index_and_bad_split_are_clear(tmp_path, curated):
-    with pytest.raises(FileNotFoundError, match="run the curate stage"):
-        shard_paths(tmp_path, "train")
+    with pytest.raises(FileNotFoundError, match=r"shards.json not found: run the stage"):
+        shard_urls(tmp_path, "train")
     with pytest.raises(ValueError, match="split must be one of"):
-        shard_paths(curated[0], "dev")
+        shard_urls(curated[0], "dev")
 
 
 def test_sampler_partitions_ranks_and_resumes_exactly():

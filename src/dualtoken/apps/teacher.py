@@ -36,7 +36,7 @@ def _scratch(cfg: Config, console: Console, ctx: Any, identity: dict[str, Any]) 
     except ValueError as err:
         raise ConfigError(f"teacher.architecture: {err}") from None
     model = new_teacher(config, t.batch_size // ctx.world)
-    console.print(f"[teacher] training a SigLIP from scratch: {sum(p.numel() for p in model.parameters()):,} "
+    console.print(f"\\[teacher] training a SigLIP from scratch: {sum(p.numel() for p in model.parameters()):,} "
                   f"parameters, {len(train)} images, {t.steps} steps of {t.batch_size}")
     t0 = time.perf_counter()
     losses = train_teacher(t, model, tokenizer, train, ctx, cfg.seed, identity, console, mlflow_sink("train")
@@ -61,7 +61,7 @@ def main(cfg: Config, console: Console | None = None) -> dict[str, Any]:
                 model, tokenizer = load_teacher(t.pretrained)
                 info = {"source": "pretrained", "path": str(Path(t.pretrained).resolve()),
                         "sha256": checkpoint_digest(t.pretrained)}
-                console.print(f"[teacher] using pretrained {info['path']} (sha256 {info['sha256'][:16]}...)")
+                console.print(f"\\[teacher] using pretrained {info['path']} (sha256 {info['sha256'][:16]}...)")
             else:
                 model, tokenizer, info = _scratch(cfg, console, ctx, identity)
             if not ctx.is_main:

@@ -75,7 +75,7 @@ def main(cfg: Config, console: Console | None = None) -> dict[str, Any]:
                 mlflow.log_dict(model.config.to_dict(), "tokenizer/config.json")
             sizes = {name: sum(p.numel() for p in module.parameters()) for name, module in
                      (("tower", model.vision), ("decoder", model.decoder), ("all", model))}
-            console.print(f"[tokenizer] stage {t.stage}, {sizes['all']:,} parameters (tower {sizes['tower']:,}, "
+            console.print(f"\\[tokenizer] stage {t.stage}, {sizes['all']:,} parameters (tower {sizes['tower']:,}, "
                           f"decoder {sizes['decoder']:,}), {len(train)} images, {t.steps} steps of {t.batch_size}, "
                           f"{ctx.world} process(es) on {ctx.device}")
 

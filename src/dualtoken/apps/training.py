@@ -1,4 +1,4 @@
-"""What the training applications (teacher, tokenizer) share around their trainers: process set-up,
+"""What the applications running under torchrun (teacher, tokenizer, tokenize) share: process set-up,
 an MLflow run on rank 0 only, step metrics streamed to it, and the metrics JSON DVC reads."""
 
 from __future__ import annotations
@@ -12,17 +12,17 @@ from typing import Any
 
 import torch
 
-from dualtoken.config import Config, RuntimeConfig
+from dualtoken.config import Config, ProcessConfig
 from dualtoken.storage import atomic_write
 from dualtoken.tracking import numeric_metrics, stage_run
 from dualtoken.training.distributed import DistContext, init_distributed
 
 
-def setup_process(runtime: RuntimeConfig, seed: int) -> DistContext:
+def setup_process(runtime: ProcessConfig, seed: int, timeout_s: int = 1800) -> DistContext:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     if runtime.threads is not None:
         torch.set_num_threads(runtime.threads)
-    ctx = init_distributed(runtime.device)
+    ctx = init_distributed(runtime.device, timeout_s)
     torch.manual_seed(seed)  # the same initial weights on every rank (DDP also broadcasts them)
     return ctx
 

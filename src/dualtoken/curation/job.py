@@ -26,13 +26,14 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from dualtoken.config import Config
 from dualtoken.curation.pipeline import SPLITS, UnitSummary, run_phase1, run_phase2
+from dualtoken.errors import DualtokenError
 from dualtoken.storage import atomic_write, publish_dir
 
 MANIFEST_COLUMNS = ["key", "split", "shard", "width", "height", "pixel_sha256", "phash", "caption",
                     "caption_chars", "n_captions", "n_qa", "source", "source_key"]
 
 
-class ValidationFailed(RuntimeError):
+class ValidationFailed(DualtokenError, RuntimeError):
     """The curated manifest failed its Great Expectations suite; the message is the readable summary."""
 
 

@@ -32,14 +32,11 @@ from dualtoken.curation.rules import Curated, Rejected, curate_sample
 from dualtoken.curation.split import assign_split
 from dualtoken.data.sources import InputShard, iter_shard, plan_shards, unit_fingerprint
 from dualtoken.data.tarstream import RollingTarWriter
+from dualtoken.errors import AccountingError
 from dualtoken.storage import atomic_write
 
 SPLITS = ("train", "val", "test")
 _UNSAFE_KEY = re.compile(r"[^A-Za-z0-9_-]")
-
-
-class AccountingError(RuntimeError):
-    """inputs != accepted + rejected: a sample went missing, which must never happen silently."""
 
 
 @dataclass

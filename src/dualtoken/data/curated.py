@@ -1,6 +1,6 @@
 """Reading the curated corpus back for training: WebDataset shards -> tensors, with resumable order.
 
-Two ways in: ``iter_samples`` streams local shards one sample at a time (any corpus size), and
+Two ways in: ``iter_samples`` streams shards (local or S3) one sample at a time (any corpus size), and
 ``load_split`` holds a split in memory (the demo's few thousand 64 px images are ~50 MB). ``EpochSampler``
 gives every rank its slice of a seeded per-epoch permutation and can be checkpointed mid-epoch, so a
 resumed run sees exactly the batches the uninterrupted run would have seen.
@@ -8,6 +8,7 @@ resumed run sees exactly the batches the uninterrupted run would have seen.
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 from collections.abc import Iterator
@@ -19,39 +20,49 @@ import numpy as np
 import torch
 from PIL import Image
 
-from dualtoken.data.tarstream import iter_tar_samples
+from dualtoken.config import StorageConfig
+from dualtoken.data.tarstream import iter_shard_samples
+from dualtoken.storage import is_s3, join_uri, open_read, read_bytes
 
 SPLITS = ("train", "val", "test")
 
 
-def shard_paths(root: str | Path, split: str) -> list[Path]:
-    """The split's shards in order, from ``shards.json`` written by the curate stage."""
-    root = Path(root)
-    index_file = root / "shards.json"
-    if not index_file.is_file():
-        raise FileNotFoundError(f"{index_file} not found: run the curate stage first (dvc repro curate)")
+def read_shard_index(root: str | Path, storage: StorageConfig | None = None) -> dict[str, Any]:
+    """``shards.json`` of a shard folder (local or ``s3://``): split -> shard names, counts, and format facts."""
+    uri = join_uri(root, "shards.json")
+    if not is_s3(uri) and not Path(uri).is_file():
+        raise FileNotFoundError(f"{uri} not found: run the stage that writes {root} first (dvc repro)")
+    return json.loads(read_bytes(uri, storage or StorageConfig()))
+
+
+def shard_urls(root: str | Path, split: str, storage: StorageConfig | None = None) -> list[str]:
+    """The split's shards in order, as local paths or ``s3://`` URLs beside the index."""
     if split not in SPLITS:
         raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
-    return [root / name for name in json.loads(index_file.read_text())["splits"][split]]
+    return [join_uri(root, name) for name in read_shard_index(root, storage)["splits"][split]]
 
 
 @dataclass
 class CuratedSample:
     key: str
     image: np.ndarray  # uint8 (H, W, 3)
-    meta: dict[str, Any]  # captions, qa, attributes, source, split, ...
+    parts: dict[str, bytes]  # the other members as stored: txt (first caption), json (captions, qa, ...)
+
+    @property
+    def meta(self) -> dict[str, Any]:
+        return json.loads(self.parts["json"])
 
 
-def iter_samples(paths: list[Path]) -> Iterator[CuratedSample]:
+def iter_samples(urls: list[str], storage: StorageConfig | None = None) -> Iterator[CuratedSample]:
     """Stream samples shard by shard; curated shards hold exactly png + txt + json per key."""
-    for path in paths:
-        with open(path, "rb") as handle:
-            for sample in iter_tar_samples(handle, max_member_bytes=2**31):
-                if sample.reject is not None or not {"png", "json"} <= sample.parts.keys():
-                    raise ValueError(f"{path}: sample {sample.key!r} is damaged ({sample.reject or 'parts missing'}); "
+    for url in urls:
+        with open_read(url, storage or StorageConfig()) as handle:
+            for key, parts in iter_shard_samples(handle, url):
+                if not {"png", "json"} <= parts.keys():
+                    raise ValueError(f"{url}: sample {key!r} lacks {sorted({'png', 'json'} - parts.keys())}; "
                                      "rerun the curate stage")
-                image = np.asarray(Image.open(io.BytesIO(sample.parts["png"])).convert("RGB"))
-                yield CuratedSample(sample.key, image, json.loads(sample.parts["json"]))
+                image = np.asarray(Image.open(io.BytesIO(parts.pop("png"))).convert("RGB"))
+                yield CuratedSample(key, image, parts)
 
 
 @dataclass
@@ -65,7 +76,7 @@ class CuratedSplit:
 
 def load_split(root: str | Path, split: str, limit: int | None = None) -> CuratedSplit:
     images, meta = [], []
-    for sample in iter_samples(shard_paths(root, split)):
+    for sample in iter_samples(shard_urls(root, split)):
         if limit is not None and len(meta) >= limit:
             break
         images.append(sample.image)
@@ -123,15 +134,12 @@ class EpochSampler:
         self.epoch, self.position = state["epoch"], state["position"]
 
 
-def corpus_digest(root: str | Path) -> str:
+def corpus_digest(root: str | Path, storage: StorageConfig | None = None) -> str:
     """Identity of a curated corpus: the shard index and the manifest (which holds every pixel hash)."""
-    import hashlib
-
-    root = Path(root)
     digest = hashlib.sha256()
     for name in ("shards.json", "manifest.parquet"):
-        path = root / name
-        if not path.is_file():
-            raise FileNotFoundError(f"{path} not found: run the curate stage first (dvc repro curate)")
-        digest.update(path.read_bytes())
+        uri = join_uri(root, name)
+        if not is_s3(uri) and not Path(uri).is_file():
+            raise FileNotFoundError(f"{uri} not found: run the curate stage first (dvc repro curate)")
+        digest.update(read_bytes(uri, storage or StorageConfig()))
     return digest.hexdigest()[:16]

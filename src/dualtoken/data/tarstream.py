@@ -10,6 +10,7 @@ keeps DVC hashes and reruns stable, and renames the finished file into place ato
 
 from __future__ import annotations
 
+import hashlib
 import io
 import posixpath
 import tarfile
@@ -57,7 +58,7 @@ def iter_tar_samples(stream: IO[bytes], max_member_bytes: int) -> Iterator[TarSa
     current: TarSample | None = None
     count = 0
     try:
-        archive = tarfile.open(fileobj=stream, mode="r|*")
+        archive = tarfile.open(fileobj=stream, mode="r|*")  # noqa: SIM115 - closed in the finally below
     except (tarfile.TarError, EOFError, OSError) as err:
         yield TarSample(key="<container>", reject=("container_unreadable", f"not a readable tar: {err}"))
         return
@@ -104,6 +105,74 @@ def iter_tar_samples(stream: IO[bytes], max_member_bytes: int) -> Iterator[TarSa
         yield current
 
 
+def _read_exact(stream: IO[bytes], size: int) -> bytes:
+    """``size`` bytes, fewer only at the end of the stream (S3 bodies may return short reads)."""
+    chunks, missing = [], size
+    while missing:
+        chunk = stream.read(missing)
+        if not chunk:
+            break
+        chunks.append(chunk)
+        missing -= len(chunk)
+    return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+
+
+def _iter_ustar_members(stream: IO[bytes], where: str) -> Iterator[tuple[str, bytes]]:
+    offset = 0
+    while True:
+        header = _read_exact(stream, 512)
+        if len(header) < 512:
+            raise ValueError(f"{where}: truncated at byte {offset + len(header)} (no end-of-archive marker)")
+        if header == _ZERO_BLOCK:
+            return
+        if not _valid_ustar_header(header):
+            raise ValueError(f"{where}: no valid ustar header at byte {offset}: not a shard written by dualtoken "
+                             "(or damaged)")
+        if header[156:157] not in (b"0", b"\0"):
+            raise ValueError(f"{where}: member type {header[156:157]!r} at byte {offset} is not a regular file")
+        size = int(header[124:136].strip(b"\0 ") or b"0", 8)
+        name, prefix = header[0:100].split(b"\0", 1)[0], header[345:500].split(b"\0", 1)[0]
+        padded = size + (-size % 512)
+        data = _read_exact(stream, padded)
+        if len(data) < padded:
+            raise ValueError(f"{where}: truncated inside member {name.decode(errors='replace')!r}")
+        yield (prefix + b"/" + name if prefix else name).decode(), data[:size]
+        offset += 512 + padded
+
+
+_ZERO_BLOCK = bytes(512)
+
+
+def _valid_ustar_header(header: bytes) -> bool:
+    """ustar magic and the checksum (sum of the header bytes with the checksum field read as spaces)."""
+    stored = header[148:156].strip(b"\0 ")
+    return (header[257:263] == b"ustar\x00" and stored.isdigit()
+            and int(stored, 8) == sum(header[:148]) + 8 * 32 + sum(header[156:]))
+
+
+def iter_shard_samples(stream: IO[bytes], where: str) -> Iterator[tuple[str, dict[str, bytes]]]:
+    """(key, parts) of a shard this project wrote (``TarWriter``: plain ustar regular files), fast.
+
+    ``tarfile`` spends ~100 us per member; this parses the fixed header format directly (~30x faster),
+    which is what lets tokenisation keep up with the model. Anything else (compression, pax or GNU
+    headers, links, truncation, a bad checksum) is a ``ValueError`` naming the shard and offset;
+    shards from outside go through ``iter_tar_samples``.
+    """
+    key: str | None = None
+    parts: dict[str, bytes] = {}
+    for name, data in _iter_ustar_members(stream, where):
+        member_key, ext = split_member_name(name)
+        if member_key != key:
+            if key is not None:
+                yield key, parts
+            key, parts = member_key, {}
+        if ext in parts:
+            raise ValueError(f"{where}: {name} repeats within sample {member_key!r}")
+        parts[ext] = data
+    if key is not None:
+        yield key, parts
+
+
 def ustar_header(name: bytes, size: int) -> bytes:
     """The 512-byte header tarfile would write for a regular file (mode 644, owner 0, mtime 0).
 
@@ -124,15 +193,34 @@ def ustar_header(name: bytes, size: int) -> bytes:
     return bytes(head)
 
 
+class _HashingWriter:
+    """A write-only file wrapper that digests what passes through (what tarfile needs: write, tell)."""
+
+    def __init__(self, handle: IO[bytes]) -> None:
+        self.handle, self.digest = handle, hashlib.sha256()
+
+    def write(self, data: bytes) -> int:
+        self.digest.update(data)
+        return self.handle.write(data)
+
+    def tell(self) -> int:
+        return self.handle.tell()
+
+
 class TarWriter:
     """Deterministic tar writer; the archive appears at ``path`` only when closed without error."""
 
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
         self._ctx = atomic_write(self.path)
-        self._file = self._ctx.__enter__()
-        self._tar = tarfile.open(fileobj=self._file, mode="w", format=tarfile.USTAR_FORMAT)
+        self._file = _HashingWriter(self._ctx.__enter__())
+        self._tar = tarfile.open(fileobj=self._file, mode="w", format=tarfile.USTAR_FORMAT)  # noqa: SIM115 - close()
         self.count = 0
+
+    @property
+    def sha256(self) -> str:
+        """Digest of every byte written so far (the whole archive once closed)."""
+        return self._file.digest.hexdigest()
 
     def add(self, name: str, data: bytes) -> None:
         encoded = name.encode()

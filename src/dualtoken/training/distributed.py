@@ -35,6 +35,14 @@ class DistContext:
         if self.distributed:
             dist.barrier()
 
+    def reduce_number(self, value: float, op: str = "sum") -> float:
+        """A Python number summed (``sum``) or maximised (``max``) over ranks."""
+        if not self.distributed:
+            return value
+        tensor = torch.tensor([value], dtype=torch.float64, device=self.device)
+        dist.all_reduce(tensor, op=dist.ReduceOp.SUM if op == "sum" else dist.ReduceOp.MAX)
+        return float(tensor.item())
+
     def mean(self, value: torch.Tensor) -> torch.Tensor:
         """Average of a tensor over ranks (the tensor itself on one process)."""
         if not self.distributed:

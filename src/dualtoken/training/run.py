@@ -98,7 +98,7 @@ class StepLog:
         self.samples, self.t0 = 0, time.perf_counter()
         if self.ctx.is_main:
             shown = " ".join(f"{k}={v:.4g}" for k, v in out.items())
-            self.console.print(f"[{self.name}] step {step}/{self.total} {shown}")
+            self.console.print(f"\\[{self.name}] step {step}/{self.total} {shown}")
             if self.sink is not None:
                 self.sink(step, out)
 

@@ -91,7 +91,7 @@ def train_teacher(cfg: TeacherConfig, model: SiglipModel, tokenizer: PreTrainedT
     if (latest := ckpt.latest()) is not None:
         start, state = ckpt.load(latest, {"model": model}, {"optimizer": optimizer}, {"scheduler": scheduler})
         sampler.load_state_dict(state["sampler"])
-        console.print(f"[teacher] resumed from {latest} (step {start}/{cfg.steps})")
+        console.print(f"\\[teacher] resumed from {latest} (step {start}/{cfg.steps})")
     log = StepLog("teacher", cfg.steps, rt.log_every, console, ctx, sink)
     losses = []
     for step in range(start, cfg.steps):

@@ -131,7 +131,7 @@ def train_tokenizer(cfg: TokenizerConfig, model: DualTokenModel, teacher: Siglip
     if (latest := ckpt.latest()) is not None:
         start, state = ckpt.load(latest, models, optimizers, schedulers)
         sampler.load_state_dict(state["sampler"])
-        console.print(f"[tokenizer] resumed from {latest} (step {start}/{cfg.steps})")
+        console.print(f"\\[tokenizer] resumed from {latest} (step {start}/{cfg.steps})")
 
     def forward(images: torch.Tensor) -> Any:
         return engine.model(images)
