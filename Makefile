@@ -40,6 +40,8 @@ lint: venv
 
 bench: venv
 	$(IN_VENV) $(PY) benchmarks/curate_throughput.py
+	$(IN_VENV) $(PY) benchmarks/tokenize_throughput.py
 
 clean:
-	rm -rf data/curated data/.work metrics mlflow.db mlruns mlartifacts .prefect
+	rm -rf data/curated data/tokens data/.work models/teacher models/tokenizer metrics plots mlflow.db mlruns \
+	  mlartifacts .prefect

@@ -59,5 +59,5 @@ def test_missing_s3_corpus_is_a_clear_error(s3_env, tmp_path):
     s3_env.make_bucket("no-corpus")
     saved_tiny_tokenizer(tmp_path / "model", load_split(
         write_curated_corpus(tmp_path / "c", {"train": [2], "val": [1], "test": [1]}), "train").images)
-    with pytest.raises(StorageError, match="cannot read s3://no-corpus/curated/shards.json"):
+    with pytest.raises(StorageError, match=r"cannot read s3://no-corpus/curated/shards\.json"):
         tokenize_main(_cfg(tmp_path, input="s3://no-corpus/curated"))

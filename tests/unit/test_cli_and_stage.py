@@ -93,12 +93,14 @@ def test_unreachable_tracking_server_fails_fast_with_a_hint(tmp_path, monkeypatc
 
 
 
-def test_training_stages_explain_missing_inputs(tmp_path):
+def test_model_stages_explain_missing_inputs(tmp_path):
     params = _params(tmp_path)
     raw = yaml.safe_load(params.read_text())
     raw["teacher"] = {"output_dir": str(tmp_path / "teacher")}
+    raw["tokenizer"] = {"output_dir": str(tmp_path / "tokenizer")}
     params.write_text(yaml.safe_dump(raw))
-    for stage, hint in (("teacher", "run the curate stage first"), ("tokenizer", "run the teacher stage first")):
+    for stage, hint in (("teacher", "run the curate stage first"), ("tokenizer", "run the teacher stage first"),
+                        ("tokenize", "run the tokenizer stage first")):
         proc = subprocess.run([sys.executable, "-m", f"stages.{stage}", "--params", str(params)],
                               capture_output=True, text=True, timeout=300)
         assert proc.returncode == 2 and hint in proc.stderr and "Traceback" not in proc.stderr, proc.stderr[-2000:]

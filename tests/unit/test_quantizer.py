@@ -20,6 +20,16 @@ def test_chunked_search_equals_unchunked_and_brute_force():
     assert torch.equal(full, torch.cdist(x, book).argmin(1))
 
 
+def test_search_keeps_float32_under_bf16_autocast():
+    torch.manual_seed(0)
+    x, book = torch.randn(2000, 32), torch.randn(512, 32)
+    exact = torch.cdist(x, book).argmin(1)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert torch.equal(nearest_codes(x, book), exact)
+        scores = torch.addmm((book**2).sum(1), x, book.t(), beta=1.0, alpha=-2.0)
+    assert not torch.equal(scores.float().argmin(1), exact)  # what bf16 scoring would have chosen
+
+
 @pytest.mark.parametrize("shared", [True, False])
 def test_shapes_codes_in_range_and_residual_shrinks_with_depth(shared):
     rq = ResidualQuantizer(dim=8, codebook_size=64, depth=4, shared_codebook=shared)

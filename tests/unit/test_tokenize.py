@@ -204,7 +204,7 @@ def test_out_of_range_codes_are_caught_before_anything_is_written(corpus, tmp_pa
     _, curated, model = corpus
     plan = make_plan(str(curated), ["val"], TokenLayout.of_model(model.config), CPU)
     store = ShardStore(tmp_path)
-    with pytest.raises(CorruptTokens, match="val-000000.tar: pixel codes of .* outside the codebook \\[0, 32\\)"):
+    with pytest.raises(CorruptTokens, match=r"val-000000\.tar: pixel codes of .* outside the codebook \[0, 32\)"):
         tokenize_slice(_OffByOne(model), plan, store, WorkSlice(), {}, _settings(), CPU)
     assert not any(store.root.iterdir())  # no shard, no marker, no temporary file
 
@@ -213,3 +213,16 @@ def test_stage_without_a_tokenizer_says_what_to_run(corpus, tmp_path):
     cfg = _cfg(corpus, "nomodel", tokenizer=str(tmp_path / "absent"))
     with pytest.raises(FileNotFoundError, match="run the tokenizer stage first"):
         tokenize_main(cfg)
+
+
+def test_cli_slice_options_are_checked(corpus, tmp_path, capsys):
+    from dualtoken.cli import main as cli_main
+
+    params = tmp_path / "params.yaml"
+    params.write_text(json.dumps(_cfg(corpus, "cli").model_dump(mode="json")))
+    assert cli_main(["tokenize", "--params", str(params), "--rank", "0"]) == 2
+    assert "--rank and --world go together" in capsys.readouterr().err
+    assert cli_main(["tokenize", "--params", str(params), "--rank", "2", "--world", "2"]) == 2
+    assert "rank 2 is not in [0, 2)" in capsys.readouterr().err
+    assert cli_main(["tokenize", "--params", str(params), "--finalize"]) == 2
+    assert "5 of 5 shards are not tokenised yet" in capsys.readouterr().err

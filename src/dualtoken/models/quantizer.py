@@ -44,15 +44,20 @@ def _distributed() -> bool:
 
 def nearest_codes(x: Tensor, book: Tensor, chunk_size: int | None = None) -> Tensor:
     """Index of the nearest row of ``book`` (K, d) for each row of ``x`` (N, d), in float32 chunks of
-    ``chunk_size`` rows (default: as many as fit ``CHUNK_ELEMENTS`` scores)."""
+    ``chunk_size`` rows (default: as many as fit ``CHUNK_ELEMENTS`` scores).
+
+    Autocast is switched off here: under bf16 autocast ``addmm`` would score in bf16 (3 significant
+    digits), and near-ties between codes would be decided by rounding.
+    """
     chunk_size = chunk_size or max(1, CHUNK_ELEMENTS // book.shape[0])
     x, book = x.float(), book.float()
-    book_sq = book.pow(2).sum(1)
     out = torch.empty(x.shape[0], dtype=torch.long, device=x.device)
-    for start in range(0, x.shape[0], chunk_size):
-        rows = x[start : start + chunk_size]
-        scores = torch.addmm(book_sq, rows, book.t(), beta=1.0, alpha=-2.0)  # ||e||^2 - 2 r.e
-        out[start : start + chunk_size] = scores.argmin(1)
+    with torch.autocast(x.device.type, enabled=False):
+        book_sq = book.pow(2).sum(1)
+        for start in range(0, x.shape[0], chunk_size):
+            rows = x[start : start + chunk_size]
+            scores = torch.addmm(book_sq, rows, book.t(), beta=1.0, alpha=-2.0)  # ||e||^2 - 2 r.e
+            out[start : start + chunk_size] = scores.argmin(1)
     return out
 
 

@@ -28,6 +28,11 @@ class ShardBatch:
     carried: list[dict[str, bytes]]  # the parts copied to the output (txt, json)
     last: bool  # the shard's final batch
 
+    def pin_memory(self) -> ShardBatch:
+        """Called by the DataLoader's pinning thread (``pin_memory=True``): page-locked for async copies."""
+        self.images = self.images.pin_memory()
+        return self
+
 
 class ShardBatches(IterableDataset):
     def __init__(self, shards: list[tuple[str, str]], batch_size: int, storage: StorageConfig) -> None:
@@ -63,9 +68,8 @@ def _as_is(item: ShardBatch) -> ShardBatch:
 
 
 def shard_loader(shards: list[tuple[str, str]], batch_size: int, storage: StorageConfig, workers: int,
-                 prefetch: int) -> DataLoader:
+                 prefetch: int, pin_memory: bool = False) -> DataLoader:
     """Batches in a fixed order: workers take turns (DataLoader's in-order round robin)."""
     workers = min(workers, len(shards))
     return DataLoader(ShardBatches(shards, batch_size, storage), batch_size=None, collate_fn=_as_is,
-                      num_workers=workers, prefetch_factor=prefetch if workers else None,
-                      persistent_workers=False)
+                      num_workers=workers, prefetch_factor=prefetch if workers else None, pin_memory=pin_memory)

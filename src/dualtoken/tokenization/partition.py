@@ -12,7 +12,13 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import TypeVar
 
+from dualtoken.errors import DualtokenError
+
 T = TypeVar("T")
+
+
+class SliceError(DualtokenError, ValueError):
+    """A rank / world size that cannot describe a slice, or a launcher environment missing one of them."""
 
 
 @dataclass(frozen=True)
@@ -22,7 +28,7 @@ class WorkSlice:
 
     def __post_init__(self) -> None:
         if self.world < 1 or not 0 <= self.rank < self.world:
-            raise ValueError(f"rank {self.rank} is not in [0, {self.world}) (world size {self.world})")
+            raise SliceError(f"rank {self.rank} is not in [0, {self.world}) (world size {self.world})")
 
     @property
     def whole(self) -> bool:
@@ -51,7 +57,7 @@ def slice_from_env(env: Mapping[str, str] | None = None) -> WorkSlice:
         return WorkSlice((task - first) // step, int(env["SLURM_ARRAY_TASK_COUNT"]))
     if "JOB_COMPLETION_INDEX" in env:
         if "DUALTOKEN_WORLD_SIZE" not in env:
-            raise ValueError("JOB_COMPLETION_INDEX is set but DUALTOKEN_WORLD_SIZE is not: set it to the "
+            raise SliceError("JOB_COMPLETION_INDEX is set but DUALTOKEN_WORLD_SIZE is not: set it to the "
                              "indexed job's completions so each pod knows its share")
         return WorkSlice(int(env["JOB_COMPLETION_INDEX"]), int(env["DUALTOKEN_WORLD_SIZE"]))
     return WorkSlice()
