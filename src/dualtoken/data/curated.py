@@ -61,7 +61,8 @@ def iter_samples(urls: list[str], storage: StorageConfig | None = None) -> Itera
                 if not {"png", "json"} <= parts.keys():
                     raise ValueError(f"{url}: sample {key!r} lacks {sorted({'png', 'json'} - parts.keys())}; "
                                      "rerun the curate stage")
-                image = np.asarray(Image.open(io.BytesIO(parts.pop("png"))).convert("RGB"))
+                image = Image.open(io.BytesIO(parts.pop("png")))
+                image = np.asarray(image if image.mode == "RGB" else image.convert("RGB"))
                 yield CuratedSample(key, image, parts)
 
 

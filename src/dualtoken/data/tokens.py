@@ -9,6 +9,7 @@ also checks every array's dtype, shape and code range, so a damaged shard is an 
 
 from __future__ import annotations
 
+import functools
 import io
 import json
 from collections.abc import Iterator
@@ -81,10 +82,17 @@ class TokenLayout:
                    CodeSpec(config.semantic_depth, config.semantic_codebook_size))
 
 
-def npy_bytes(array: np.ndarray) -> bytes:
+@functools.lru_cache(maxsize=64)
+def _npy_header(dtype: str, shape: tuple[int, ...]) -> bytes:
+    zeros = np.zeros(shape, dtype)
     buffer = io.BytesIO()
-    np.save(buffer, np.ascontiguousarray(array), allow_pickle=False)
-    return buffer.getvalue()
+    np.save(buffer, zeros, allow_pickle=False)
+    return buffer.getvalue()[: len(buffer.getvalue()) - zeros.nbytes]
+
+
+def npy_bytes(array: np.ndarray) -> bytes:
+    """What ``np.save`` writes (always in C order), with the header built once per dtype and shape."""
+    return _npy_header(array.dtype.str, array.shape) + array.tobytes(order="C")
 
 
 def sample_parts(pixel: np.ndarray, semantic: np.ndarray, carried: dict[str, bytes]) -> dict[str, bytes]:
