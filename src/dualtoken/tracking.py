@@ -56,8 +56,15 @@ def _mlflow(cfg: TrackingConfig) -> Any:
     os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
     import mlflow
 
-    check_reachable(tracking_uri(cfg))
-    mlflow.set_tracking_uri(tracking_uri(cfg))
+    uri, user_setting = tracking_uri(cfg), os.environ.get("MLFLOW_TRACKING_URI")
+    check_reachable(uri)
+    mlflow.set_tracking_uri(uri)
+    # set_tracking_uri also exports MLFLOW_TRACKING_URI; left there, it would override the next config
+    # this process loads (tracking_uri() lets the variable win). Only the user's own setting stays.
+    if user_setting is None:
+        os.environ.pop("MLFLOW_TRACKING_URI", None)
+    else:
+        os.environ["MLFLOW_TRACKING_URI"] = user_setting
     mlflow.set_experiment(cfg.experiment)
     return mlflow
 

@@ -136,3 +136,18 @@ def test_pretrained_teacher_is_loaded_evaluated_and_recorded(tmp_path, monkeypat
     metrics = json.loads((tmp_path / "t.json").read_text())
     assert {"shape", "colour"} <= set(metrics["zero_shot"]) and "image_to_text" in metrics["retrieval_r1"]
     assert (out / "model.safetensors").is_file() and (out / "tokenizer.json").is_file()
+
+
+def test_each_config_logs_to_its_own_tracking_store(tmp_path, monkeypatch):
+    """mlflow.set_tracking_uri exports MLFLOW_TRACKING_URI; it must not capture the next config's runs."""
+    import os
+
+    from dualtoken.config import TrackingConfig
+    from dualtoken.tracking import start_pipeline_run
+
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    for name in ("first", "second"):
+        cfg = TrackingConfig(tracking_uri=f"sqlite:///{tmp_path / name}.db")
+        run_id = start_pipeline_run(cfg, name, {})
+        assert mlflow.MlflowClient(cfg.tracking_uri).get_run(run_id).info.run_name == name
+    assert "MLFLOW_TRACKING_URI" not in os.environ

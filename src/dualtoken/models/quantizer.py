@@ -14,6 +14,7 @@ faster than 4096-row chunks on CPU), and a small book in one chunk (no per-chunk
 
 from __future__ import annotations
 
+import contextlib
 import math
 from dataclasses import dataclass
 from typing import Literal
@@ -42,6 +43,14 @@ def _distributed() -> bool:
     return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
 
 
+def _autocast_off(device_type: str) -> contextlib.AbstractContextManager:
+    """Autocast disabled for ``device_type``; nothing to disable where autocast does not exist (meta)."""
+    try:
+        return torch.autocast(device_type, enabled=False)
+    except RuntimeError:
+        return contextlib.nullcontext()
+
+
 def nearest_codes(x: Tensor, book: Tensor, chunk_size: int | None = None) -> Tensor:
     """Index of the nearest row of ``book`` (K, d) for each row of ``x`` (N, d), in float32 chunks of
     ``chunk_size`` rows (default: as many as fit ``CHUNK_ELEMENTS`` scores).
@@ -52,7 +61,7 @@ def nearest_codes(x: Tensor, book: Tensor, chunk_size: int | None = None) -> Ten
     chunk_size = chunk_size or max(1, CHUNK_ELEMENTS // book.shape[0])
     x, book = x.float(), book.float()
     out = torch.empty(x.shape[0], dtype=torch.long, device=x.device)
-    with torch.autocast(x.device.type, enabled=False):
+    with _autocast_off(x.device.type):
         book_sq = book.pow(2).sum(1)
         for start in range(0, x.shape[0], chunk_size):
             rows = x[start : start + chunk_size]
