@@ -17,7 +17,8 @@ def _flow(ws, env):
                           text=True, timeout=600)
 
 
-def test_flow_runs_stage_through_dvc_and_records_lineage(tmp_path, mlflow_server):
+def test_flow_runs_stage_through_dvc_and_records_lineage(tmp_path, mlflow_server, monkeypatch):
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", mlflow_server.uri)  # undone after the test (set_tracking_uri sets it)
     ws = make_workspace(tmp_path / "ws")
     env = workspace_env(MLFLOW_TRACKING_URI=mlflow_server.uri, PREFECT_HOME=str(tmp_path / "prefect"),
                         PREFECT_SERVER_ANALYTICS_ENABLED="false")

@@ -3,6 +3,7 @@
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import mlflow
 import pytest
@@ -33,6 +34,13 @@ def test_config_command_reports_bad_keys(capsys):
     assert yaml.safe_load(capsys.readouterr().out)["curate"]["workers"] == 3
 
 
+def _only_run(db: Path):
+    """The one run in a SQLite store, read without touching MLflow's process-wide tracking URI."""
+    client = mlflow.MlflowClient(f"sqlite:///{db}")
+    (run,) = client.search_runs([client.get_experiment_by_name("dualtoken").experiment_id])
+    return run
+
+
 def test_demo_corpus_then_curate_with_overrides(tmp_path, monkeypatch, capsys):
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     assert cli_main(["demo-corpus", "--out", str(tmp_path / "in"), "--num", "120", "--per-shard", "60"]) == 0
@@ -44,8 +52,7 @@ def test_demo_corpus_then_curate_with_overrides(tmp_path, monkeypatch, capsys):
     assert len(stats["shards_by_split"]["train"]) == -(-stats["accepted_by_split"]["train"] // 40)
     err = capsys.readouterr().err
     assert "curate done" in err and "manifest:" in err and "MLflow:" in err
-    mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'mlflow.db'}")
-    run = mlflow.search_runs(experiment_names=["dualtoken"], output_format="list")[0]
+    run = _only_run(tmp_path / "mlflow.db")
     assert run.data.tags["dualtoken.stage"] == "curate" and run.data.params["curate.samples_per_shard"] == "40"
     assert run.data.metrics["inputs"] == 120
 
@@ -61,9 +68,7 @@ def test_stage_fails_readably_when_validation_fails(tmp_path):
     assert "observed=60" in proc.stderr
     result = json.loads((tmp_path / "out" / "validation.json").read_text())
     assert result["success"] is False
-    mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'mlflow.db'}")
-    run = mlflow.search_runs(experiment_names=["dualtoken"], output_format="list")[0]
-    assert run.info.status == "FAILED"
+    assert _only_run(tmp_path / "mlflow.db").info.status == "FAILED"
 
 
 @pytest.mark.parametrize("argv", [["curate", "-S", "nonsense"], ["config", "--params", "/nonexistent.yaml"]])

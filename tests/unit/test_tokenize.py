@@ -31,6 +31,11 @@ SPLITS = ["train", "val", "test"]
 CPU = StorageConfig()
 
 
+@pytest.fixture(autouse=True)
+def _configured_tracking_store(monkeypatch):
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)  # each config's tracking_uri decides
+
+
 @pytest.fixture(scope="module")
 def corpus(tmp_path_factory):
     root = tmp_path_factory.mktemp("tokenize")
