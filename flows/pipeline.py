@@ -39,6 +39,8 @@ HEADLINES = {
                                              "usage.semantic.overall")),
     "tokenize": ("metrics/tokenize.json", ("images", "tokens.total", "throughput.images_per_s", "verify.psnr_written",
                                            "codes.pixel.usage.all_depths", "codes.semantic.usage.all_depths")),
+    "mllm": ("metrics/mllm.json", ("vqa.accuracy", "vqa.majority_baseline", "generation.shape.accuracy",
+                                   "generation.colour.accuracy", "train_seconds")),
 }
 
 

@@ -15,6 +15,8 @@ from dualtoken.training.distributed import relaunch_under_torchrun, under_torchr
 def run_stage(stage: str, module: str, argv: list[str]) -> int:
     parser = argparse.ArgumentParser(description=f"DVC stage {stage}")
     parser.add_argument("--params", default="params.yaml")
+    # the deepspeed launcher passes this; the rank is read from LOCAL_RANK, which it sets too
+    parser.add_argument("--local_rank", "--local-rank", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     try:
         cfg = load_config(args.params)

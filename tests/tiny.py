@@ -93,3 +93,40 @@ def saved_tiny_tokenizer(path: Path, images: torch.Tensor) -> DualTokenModel:
         model.train()(to_model_input(images))
     model.eval().save_pretrained(path)
     return model
+
+
+def tiny_token_split(n: int, seed: int = 0, grid: int = 2, depth: int = 2, codebook: int = 32) -> Any:
+    """A token split with random codes (grid x grid x depth, both streams) and the demo's texts."""
+    from dualtoken.data.tokens import TokenSplit
+
+    gen = torch.Generator().manual_seed(seed)
+    metas = []
+    for i in range(n):
+        ex = generate_example(seed, i, SIZE)
+        metas.append({"key": ex.key, "captions": ex.captions, "qa": ex.qa, "attributes": ex.attributes})
+    codes = [torch.randint(codebook, (n, grid, grid, depth), generator=gen) for _ in range(2)]
+    return TokenSplit([m["key"] for m in metas], codes[0], codes[1], metas)
+
+
+def tiny_text_tokenizer(split: Any) -> Any:
+    from dualtoken.apps.mllm import corpus_texts
+    from dualtoken.models.mllm import SPECIAL_TOKENS
+    from dualtoken.text import train_bpe
+
+    return train_bpe(corpus_texts(split), 300, extra_special_tokens=SPECIAL_TOKENS)
+
+
+def tiny_mllm(tokenizer: Any, grid: int = 2, depth: int = 2, codebook: int = 32, seed: int = 0) -> Any:
+    """A 2-layer width-32 Qwen2 with depth heads of width 16 for codes laid out like ``tiny_token_split``."""
+    from dualtoken.models.mllm import SPECIAL_TOKENS, STREAMS, DualTokenMLLM, DualTokenMLLMConfig
+
+    torch.manual_seed(seed)
+    llm = {"model_type": "qwen2", "hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 4,
+           "num_key_value_heads": 2, "intermediate_size": 64, "vocab_size": len(tokenizer),
+           "max_position_embeddings": 128, "tie_word_embeddings": True}
+    codes = {"grid": [grid, grid], **{s: {"depth": depth, "codebook_size": codebook, "dim": 8, "books": 1}
+                                      for s in STREAMS}}
+    config = DualTokenMLLMConfig(llm_config=llm, codes=codes, projector_hidden=32, head_width=16, head_layers=1,
+                                 head_heads=2, special_token_ids={t: tokenizer.convert_tokens_to_ids(t)
+                                                                  for t in SPECIAL_TOKENS})
+    return DualTokenMLLM(config)

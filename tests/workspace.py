@@ -29,6 +29,15 @@ SMALL_PARAMS = {
     "tokenizer.losses.gan_start_step": 1,
     "tokenizer.runtime.log_every": 1,
     "tokenizer.image_log_every": 2,
+    "mllm.phases": [{"name": "align", "steps": 2, "lr": 1e-3, "train": ["projector", "llm"], "tasks": {"caption": 1}},
+                    {"name": "joint", "steps": 2, "lr": 1e-3, "train": ["projector", "llm", "heads"],
+                     "tasks": {"caption": 1, "vqa": 1, "t2i": 1}}],
+    "mllm.batch_size": 6,
+    "mllm.llm": {"pretrained": None, "model_type": "qwen2", "hidden_size": 64, "layers": 2, "heads": 4, "kv_heads": 2,
+                 "intermediate_size": 128, "max_positions": 128, "vocab_size": 400},
+    "mllm.eval": {"vqa_questions": 16, "generated_images": 4, "batch_size": 8,
+                  "sampling": {"temperature": 1.0, "top_k": 0, "top_p": 1.0, "cfg_scale": 3.0}},
+    "mllm.runtime.log_every": 1,
 }
 
 

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import yaml
 
-from dualtoken.config import ConfigError, load_config
+from dualtoken.config import ConfigError, SamplingConfig, load_config
 from dualtoken.errors import DualtokenError
 
 
@@ -77,6 +77,60 @@ def _cmd_tokenize(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_mllm(args: argparse.Namespace) -> int:
+    """The mllm stage (``runtime.nproc > 1`` relaunches under torchrun; the deepspeed launcher works too)."""
+    from dualtoken.training.distributed import relaunch_under_torchrun, under_torchrun
+
+    cfg = load_config(args.params, args.overrides)
+    if cfg.mllm.runtime.nproc > 1 and not under_torchrun():
+        argv = ["mllm", "--params", args.params, *(f"-S{o}" for o in args.overrides)]
+        return relaunch_under_torchrun("dualtoken.cli", cfg.mllm.runtime.nproc, argv)
+    from dualtoken.apps.mllm import main as mllm_main
+
+    mllm_main(cfg)
+    return 0
+
+
+def _sampling(args: argparse.Namespace) -> SamplingConfig:
+    return SamplingConfig(cfg_scale=args.cfg, temperature=args.temperature, top_k=args.top_k, top_p=args.top_p)
+
+
+def _cmd_chat(args: argparse.Namespace) -> int:
+    from PIL import Image, UnidentifiedImageError
+
+    from dualtoken.apps.inference import chat, load_mllm
+
+    try:
+        image = Image.open(args.image)
+        image.load()
+    except (OSError, UnidentifiedImageError) as err:
+        raise ConfigError(f"--image {args.image}: not a readable image ({err})") from None
+    loaded = load_mllm(args.model, args.tokenizer, args.device)
+    print(chat(loaded, image, args.question, args.max_new_tokens))
+    return 0
+
+
+def _cmd_generate(args: argparse.Namespace) -> int:
+    from dualtoken.apps.inference import generate_images, load_mllm
+
+    loaded = load_mllm(args.model, args.tokenizer, args.device)
+    out = Path(args.out)
+    images = generate_images(loaded, [args.prompt] * args.num, _sampling(args), args.seed)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    paths = [out] if args.num == 1 else [out.with_name(f"{out.stem}-{i}{out.suffix}") for i in range(args.num)]
+    for image, path in zip(images, paths, strict=True):
+        image.save(path)
+        print(path)
+    return 0
+
+
+def _add_model_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--model", default="models/mllm",
+                        help="MLLM folder or MLflow URI, e.g. models:/dualtoken-mllm/1 (default: %(default)s)")
+    parser.add_argument("--tokenizer", help="DualToken tokenizer folder (default: the one the model records)")
+    parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+
+
 def _cmd_demo_corpus(args: argparse.Namespace) -> int:
     """Write the built-in demo corpus as WebDataset shards, e.g. to try the webdataset source."""
     from dualtoken.data.synthetic import generate_example
@@ -119,6 +173,27 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--world", type=int, help="how many slices the shard list is cut into")
     p.add_argument("--finalize", action="store_true", help="assemble, verify and log once every slice is done")
     p.set_defaults(func=_cmd_tokenize)
+    p = sub.add_parser("mllm", help="train the unified MLLM on the token shards (DeepSpeed); same as the DVC stage")
+    _add_config_args(p)
+    p.add_argument("--local_rank", "--local-rank", type=int, help=argparse.SUPPRESS)  # the deepspeed launcher's
+    p.set_defaults(func=_cmd_mllm)
+    p = sub.add_parser("chat", help="ask the trained MLLM about an image")
+    p.add_argument("question")
+    p.add_argument("--image", required=True, help="an image file (resized to the tokenizer's input size)")
+    p.add_argument("--max-new-tokens", type=int, default=32)
+    _add_model_args(p)
+    p.set_defaults(func=_cmd_chat)
+    p = sub.add_parser("generate", help="generate images from a text prompt with the trained MLLM")
+    p.add_argument("prompt")
+    p.add_argument("-o", "--out", default="generated.png", help="PNG path; with --num N, -0..-N-1 are appended")
+    p.add_argument("--num", type=int, default=1)
+    p.add_argument("--cfg", type=float, default=3.0, help="classifier-free guidance scale; 1 turns it off")
+    p.add_argument("--temperature", type=float, default=1.0)
+    p.add_argument("--top-k", type=int, default=0)
+    p.add_argument("--top-p", type=float, default=1.0)
+    p.add_argument("--seed", type=int, default=0)
+    _add_model_args(p)
+    p.set_defaults(func=_cmd_generate)
     p = sub.add_parser("demo-corpus", help="write the synthetic demo corpus as WebDataset tar shards")
     p.add_argument("--out", required=True)
     p.add_argument("--num", type=int, default=1000)

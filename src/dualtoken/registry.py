@@ -1,4 +1,4 @@
-"""Logging a tokenizer to MLflow as a loadable model and registering it.
+"""Logging the tokenizer and the MLLM to MLflow as loadable models and registering them.
 
 The registered artifact is an MLflow ``pyfunc`` (model from code, ``pyfunc_model.py``) around the
 ``save_pretrained`` folder, so ``mlflow.pyfunc.load_model("models:/dualtoken-tokenizer/1").predict(images)``
@@ -27,4 +27,18 @@ def log_tokenizer(model_dir: str | Path, registered_name: str | None) -> str:
                                    artifacts={"model": str(model_dir)}, pip_requirements=requirements,
                                    signature=signature,
                                    registered_model_name=registered_name)
+    return info.model_uri
+
+
+MLLM_PYFUNC_FILE = Path(__file__).with_name("pyfunc_mllm.py")
+
+
+def log_mllm(model_dir: str | Path, tokenizer_dir: str | Path, registered_name: str | None) -> str:
+    """Log the MLLM folder and its DualToken tokenizer as one pyfunc model (chat and generate)."""
+    import mlflow
+
+    requirements = [f"{p}=={version(p)}" for p in ("torch", "transformers", "safetensors", "mlflow")]
+    info = mlflow.pyfunc.log_model(name="mllm", python_model=str(MLLM_PYFUNC_FILE),
+                                   artifacts={"model": str(model_dir), "tokenizer": str(tokenizer_dir)},
+                                   pip_requirements=requirements, registered_model_name=registered_name)
     return info.model_uri

@@ -48,12 +48,13 @@ def test_flow_runs_stage_through_dvc_and_records_lineage(tmp_path, mlflow_server
 
     _check_training_stages(client, runs, parent, ws, tmp_path, mlflow_server.uri)
     _check_tokenize(client, runs, parent, ws)
+    _check_mllm(client, runs, parent, ws)
 
     second = _flow(ws, env)
     assert second.returncode == 0, second.stderr[-3000:]
     assert "up to date" in second.stdout + second.stderr
     runs = client.search_runs([exp.experiment_id])
-    for name in ("curate", "teacher", "tokenizer", "tokenize"):
+    for name in ("curate", "teacher", "tokenizer", "tokenize", "mllm"):
         assert sum(r.data.tags.get("dualtoken.stage") == name for r in runs) == 1  # DVC skipped them
     assert sum(r.data.tags.get("dualtoken.stage") == "pipeline" for r in runs) == 2
 
@@ -100,6 +101,20 @@ def _check_tokenize(client, runs, parent, ws):
         (ws / "data/tokens/shards.json").read_text())["tokenizer"]["sha256"]
     assert "tokenize/code_usage.png" in {a.path for a in client.list_artifacts(run.info.run_id, "tokenize")}
     assert {"curated", "tokens"} <= {d.dataset.name for d in run.inputs.dataset_inputs}
+
+
+def _check_mllm(client, runs, parent, ws):
+    """The MLLM run nests under the pipeline, logs per-depth losses and eval metrics, registers the model."""
+    (run,) = [r for r in runs if r.data.tags.get("dualtoken.stage") == "mllm"]
+    assert run.data.tags["mlflow.parentRunId"] == parent.info.run_id and run.info.status == "FINISHED"
+    metrics = json.loads((ws / "metrics/mllm.json").read_text())
+    assert run.data.metrics["vqa.accuracy"] == pytest.approx(metrics["vqa"]["accuracy"])
+    assert {"train.semantic.d1", "train.pixel.d4", "train.text_loss", "train.tokens_per_s"} <= set(run.data.metrics)
+    (version,) = client.search_model_versions("name = 'dualtoken-mllm'")
+    assert version.run_id == run.info.run_id
+    config = json.loads((ws / "models/mllm/config.json").read_text())
+    assert config["tokenizer_path"] == "models/tokenizer" and (ws / "models/mllm/tokenizer.json").is_file()
+    assert "tokens" in {d.dataset.name for d in run.inputs.dataset_inputs}
 
 
 def test_failing_stage_is_retried_and_the_run_marked_failed(tmp_path):

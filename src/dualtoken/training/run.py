@@ -51,9 +51,9 @@ def library_digest() -> str:
     return digest.hexdigest()[:16]
 
 
-def open_checkpoints(work_dir: str | Path, print_fn: Callable[[str], None], ctx: DistContext, keep: int,
-                     identity: dict[str, Any]) -> Checkpointer:
-    """Checkpoints under ``work_dir/checkpoints``; ones written for another configuration are set aside.
+def claim_checkpoint_folder(work_dir: str | Path, print_fn: Callable[[str], None], ctx: DistContext,
+                            identity: dict[str, Any]) -> Path:
+    """``work_dir/checkpoints``, with checkpoints written for another configuration set aside.
 
     ``identity`` is everything that makes a checkpoint valid to resume (config, data digest, process
     count); the library's code digest is added here.
@@ -73,6 +73,12 @@ def open_checkpoints(work_dir: str | Path, print_fn: Callable[[str], None], ctx:
         marker.parent.mkdir(parents=True, exist_ok=True)
         marker.write_text(json.dumps({"fingerprint": wanted, "identity": identity}, indent=1, default=str))
     ctx.barrier()
+    return folder
+
+
+def open_checkpoints(work_dir: str | Path, print_fn: Callable[[str], None], ctx: DistContext, keep: int,
+                     identity: dict[str, Any]) -> Checkpointer:
+    folder = claim_checkpoint_folder(work_dir, print_fn, ctx, identity)
     return Checkpointer(folder, keep=keep, rank=ctx.rank, barrier=ctx.barrier)
 
 

@@ -1,0 +1,187 @@
+"""The MLLM as an application: build it around an LM and the tokenizer's codebooks, train the selected
+phases with DeepSpeed, evaluate, save, log and register.
+
+Output ``models/mllm/`` (``save_pretrained``: LM, projector, heads, the text tokenizer, and the DualToken
+tokenizer's path and SHA-256 in the config) and ``metrics/mllm.json``: VQA exact match beside the
+majority-answer baseline, generated images' shape and colour accuracy (teacher zero-shot) beside chance,
+the last losses and throughput. MLflow: per-step losses (text, semantic and pixel per depth), tokens/s,
+learning rate, a grid of generated images, the model registered as ``mllm.register_as``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel
+
+from dualtoken.apps.training import log_final_metrics, mlflow_sink, setup_process, tracked, write_metrics
+from dualtoken.config import Config, MllmConfig
+from dualtoken.data.curated import read_shard_index
+from dualtoken.data.sequences import SequenceCorpus
+from dualtoken.data.tokens import TokenSplit, load_token_split, read_layout
+from dualtoken.evaluation.mllm import generation_accuracy, vqa_accuracy
+from dualtoken.models.dualtoken import DualTokenModel
+from dualtoken.models.mllm import SPECIAL_TOKENS, STREAMS, DualTokenMLLM, DualTokenMLLMConfig
+from dualtoken.models.teacher import checkpoint_digest, load_teacher
+from dualtoken.text import train_bpe
+from dualtoken.tracking import log_dataset, run_url
+from dualtoken.training.distributed import shutdown_distributed
+from dualtoken.training.mllm import train_mllm
+from dualtoken.training.run import save_folder_atomically
+
+STAGE = "mllm"
+
+
+def corpus_texts(split: TokenSplit) -> list[str]:
+    """Every caption, question and answer, in corpus order (the demo BPE is trained on them)."""
+    out = []
+    for meta in split.meta:
+        out += meta.get("captions", [])
+        for qa in meta.get("qa", []):
+            out += [qa["question"], qa["answer"]]
+    return out
+
+
+def text_tokenizer(cfg: MllmConfig, train: TokenSplit) -> Any:
+    if cfg.llm.pretrained:
+        tokenizer = AutoTokenizer.from_pretrained(cfg.llm.pretrained, local_files_only=True)
+        tokenizer.add_special_tokens({"additional_special_tokens": list(SPECIAL_TOKENS)})
+        return tokenizer
+    return train_bpe(corpus_texts(train), cfg.llm.vocab_size, extra_special_tokens=SPECIAL_TOKENS)
+
+
+def language_model(cfg: MllmConfig, vocab_size: int) -> PreTrainedModel:
+    """The pretrained LM (embeddings resized for the added tokens), or one built from the configured shape."""
+    llm = cfg.llm
+    if llm.pretrained:
+        model = AutoModelForCausalLM.from_pretrained(llm.pretrained, local_files_only=True)
+        model.resize_token_embeddings(vocab_size)
+        return model
+    from transformers import AutoConfig
+
+    shape = AutoConfig.for_model(llm.model_type, hidden_size=llm.hidden_size, num_hidden_layers=llm.layers,
+                                 num_attention_heads=llm.heads, num_key_value_heads=llm.kv_heads,
+                                 intermediate_size=llm.intermediate_size, max_position_embeddings=llm.max_positions,
+                                 vocab_size=vocab_size, tie_word_embeddings=True)
+    return AutoModelForCausalLM.from_config(shape, attn_implementation="sdpa")
+
+
+def build_model(cfg: MllmConfig, tokenizer: Any, visual: DualTokenModel, tokenizer_path: str) -> DualTokenMLLM:
+    quantizers = {"pixel": visual.pixel_quantizer, "semantic": visual.semantic_quantizer}
+    grid = visual.config.grid_size
+    codes = {"grid": [grid, grid], **{s: {"depth": q.depth, "codebook_size": q.codebook_size, "dim": q.dim,
+                                          "books": q.codebooks.shape[0]} for s, q in quantizers.items()}}
+    config = DualTokenMLLMConfig(
+        codes=codes, projector_hidden=cfg.head.projector_hidden, head_width=cfg.head.width,
+        head_layers=cfg.head.layers, head_heads=cfg.head.heads,
+        special_token_ids={t: tokenizer.convert_tokens_to_ids(t) for t in SPECIAL_TOKENS},
+        tokenizer_path=tokenizer_path, tokenizer_sha256=checkpoint_digest(tokenizer_path))
+    llm = language_model(cfg, len(tokenizer))
+    return DualTokenMLLM.from_parts(llm, config, {s: quantizers[s].codebooks.detach().float() for s in STREAMS})
+
+
+def check_layout(root: str, visual: DualTokenModel) -> None:
+    layout = read_layout(root)
+    expected = {"grid": [visual.config.grid_size] * 2, "pixel": visual.config.pixel_depth,
+                "semantic": visual.config.semantic_depth}
+    found = {"grid": list(layout.grid), "pixel": layout.pixel.depth, "semantic": layout.semantic.depth}
+    if found != expected:
+        raise ValueError(f"the token corpus {root} ({found}) was not written by the tokenizer given ({expected}): "
+                         "rerun the tokenize stage")
+
+
+def main(cfg: Config, console: Console | None = None) -> dict[str, Any]:
+    console = console or Console(stderr=True, soft_wrap=True)
+    m = cfg.mllm
+    ctx = setup_process(m.runtime, cfg.seed)
+    try:
+        tokens_root = m.tokens or cfg.tokenize.output_dir
+        visual_path = m.tokenizer or cfg.tokenizer.output_dir
+        if not (Path(visual_path) / "config.json").is_file():
+            raise FileNotFoundError(f"no DualToken tokenizer in {visual_path}: run the tokenizer stage first "
+                                    "(dvc repro tokenizer) or set mllm.tokenizer")
+        visual = DualTokenModel.from_pretrained(visual_path, local_files_only=True).eval()
+        check_layout(tokens_root, visual)
+        train = load_token_split(tokens_root, "train")
+        val = load_token_split(tokens_root, "val")
+        tokenizer = text_tokenizer(m, train)
+        model = build_model(m, tokenizer, visual, visual_path)
+        corpus = SequenceCorpus(train, tokenizer, m.max_text_tokens)
+        index_digest = hashlib.sha256(str(read_shard_index(tokens_root)).encode()).hexdigest()[:16]
+        identity = {"seed": cfg.seed, "tokens": index_digest, "tokenizer": model.config.tokenizer_sha256,
+                    "llm": m.llm.pretrained and checkpoint_digest(m.llm.pretrained)}
+        with tracked(STAGE, cfg, ("seed", "mllm"), ctx) as run:
+            if run is not None:
+                import mlflow
+
+                log_dataset("tokens", str(Path(tokens_root).resolve()), index_digest, context="training")
+                mlflow.set_tag("dualtoken.tokenizer_sha256", model.config.tokenizer_sha256)
+            params = sum(p.numel() for p in model.parameters())
+            console.print(f"\\[mllm] {params:,} parameters (LM {sum(p.numel() for p in model.llm.parameters()):,}), "
+                          f"{len(train)} train images -> {len(corpus.captions)} captions, {len(corpus.qa)} questions; "
+                          f"text vocabulary {len(tokenizer)}")
+            t0 = time.perf_counter()
+            rows = train_mllm(m, model, corpus, ctx, cfg.seed, identity, console,
+                              sink=mlflow_sink("train") if ctx.is_main else None)
+            train_seconds = time.perf_counter() - t0
+            if not ctx.is_main:
+                return {}
+            metrics = evaluate(cfg, model.eval(), tokenizer, visual.to(ctx.device), train, val, console)
+            metrics.update({"train_seconds": round(train_seconds, 1), "final": rows[-1] if rows else None,
+                            "steps": sum(p.steps for p in m.selected_phases()), "parameters": params})
+
+            def save(folder: Path) -> None:
+                model.save_pretrained(folder)
+                tokenizer.save_pretrained(folder)
+
+            out = save_folder_atomically(m.output_dir, save)
+            write_metrics(m.metrics_path, metrics)
+            import mlflow
+
+            log_final_metrics({k: v for k, v in metrics.items() if k != "final"}, step=metrics["steps"])
+            mlflow.log_artifact(m.metrics_path, artifact_path="mllm")
+            from dualtoken.registry import log_mllm
+
+            model_uri = log_mllm(out, visual_path, m.register_as)
+            url = run_url(cfg.tracking, run.info.run_id)
+        vqa, gen = metrics.get("vqa", {}), metrics.get("generation", {})
+        console.print(
+            f"[bold green]mllm done[/] in {train_seconds:.0f} s: VQA {vqa.get('accuracy', float('nan')):.3f} (majority "
+            f"baseline {vqa.get('majority_baseline', float('nan')):.3f}); generated images judged by the teacher: "
+            + ", ".join(f"{t} {gen[t]['accuracy']:.3f} (chance {gen[t]['chance']:.3f})" for t in ("shape", "colour")
+                        if t in gen)
+            + f"\n  model:    {out}\n  metrics:  {m.metrics_path}\n  MLflow:   {url}\n  logged:   {model_uri}"
+            + (f" (registered as {m.register_as})" if m.register_as else "")
+            + "\n  try:      dualtoken chat --image IMAGE.png \"what colour is the shape?\"\n"
+              "            dualtoken generate \"a small red circle at the top left\" -o out.png")
+        return metrics
+    finally:
+        shutdown_distributed()
+
+
+def evaluate(cfg: Config, model: DualTokenMLLM, tokenizer: Any, visual: DualTokenModel, train: TokenSplit,
+             val: TokenSplit, console: Console) -> dict[str, Any]:
+    e = cfg.mllm.eval
+    t0 = time.perf_counter()
+    metrics: dict[str, Any] = {"vqa": vqa_accuracy(model, tokenizer, val, train.meta, e.vqa_questions, e.batch_size)}
+    if e.generated_images and Path(cfg.teacher.output_dir, "config.json").is_file():
+        teacher, teacher_tokenizer = load_teacher(cfg.teacher.output_dir)
+        generation, pictures = generation_accuracy(model, tokenizer, visual, teacher.to(model.device).eval(),
+                                                   teacher_tokenizer, val, e.generated_images, e.batch_size,
+                                                   e.sampling, cfg.seed)
+        metrics["generation"] = generation
+        if len(pictures):
+            import mlflow
+
+            from dualtoken.evaluation.reconstruction import image_grid
+
+            shown = pictures[: max(8, len(pictures) // 8 * 8)][:32]
+            mlflow.log_image(image_grid(list(shown.split(8))).numpy(), key="generated", step=0)
+    elif e.generated_images:
+        console.print(f"\\[mllm] no teacher in {cfg.teacher.output_dir}: generated images are not judged")
+    metrics["eval_seconds"] = round(time.perf_counter() - t0, 1)
+    return metrics

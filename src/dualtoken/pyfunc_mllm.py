@@ -1,0 +1,44 @@
+"""MLflow "model from code" for a registered MLLM (nothing is unpickled when it loads).
+
+``predict`` takes a DataFrame (or list of dicts) with a ``prompt`` column and an optional ``image`` column
+of PNG/JPEG bytes: rows with an image are answered (text), rows without one become generated images
+(PNG bytes). ``params``: cfg_scale, temperature, top_k, top_p, seed, max_new_tokens.
+"""
+
+from __future__ import annotations
+
+import io
+
+import mlflow
+
+
+class DualTokenMLLMPyfunc(mlflow.pyfunc.PythonModel):
+    def load_context(self, context):  # untyped: MLflow derives a schema from hints
+        from dualtoken.apps.inference import load_mllm
+
+        self.loaded = load_mllm(context.artifacts["model"], context.artifacts["tokenizer"])
+
+    def predict(self, context, model_input, params=None):
+        import pandas as pd
+        from PIL import Image
+
+        from dualtoken.apps.inference import chat, generate_images, png_bytes
+        from dualtoken.config import SamplingConfig
+
+        params = dict(params or {})
+        rows = pd.DataFrame(model_input).to_dict("records")
+        sampling = SamplingConfig(**{k: params[k] for k in ("cfg_scale", "temperature", "top_k", "top_p")
+                                     if k in params})
+        out = []
+        for row in rows:
+            image = row.get("image")
+            if image is not None and not (isinstance(image, float) and image != image):
+                out.append(chat(self.loaded, Image.open(io.BytesIO(image)), row["prompt"],
+                                int(params.get("max_new_tokens", 32))))
+            else:
+                picture = generate_images(self.loaded, [row["prompt"]], sampling, int(params.get("seed", 0)))[0]
+                out.append(png_bytes(picture))
+        return out
+
+
+mlflow.models.set_model(DualTokenMLLMPyfunc())

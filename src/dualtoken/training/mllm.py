@@ -1,0 +1,157 @@
+"""MLLM training: the selected phases one after another, each a DeepSpeed engine over the parts it trains.
+
+Each phase freezes what it does not train (``projector``, ``llm``, ``heads``), builds AdamW + warm-up/cosine
+at its own learning rate and a DeepSpeed engine (ZeRO stage, micro batch, accumulation, clipping and bf16
+from params), and runs its steps. Checkpoints (DeepSpeed's own format: module, partitioned optimizer,
+scheduler) are tagged ``NN-phase-SSSSSSSS``; a rerun after a kill continues from the newest one. Batches
+are a pure function of (seed, phase, step), so the resumed run sees exactly the batches and losses the
+uninterrupted run would have.
+
+DeepSpeed loads its checkpoints with ``torch.load`` (pickle): only point ``work_dir`` at checkpoints this
+trainer wrote.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+from rich.console import Console
+
+from dualtoken.config import MllmConfig, MllmPhase
+from dualtoken.data.sequences import SequenceCorpus, global_batch, micro_slice
+from dualtoken.models.mllm import DualTokenMLLM
+from dualtoken.training.deepspeed_engine import engine_config, initialize, latest_tag, prune_checkpoints
+from dualtoken.training.distributed import DistContext
+from dualtoken.training.engine import resolve_precision
+from dualtoken.training.run import apply_activation_checkpointing, build_optimizer, claim_checkpoint_folder, micro_batch
+
+Sink = Callable[[int, dict[str, float]], None]
+
+
+@dataclass(frozen=True)
+class Position:
+    phase: int  # index into the selected phases
+    step: int  # optimizer steps done in that phase
+
+    @property
+    def tag(self) -> str:
+        return f"{self.phase:02d}-step{self.step:08d}"
+
+    @classmethod
+    def parse(cls, tag: str) -> Position:
+        phase, step = tag.split("-step")
+        return cls(int(phase), int(step))
+
+
+def freeze_for(model: DualTokenMLLM, phase: MllmPhase) -> int:
+    """Trainable parameters of the phase (count); everything else frozen."""
+    count = 0
+    for part, params in model.parameter_groups().items():
+        for p in params:
+            p.requires_grad_(part in phase.train)
+            count += p.numel() if part in phase.train else 0
+    return count
+
+
+def train_mllm(cfg: MllmConfig, model: DualTokenMLLM, corpus: SequenceCorpus, ctx: DistContext, seed: int,
+               identity: dict, console: Console, sink: Sink | None = None) -> list[dict[str, float]]:
+    """Run the selected phases; returns every logged row (rank 0's view, averaged over ranks).
+
+    ``identity`` names what else a checkpoint depends on (seed, corpus, tokenizer); the training config,
+    process count and accumulation are added here."""
+    runtime = cfg.runtime
+    precision = resolve_precision(runtime.precision, ctx.device)
+    micro = micro_batch(cfg.batch_size, ctx.world, runtime.grad_accum, "mllm")
+    training = cfg.model_dump(mode="json", exclude={"runtime", "eval", "register_as", "output_dir", "metrics_path",
+                                                    "work_dir"})
+    folder = claim_checkpoint_folder(cfg.work_dir, console.print, ctx, {
+        **identity, "mllm": training, "world": ctx.world, "grad_accum": runtime.grad_accum})
+    tag = latest_tag(folder)
+    resume = Position.parse(tag) if tag else None
+    if resume and ctx.is_main:
+        console.print(f"\\[mllm] resuming from {folder / tag}")
+    model.to(ctx.device)
+    apply_activation_checkpointing(model, runtime, ctx.device)
+    phases = cfg.selected_phases()
+    rows: list[dict[str, float]] = []
+    done_before = 0
+    for index, phase in enumerate(phases):
+        if resume and index < resume.phase:
+            done_before += phase.steps
+            continue
+        start = resume.step if resume and index == resume.phase else 0
+        if start < phase.steps:
+            rows += _run_phase(cfg, model, corpus, ctx, seed, index, phase, start, done_before, folder, precision,
+                               micro, tag if start else None, console, sink)
+        done_before += phase.steps
+    model.requires_grad_(True)
+    return rows
+
+
+def _run_phase(cfg: MllmConfig, model: DualTokenMLLM, corpus: SequenceCorpus, ctx: DistContext, seed: int,
+               index: int, phase: MllmPhase, start: int, offset: int, folder, precision: str, micro: int,
+               resume_tag: str | None, console: Console, sink: Sink | None) -> list[dict[str, float]]:
+    runtime = cfg.runtime
+    trainable = freeze_for(model, phase)
+    optim = cfg.optim.model_copy(update={"lr": phase.lr})
+    optimizer, scheduler = build_optimizer([{"params": model.parameters()}], optim, phase.steps)
+    engine = initialize(model, optimizer, scheduler, engine_config(
+        micro, runtime.grad_accum, ctx.world, optim.grad_clip, cfg.zero_stage, precision), ctx)
+    if resume_tag:
+        engine.load_checkpoint(str(folder), tag=resume_tag, load_module_strict=True)
+    if ctx.is_main:
+        console.print(f"\\[mllm] phase {index + 1} '{phase.name}': {phase.steps} steps at lr {phase.lr:g}, training "
+                      f"{'+'.join(phase.train)} ({trainable:,} parameters), tasks {phase.tasks}, ZeRO "
+                      f"{cfg.zero_stage}, {ctx.world} process(es) on {ctx.device}, {precision}")
+    rows, tokens, t0 = [], 0, time.perf_counter()
+    # only the losses this phase's tasks can produce are logged (the same keys on every rank)
+    has_text = any(phase.tasks.get(t, 0) > 0 for t in ("caption", "vqa"))
+    has_visual = phase.tasks.get("t2i", 0) > 0
+    try:
+        for step in range(start, phase.steps):
+            batch = global_batch(corpus, phase.tasks, cfg.batch_size, seed, phase.name, step, cfg.prompt_dropout)
+            sums: dict[str, float] = {}
+            for m in range(runtime.grad_accum):
+                inputs = corpus.collate(micro_slice(batch, m, ctx.rank, runtime.grad_accum, ctx.world)).to(ctx.device)
+                out = engine(**inputs.model_inputs(), text_weight=cfg.text_loss_weight,
+                             visual_weight=cfg.visual_loss_weight)
+                engine.backward(out.loss)
+                engine.step()
+                tokens += inputs.tokens
+                terms = {"loss": out.loss, **({"text_loss": out.text_loss} if has_text else {}),
+                         **(out.visual_losses if has_visual else {})}
+                for key, value in terms.items():
+                    sums[key] = sums.get(key, 0.0) + float(value.detach()) / runtime.grad_accum
+            done = step + 1
+            if done % runtime.log_every == 0 or done == phase.steps:
+                rows.append(_log_row(ctx, sums, tokens, t0, engine, offset + done, phase, console, sink))
+                tokens, t0 = 0, time.perf_counter()
+            if done % runtime.checkpoint_every == 0 or done == phase.steps:
+                engine.save_checkpoint(str(folder), tag=Position(index, done).tag)
+                if ctx.is_main:
+                    prune_checkpoints(folder, runtime.keep_checkpoints)
+                ctx.barrier()
+    finally:
+        engine.destroy()
+    return rows
+
+
+def _log_row(ctx: DistContext, sums: dict[str, float], tokens: int, t0: float, engine, step: int, phase: MllmPhase,
+             console: Console, sink: Sink | None) -> dict[str, float]:
+    keys = sorted(sums)
+    averaged = ctx.mean(torch.tensor([sums[k] for k in keys], dtype=torch.float64)).tolist()
+    row = dict(zip(keys, averaged, strict=True))
+    row["tokens_per_s"] = ctx.reduce_number(tokens) / max(time.perf_counter() - t0, 1e-9)
+    row["lr"] = float(engine.get_lr()[0])
+    if ctx.is_main:
+        visual = [v for k, v in row.items() if "." in k]
+        parts = (f" text {row['text_loss']:.4f}" if "text_loss" in row else "") + (
+            f" visual {sum(visual):.4f}" if visual else "")
+        console.print(f"\\[mllm] {phase.name} step {step}: loss {row['loss']:.4f}{parts} lr {row['lr']:.3g} "
+                      f"{row['tokens_per_s']:.0f} tokens/s")
+        if sink is not None:
+            sink(step, row)
+    return row

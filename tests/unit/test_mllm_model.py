@@ -1,0 +1,174 @@
+"""The MLLM's sequences, losses, heads and sampling on a tiny model: what goes where, what is trained on
+what, codes always in range, guidance at scale 1 equal to no guidance, save/load round trip."""
+
+import pytest
+import torch
+
+from dualtoken.config import SamplingConfig
+from dualtoken.data.sequences import IGNORE, SequenceCorpus, global_batch, micro_slice, task_counts
+from dualtoken.models.depth_head import filter_logits, sample_logits
+from dualtoken.models.mllm import DualTokenMLLM
+from dualtoken.models.mllm_generation import answer, generate_codes
+from tiny import tiny_mllm, tiny_text_tokenizer, tiny_token_split
+
+GRID, DEPTH, BOOK = 2, 2, 32
+
+
+@pytest.fixture(scope="module")
+def parts():
+    split = tiny_token_split(24, grid=GRID, depth=DEPTH, codebook=BOOK)
+    tokenizer = tiny_text_tokenizer(split)
+    return split, tokenizer, SequenceCorpus(split, tokenizer, 16)
+
+
+def test_sequences_put_losses_only_on_targets(parts):
+    _split, _tokenizer, corpus = parts
+    v = corpus.vocab
+    cap = corpus.build("caption", 0)
+    _image, caption = corpus.captions[0]
+    assert cap.ids == [v.bos, v.image_start, *[v.image] * GRID * GRID, v.image_end, *caption, v.eos]
+    assert [t for t in cap.labels if t != IGNORE] == [*caption, v.eos]
+    assert cap.labels[: 3 + GRID * GRID] == [IGNORE] * (3 + GRID * GRID) and not cap.generates
+    qa = corpus.build("vqa", 3)
+    _, question, ans = corpus.qa[3]
+    assert [t for t in qa.labels if t != IGNORE] == [*ans, v.eos]
+    assert qa.ids[-len(ans) - 1 - len(question): -len(ans) - 1] == question
+    gen = corpus.build("t2i", 0)
+    assert gen.generates and all(t == IGNORE for t in gen.labels)
+    assert gen.ids[: len(caption) + 2] == [v.bos, *caption, v.gen_start]
+    assert corpus.build("t2i", 0, drop_prompt=True).ids[:3] == [v.bos, v.gen_start, v.image]
+
+
+def test_visual_sequence_length_is_the_number_of_positions_and_codes_land_in_order(parts):
+    split, tokenizer, corpus = parts
+    batch = corpus.collate([corpus.build("caption", 0), corpus.build("t2i", 5)])
+    placeholders = batch.input_ids == corpus.vocab.image
+    assert placeholders.sum(1).tolist() == [GRID * GRID] * 2  # one token per position, not one per stream
+    assert batch.visual_targets.sum() == GRID * GRID and not batch.visual_targets[0].any()
+    images = [corpus.captions[0][0], corpus.captions[5][0]]
+    assert torch.equal(batch.semantic, split.semantic[images].reshape(-1, DEPTH))
+    model = tiny_mllm(tokenizer, GRID, DEPTH, BOOK)
+    embeds = model.embed(batch.input_ids, batch.semantic, batch.pixel)
+    assert embeds.shape == (*batch.input_ids.shape, 32)
+    second = images[1]
+    expected = model.visual_embeddings(split.semantic[second].reshape(-1, DEPTH),
+                                       split.pixel[second].reshape(-1, DEPTH))
+    assert torch.allclose(embeds[1][placeholders[1]], expected)
+    with pytest.raises(ValueError, match="placeholders"):
+        model.embed(batch.input_ids, batch.semantic[:-1], batch.pixel[:-1])
+
+
+def test_loss_counts_targets_and_every_trainable_part_gets_a_gradient(parts):
+    _split, tokenizer, corpus = parts
+    model = tiny_mllm(tokenizer, GRID, DEPTH, BOOK)
+    batch = corpus.collate([corpus.build("vqa", 1), corpus.build("t2i", 2), corpus.build("caption", 4)])
+    out = model(**batch.model_inputs())
+    assert out.text_tokens == int((batch.labels != IGNORE).sum()) and out.visual_positions == GRID * GRID
+    assert sorted(out.visual_losses) == ["pixel.d1", "pixel.d2", "semantic.d1", "semantic.d2"]
+    assert torch.allclose(out.loss, out.text_loss + sum(out.visual_losses.values()))
+    out.loss.backward()
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in model.heads.parameters())
+    # a batch without generation targets still reaches the heads (zero gradients, not None): ZeRO needs them
+    model.zero_grad(set_to_none=True)
+    text_only = corpus.collate([corpus.build("caption", 0)])
+    model(**text_only.model_inputs()).loss.backward()
+    assert all(p.grad is not None and p.grad.abs().sum() == 0 for p in model.heads.parameters())
+
+
+def test_depth_head_is_causal_over_depth(parts):
+    _, tokenizer, _ = parts
+    head = tiny_mllm(tokenizer, GRID, 3, BOOK).heads["pixel"].eval()
+    hidden, codes = torch.randn(6, 32), torch.randint(BOOK, (6, 3))
+    base = head(hidden, codes)
+    last_changed = codes.clone()
+    last_changed[:, 2] = (codes[:, 2] + 1) % BOOK  # the last depth's code is only ever a target
+    assert torch.equal(head(hidden, last_changed), base)
+    first_changed = codes.clone()
+    first_changed[:, 0] = (codes[:, 0] + 1) % BOOK  # seen by depths 2 and 3, not by depth 1
+    after = head(hidden, first_changed)
+    assert torch.allclose(after[:, 0], base[:, 0], atol=1e-6)
+    assert not torch.allclose(after[:, 1], base[:, 1]) and not torch.allclose(after[:, 2], base[:, 2])
+
+
+def test_depth_head_sampling_returns_codes_in_range_for_every_depth(parts):
+    _, tokenizer, _ = parts
+    model = tiny_mllm(tokenizer, GRID, DEPTH, BOOK).eval()
+    hidden = torch.randn(50, 32)
+    gen = torch.Generator().manual_seed(0)
+    for kw in ({"temperature": 1.0}, {"temperature": 0.0}, {"temperature": 2.0, "top_k": 3, "top_p": 0.5}):
+        codes = model.heads["pixel"].sample(hidden, lambda logits, kw=kw: sample_logits(logits, generator=gen, **kw))
+        assert codes.shape == (50, DEPTH) and codes.dtype == torch.long
+        assert int(codes.min()) >= 0 and int(codes.max()) < BOOK
+    greedy = model.heads["semantic"].sample(hidden, lambda logits: logits.argmax(-1))
+    logits = model.heads["semantic"](hidden, greedy)  # teacher forcing on the greedy path picks the same codes
+    assert torch.equal(logits.argmax(-1), greedy)
+
+
+def test_top_k_and_top_p_keep_the_right_logits():
+    logits = torch.tensor([[4.0, 3.0, 2.0, 1.0, 0.0]])
+    assert torch.isfinite(filter_logits(logits, top_k=2)).tolist() == [[True, True, False, False, False]]
+    probs = logits.softmax(-1)[0]  # 0.64, 0.23, 0.09, ...
+    kept = torch.isfinite(filter_logits(logits, top_p=float(probs[0] + 0.01)))
+    assert kept.tolist() == [[True, True, False, False, False]]
+    shuffled = logits[:, [3, 0, 4, 1, 2]]
+    assert torch.isfinite(filter_logits(shuffled, top_p=0.5)).tolist() == [[False, True, False, False, False]]
+
+
+def test_guidance_at_scale_one_equals_unguided_sampling_and_other_scales_differ(parts):
+    _, tokenizer, _ = parts
+    model = tiny_mllm(tokenizer, GRID, DEPTH, BOOK).eval()
+    prompts = ["a red circle", "a small blue square at the top left"]
+
+    def codes(scale, guided):
+        return generate_codes(model, tokenizer, prompts, SamplingConfig(cfg_scale=scale), guided=guided,
+                              generator=torch.Generator().manual_seed(7))
+
+    plain, scale_one, strong = codes(1.0, False), codes(1.0, True), codes(8.0, True)
+    assert plain.pixel.shape == (2, GRID, GRID, DEPTH) and plain.semantic.shape == (2, GRID, GRID, DEPTH)
+    assert torch.equal(plain.pixel, scale_one.pixel) and torch.equal(plain.semantic, scale_one.semantic)
+    assert not torch.equal(plain.pixel, strong.pixel)
+
+
+def test_kv_cached_generation_matches_a_full_forward(parts):
+    _split, tokenizer, corpus = parts
+    model = tiny_mllm(tokenizer, GRID, DEPTH, BOOK).eval()
+    greedy = SamplingConfig(temperature=0.0)
+    out = generate_codes(model, tokenizer, ["a red circle"], greedy, guided=False)
+    # re-score the generated image with teacher forcing: greedy codes are each position's argmax
+    ids = [corpus.vocab.bos, *tokenizer("a red circle", add_special_tokens=False)["input_ids"],
+           corpus.vocab.gen_start, *[corpus.vocab.image] * GRID * GRID]
+    ids_t = torch.tensor([ids])
+    sem, pix = out.semantic.reshape(-1, DEPTH), out.pixel.reshape(-1, DEPTH)
+    hidden = model.hidden_states(model.embed(ids_t, sem, pix), torch.ones_like(ids_t)).last_hidden_state
+    before = hidden[0, -GRID * GRID - 1: -1]
+    assert torch.equal(model.heads["pixel"](before, pix).argmax(-1), pix)
+    assert torch.equal(model.heads["semantic"](before, sem).argmax(-1), sem)
+
+
+def test_answers_are_text_and_save_load_round_trips(parts, tmp_path):
+    split, tokenizer, corpus = parts
+    model = tiny_mllm(tokenizer, GRID, DEPTH, BOOK).eval()
+    replies = answer(model, tokenizer, split.semantic[:3], split.pixel[:3], ["what colour?", "how many?", "shape"], 4)
+    assert len(replies) == 3 and all(isinstance(r, str) for r in replies)
+    model.save_pretrained(tmp_path)
+    tokenizer.save_pretrained(tmp_path)
+    loaded = DualTokenMLLM.from_pretrained(tmp_path, local_files_only=True).eval()
+    batch = corpus.collate([corpus.build("vqa", 0), corpus.build("t2i", 1)])
+    assert torch.equal(model(**batch.model_inputs()).loss, loaded(**batch.model_inputs()).loss)
+    assert loaded.config.special_token_ids == model.config.special_token_ids
+    assert answer(loaded, tokenizer, split.semantic[:3], split.pixel[:3], ["what colour?", "how many?", "shape"],
+                  4) == replies
+
+
+def test_global_batches_follow_the_mixture_and_are_reproducible(parts):
+    _, _, corpus = parts
+    assert task_counts({"caption": 1, "vqa": 2, "t2i": 1}, 10) == {"caption": 3, "vqa": 5, "t2i": 2}
+    assert task_counts({"t2i": 1}, 7) == {"t2i": 7}
+    a = global_batch(corpus, {"caption": 1, "vqa": 3}, 16, 0, "p", 5, 0.5)
+    assert a == global_batch(corpus, {"caption": 1, "vqa": 3}, 16, 0, "p", 5, 0.5)
+    assert a != global_batch(corpus, {"caption": 1, "vqa": 3}, 16, 0, "p", 6, 0.5)
+    assert sum(not s.generates and s.labels[-1] == corpus.vocab.eos for s in a) == 16
+    lengths = [len(s.ids) for s in a]
+    assert lengths == sorted(lengths)  # bucketed: contiguous micro batches hold similar lengths
+    chunks = [micro_slice(a, m, r, 2, 4) for m in range(2) for r in range(4)]
+    assert [s for c in chunks for s in c] == a and all(len(c) == 2 for c in chunks)

@@ -1,0 +1,102 @@
+"""MLLM training with DeepSpeed on CPU: a killed run resumes with the same losses, two ZeRO-2 processes
+train like one process with the same global batch, phases freeze what they do not train."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from rich.console import Console
+
+from dualtoken.config import MllmConfig
+from dualtoken.data.sequences import SequenceCorpus
+from dualtoken.training.distributed import DistContext
+from dualtoken.training.mllm import freeze_for, train_mllm
+from tiny import tiny_mllm, tiny_text_tokenizer, tiny_token_split
+
+REPO = Path(__file__).resolve().parents[2]
+CPU = DistContext(0, 1, 0, torch.device("cpu"))
+QUIET = Console(file=open(os.devnull, "w"))  # noqa: SIM115
+
+
+class Killed(Exception):
+    pass
+
+
+@pytest.fixture(scope="module")
+def data():
+    split = tiny_token_split(24)
+    tokenizer = tiny_text_tokenizer(split)
+    return split, tokenizer, SequenceCorpus(split, tokenizer, 16)
+
+
+def _cfg(work: Path, **overrides) -> MllmConfig:
+    base = {"batch_size": 4, "work_dir": str(work), "zero_stage": 2,
+            "phases": [{"name": "understand", "steps": 4, "lr": 3e-3, "train": ["projector", "llm"],
+                        "tasks": {"caption": 1, "vqa": 1}},
+                       {"name": "generate", "steps": 4, "lr": 3e-3, "train": ["heads"], "tasks": {"t2i": 1}}],
+            "runtime": {"device": "cpu", "log_every": 1, "checkpoint_every": 2, "keep_checkpoints": 2}}
+    return MllmConfig.model_validate({**base, **overrides})
+
+
+def _train(data, work, sink=None, **overrides):
+    _split, tokenizer, corpus = data
+    model = tiny_mllm(tokenizer)
+    rows = train_mllm(_cfg(work, **overrides), model, corpus, CPU, 0, {"test": 1}, QUIET, sink=sink)
+    return rows, model
+
+
+def test_killed_run_resumes_with_the_same_losses(data, tmp_path):
+    full, full_model = _train(data, tmp_path / "full")
+    assert len(full) == 8 and full[0]["loss"] > 0
+
+    def kill_at_7(step, row):
+        if step == 7:
+            raise Killed
+
+    with pytest.raises(Killed):
+        _train(data, tmp_path / "killed", sink=kill_at_7)
+    tags = sorted(p.name for p in (tmp_path / "killed" / "checkpoints").iterdir() if p.is_dir())
+    assert tags == ["00-step00000004", "01-step00000002"]  # the newest two kept; step 7 never checkpointed
+    resumed, resumed_model = _train(data, tmp_path / "killed")
+    assert [r["loss"] for r in resumed] == pytest.approx([r["loss"] for r in full[6:]], rel=1e-5)
+    for a, b in zip(full_model.state_dict().values(), resumed_model.state_dict().values(), strict=True):
+        assert torch.allclose(a, b, atol=1e-6)
+    done, _ = _train(data, tmp_path / "killed")
+    assert done == []  # finished: nothing left to train
+
+
+def test_each_phase_trains_only_its_parts(data, tmp_path):
+    _split, tokenizer, corpus = data
+    model = tiny_mllm(tokenizer)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    cfg = _cfg(tmp_path, run_phases=["generate"])
+    train_mllm(cfg, model, corpus, CPU, 0, {}, QUIET)
+    changed = {k.split(".")[0] for k, v in model.state_dict().items() if not torch.equal(v, before[k])}
+    assert changed == {"heads"}
+    assert freeze_for(model, cfg.phases[0]) == sum(p.numel() for p in [*model.input_codes.parameters(),
+                                                                        *model.projector.parameters(),
+                                                                        *model.llm.parameters()])
+
+
+def test_a_changed_configuration_does_not_resume_old_checkpoints(data, tmp_path):
+    _train(data, tmp_path, run_phases=["understand"])
+    rows, _ = _train(data, tmp_path, run_phases=["understand"], batch_size=8)
+    assert len(rows) == 4  # started over
+    assert any(p.name.startswith("checkpoints.stale-") for p in tmp_path.iterdir())
+
+
+def test_two_zero2_processes_match_one_process_with_the_same_global_batch(tmp_path):
+    script = REPO / "tests" / "scripts" / "mllm_train_steps.py"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    subprocess.run([sys.executable, str(script), str(tmp_path / "one.json"), "2", str(tmp_path / "w1")],
+                   check=True, env=env, cwd=REPO, timeout=300)
+    subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2",
+                    str(script), str(tmp_path / "two.json"), "1", str(tmp_path / "w2")],
+                   check=True, env=env, cwd=REPO, timeout=300)
+    one, two = (json.loads((tmp_path / f"{n}.json").read_text()) for n in ("one", "two"))
+    assert len(one) == 3 and one[-1] < one[0]
+    assert two == pytest.approx(one, rel=1e-4)
