@@ -41,7 +41,8 @@ lint: venv
 bench: venv
 	$(IN_VENV) $(PY) benchmarks/curate_throughput.py
 	$(IN_VENV) $(PY) benchmarks/tokenize_throughput.py
+	$(IN_VENV) $(PY) benchmarks/mllm_engine.py --shapes demo
 
 clean:
-	rm -rf data/curated data/tokens data/.work models/teacher models/tokenizer metrics plots mlflow.db mlruns \
+	rm -rf data/curated data/tokens data/.work models/teacher models/tokenizer models/mllm metrics plots mlflow.db mlruns \
 	  mlartifacts .prefect

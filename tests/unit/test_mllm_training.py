@@ -69,11 +69,12 @@ def test_killed_run_resumes_with_the_same_losses(data, tmp_path):
     assert done == []  # finished: nothing left to train
 
 
-def test_each_phase_trains_only_its_parts(data, tmp_path):
+@pytest.mark.parametrize("zero", [0, 2])
+def test_each_phase_trains_only_its_parts(data, tmp_path, zero):
     _split, tokenizer, corpus = data
     model = tiny_mllm(tokenizer)
     before = {k: v.clone() for k, v in model.state_dict().items()}
-    cfg = _cfg(tmp_path, run_phases=["generate"])
+    cfg = _cfg(tmp_path, run_phases=["generate"], zero_stage=zero)
     train_mllm(cfg, model, corpus, CPU, 0, {}, QUIET)
     changed = {k.split(".")[0] for k, v in model.state_dict().items() if not torch.equal(v, before[k])}
     assert changed == {"heads"}

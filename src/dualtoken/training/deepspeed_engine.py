@@ -43,9 +43,10 @@ def _free_port() -> int:
 
 
 @contextlib.contextmanager
-def _launcher_env(ctx: DistContext, port: int) -> Iterator[None]:
-    """The variables a launcher would have set, only while DeepSpeed looks at them: left in place they
-    would make later code in this process believe it runs under torchrun."""
+def launcher_env(ctx: DistContext, port: int = 0) -> Iterator[None]:
+    """The variables a launcher would have set, only while DeepSpeed runs (it reads LOCAL_RANK at engine
+    start and during ZeRO steps): left in place they would make later code in this process believe it
+    runs under torchrun."""
     wanted = {"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port), "RANK": str(ctx.rank),
               "WORLD_SIZE": str(ctx.world), "LOCAL_RANK": str(ctx.local_rank)}
     added = [k for k in wanted if k not in os.environ]
@@ -70,7 +71,10 @@ def ensure_process_group(ctx: DistContext) -> None:
         raise RuntimeError("a multi-process run must join its process group before DeepSpeed starts")
     port = _free_port()
     dist.init_process_group(_backend(ctx), init_method=f"tcp://127.0.0.1:{port}", rank=0, world_size=1)
-    with _launcher_env(ctx, port):
+    # DeepSpeed caches its view of the group: one left from an earlier (destroyed) group would be stale
+    deepspeed.comm.comm.cdb = None
+    deepspeed.utils.groups._WORLD_GROUP = None
+    with launcher_env(ctx, port):
         deepspeed.init_distributed(_backend(ctx), verbose=False)
 
 
@@ -82,13 +86,22 @@ def engine_config(micro_batch: int, grad_accum: int, world: int, grad_clip: floa
             "bf16": {"enabled": precision == "bf16"}, "steps_per_print": 2**31 - 1, "wall_clock_breakdown": False}
 
 
-def initialize(model: torch.nn.Module, optimizer: torch.optim.Optimizer, scheduler: Any, config: dict[str, Any],
-               ctx: DistContext) -> Any:
+@contextlib.contextmanager
+def running_engine(model: torch.nn.Module, optimizer: torch.optim.Optimizer, scheduler: Any, config: dict[str, Any],
+                   ctx: DistContext) -> Iterator[Any]:
+    """A DeepSpeed engine for the block's duration (the launcher variables set), destroyed afterwards: its
+    gradient hooks are removed, so the next phase can wrap the same model in a new engine."""
     ensure_process_group(ctx)
     deepspeed = import_deepspeed(ctx.device)
-    with _launcher_env(ctx, int(os.environ.get("MASTER_PORT", "0"))):
+    with launcher_env(ctx):
         engine, *_ = deepspeed.initialize(model=model, optimizer=optimizer, lr_scheduler=scheduler, config=config)
-    return engine
+        if ctx.world == 1 and config["zero_optimization"]["stage"] == 0:
+            # averaging gradients over one process is the identity; skip the flatten-reduce-copy round trip
+            engine.enable_backward_allreduce = False
+        try:
+            yield engine
+        finally:
+            engine.destroy()
 
 
 def latest_tag(folder: str | Path) -> str | None:

@@ -16,6 +16,8 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
 import torch
 from rich.console import Console
@@ -23,7 +25,7 @@ from rich.console import Console
 from dualtoken.config import MllmConfig, MllmPhase
 from dualtoken.data.sequences import SequenceCorpus, global_batch, micro_slice
 from dualtoken.models.mllm import DualTokenMLLM
-from dualtoken.training.deepspeed_engine import engine_config, initialize, latest_tag, prune_checkpoints
+from dualtoken.training import deepspeed_engine as ds
 from dualtoken.training.distributed import DistContext
 from dualtoken.training.engine import resolve_precision
 from dualtoken.training.run import apply_activation_checkpointing, build_optimizer, claim_checkpoint_folder, micro_batch
@@ -69,7 +71,7 @@ def train_mllm(cfg: MllmConfig, model: DualTokenMLLM, corpus: SequenceCorpus, ct
                                                     "work_dir"})
     folder = claim_checkpoint_folder(cfg.work_dir, console.print, ctx, {
         **identity, "mllm": training, "world": ctx.world, "grad_accum": runtime.grad_accum})
-    tag = latest_tag(folder)
+    tag = ds.latest_tag(folder)
     resume = Position.parse(tag) if tag else None
     if resume and ctx.is_main:
         console.print(f"\\[mllm] resuming from {folder / tag}")
@@ -92,54 +94,59 @@ def train_mllm(cfg: MllmConfig, model: DualTokenMLLM, corpus: SequenceCorpus, ct
 
 
 def _run_phase(cfg: MllmConfig, model: DualTokenMLLM, corpus: SequenceCorpus, ctx: DistContext, seed: int,
-               index: int, phase: MllmPhase, start: int, offset: int, folder, precision: str, micro: int,
+               index: int, phase: MllmPhase, start: int, offset: int, folder: Path, precision: str, micro: int,
                resume_tag: str | None, console: Console, sink: Sink | None) -> list[dict[str, float]]:
     runtime = cfg.runtime
     trainable = freeze_for(model, phase)
     optim = cfg.optim.model_copy(update={"lr": phase.lr})
     optimizer, scheduler = build_optimizer([{"params": model.parameters()}], optim, phase.steps)
-    engine = initialize(model, optimizer, scheduler, engine_config(
-        micro, runtime.grad_accum, ctx.world, optim.grad_clip, cfg.zero_stage, precision), ctx)
-    if resume_tag:
-        engine.load_checkpoint(str(folder), tag=resume_tag, load_module_strict=True)
     if ctx.is_main:
         console.print(f"\\[mllm] phase {index + 1} '{phase.name}': {phase.steps} steps at lr {phase.lr:g}, training "
                       f"{'+'.join(phase.train)} ({trainable:,} parameters), tasks {phase.tasks}, ZeRO "
                       f"{cfg.zero_stage}, {ctx.world} process(es) on {ctx.device}, {precision}")
+    config = ds.engine_config(micro, runtime.grad_accum, ctx.world, optim.grad_clip, cfg.zero_stage, precision)
+    with ds.running_engine(model, optimizer, scheduler, config, ctx) as engine:
+        if resume_tag:
+            engine.load_checkpoint(str(folder), tag=resume_tag, load_module_strict=True)
+        return _phase_steps(cfg, engine, corpus, ctx, seed, index, phase, range(start, phase.steps), offset, folder,
+                            console, sink)
+
+
+def _phase_steps(cfg: MllmConfig, engine: Any, corpus: SequenceCorpus, ctx: DistContext, seed: int, index: int,
+                 phase: MllmPhase, steps: range, offset: int, folder: Path, console: Console, sink: Sink | None
+                 ) -> list[dict[str, float]]:
+    runtime = cfg.runtime
     rows, tokens, t0 = [], 0, time.perf_counter()
     # only the losses this phase's tasks can produce are logged (the same keys on every rank)
     has_text = any(phase.tasks.get(t, 0) > 0 for t in ("caption", "vqa"))
     has_visual = phase.tasks.get("t2i", 0) > 0
-    try:
-        for step in range(start, phase.steps):
-            batch = global_batch(corpus, phase.tasks, cfg.batch_size, seed, phase.name, step, cfg.prompt_dropout)
-            sums: dict[str, float] = {}
-            for m in range(runtime.grad_accum):
-                inputs = corpus.collate(micro_slice(batch, m, ctx.rank, runtime.grad_accum, ctx.world)).to(ctx.device)
-                out = engine(**inputs.model_inputs(), text_weight=cfg.text_loss_weight,
-                             visual_weight=cfg.visual_loss_weight)
-                engine.backward(out.loss)
-                engine.step()
-                tokens += inputs.tokens
-                terms = {"loss": out.loss, **({"text_loss": out.text_loss} if has_text else {}),
-                         **(out.visual_losses if has_visual else {})}
-                for key, value in terms.items():
-                    sums[key] = sums.get(key, 0.0) + float(value.detach()) / runtime.grad_accum
-            done = step + 1
-            if done % runtime.log_every == 0 or done == phase.steps:
-                rows.append(_log_row(ctx, sums, tokens, t0, engine, offset + done, phase, console, sink))
-                tokens, t0 = 0, time.perf_counter()
-            if done % runtime.checkpoint_every == 0 or done == phase.steps:
-                engine.save_checkpoint(str(folder), tag=Position(index, done).tag)
-                if ctx.is_main:
-                    prune_checkpoints(folder, runtime.keep_checkpoints)
-                ctx.barrier()
-    finally:
-        engine.destroy()
+    for step in steps:
+        batch = global_batch(corpus, phase.tasks, cfg.batch_size, seed, phase.name, step, cfg.prompt_dropout)
+        sums: dict[str, float] = {}
+        for m in range(runtime.grad_accum):
+            inputs = corpus.collate(micro_slice(batch, m, ctx.rank, runtime.grad_accum, ctx.world)).to(ctx.device)
+            out = engine(**inputs.model_inputs(), text_weight=cfg.text_loss_weight,
+                         visual_weight=cfg.visual_loss_weight)
+            engine.backward(out.loss)
+            engine.step()  # DeepSpeed applies the update at the accumulation boundary
+            tokens += inputs.tokens
+            terms = {"loss": out.loss, **({"text_loss": out.text_loss} if has_text else {}),
+                     **(out.visual_losses if has_visual else {})}
+            for key, value in terms.items():
+                sums[key] = sums.get(key, 0.0) + float(value.detach()) / runtime.grad_accum
+        done = step + 1
+        if done % runtime.log_every == 0 or done == phase.steps:
+            rows.append(_log_row(ctx, sums, tokens, t0, engine, offset + done, phase, console, sink))
+            tokens, t0 = 0, time.perf_counter()
+        if done % runtime.checkpoint_every == 0 or done == phase.steps:
+            engine.save_checkpoint(str(folder), tag=Position(index, done).tag)
+            if ctx.is_main:
+                ds.prune_checkpoints(folder, runtime.keep_checkpoints)
+            ctx.barrier()
     return rows
 
 
-def _log_row(ctx: DistContext, sums: dict[str, float], tokens: int, t0: float, engine, step: int, phase: MllmPhase,
+def _log_row(ctx: DistContext, sums: dict[str, float], tokens: int, t0: float, engine: Any, step: int, phase: MllmPhase,
              console: Console, sink: Sink | None) -> dict[str, float]:
     keys = sorted(sums)
     averaged = ctx.mean(torch.tensor([sums[k] for k in keys], dtype=torch.float64)).tolist()
