@@ -97,7 +97,7 @@ def mllm_tokens_per_s(shape: str, smoke: bool, steps: int, batch: int, zero: int
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--zero", type=int, default=2, choices=[0, 1, 2])
+    parser.add_argument("--zero", type=int, default=2, choices=[0, 1, 2, 3])
     parser.add_argument("--steps", type=int, default=12)
     parser.add_argument("--tokenizer-batch", type=int, default=32)
     parser.add_argument("--mllm-batch", type=int, default=16)

@@ -399,7 +399,7 @@ class MllmConfig(_Strict):
     visual_loss_weight: float = Field(1.0, ge=0.0, description="x (sum over depths of both streams' CE)")
     prompt_dropout: float = Field(0.1, ge=0.0, le=1.0, description="t2i prompts dropped (for CFG)")
     optim: OptimConfig = OptimConfig(lr=1e-4, betas=(0.9, 0.95), weight_decay=0.0, warmup_steps=10)
-    zero_stage: Literal[0, 1, 2] = Field(2, description="DeepSpeed ZeRO stage")
+    zero_stage: Literal[0, 1, 2, 3] = Field(2, description="DeepSpeed ZeRO stage")
     runtime: RuntimeConfig = RuntimeConfig()
     eval: MllmEvalConfig = MllmEvalConfig()
     register_as: str | None = Field("dualtoken-mllm", description="MLflow registered model; null skips")
