@@ -17,6 +17,14 @@ def s3_server(tmp_path_factory):
     server.stop()
 
 
+@pytest.fixture
+def s3_env(s3_server, monkeypatch):
+    """The S3 server, with its endpoint and credentials in this test's environment (boto3 reads them)."""
+    for key, value in s3_server.env().items():
+        monkeypatch.setenv(key, value)
+    return s3_server
+
+
 @pytest.fixture(scope="session")
 def mlflow_server(tmp_path_factory):
     server = start_mlflow(tmp_path_factory.mktemp("mlflow"))

@@ -43,7 +43,8 @@ def _cmd_curate(args: argparse.Namespace) -> int:
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
-    """Teacher or tokenizer training, as the DVC stage runs it (``runtime.nproc > 1`` relaunches under torchrun)."""
+    """Teacher, tokenizer or MLLM training, as the DVC stage runs it (``runtime.nproc > 1`` relaunches under
+    torchrun; the deepspeed launcher's ``--local_rank`` is accepted)."""
     import importlib
 
     from dualtoken.training.distributed import relaunch_under_torchrun, under_torchrun
@@ -74,20 +75,6 @@ def _cmd_tokenize(args: argparse.Namespace) -> int:
     from dualtoken.apps.tokenize import main as tokenize_main
 
     tokenize_main(cfg, work=work, finalize_only=args.finalize)
-    return 0
-
-
-def _cmd_mllm(args: argparse.Namespace) -> int:
-    """The mllm stage (``runtime.nproc > 1`` relaunches under torchrun; the deepspeed launcher works too)."""
-    from dualtoken.training.distributed import relaunch_under_torchrun, under_torchrun
-
-    cfg = load_config(args.params, args.overrides)
-    if cfg.mllm.runtime.nproc > 1 and not under_torchrun():
-        argv = ["mllm", "--params", args.params, *(f"-S{o}" for o in args.overrides)]
-        return relaunch_under_torchrun("dualtoken.cli", cfg.mllm.runtime.nproc, argv)
-    from dualtoken.apps.mllm import main as mllm_main
-
-    mllm_main(cfg)
     return 0
 
 
@@ -161,9 +148,11 @@ def build_parser() -> argparse.ArgumentParser:
     _add_config_args(p)
     p.set_defaults(func=_cmd_curate)
     for name, text in (("teacher", "train the demo SigLIP teacher (or record a pretrained one)"),
-                       ("tokenizer", "train the DualToken tokenizer from the teacher")):
+                       ("tokenizer", "train the DualToken tokenizer from the teacher"),
+                       ("mllm", "train the unified MLLM on the token shards (DeepSpeed)")):
         p = sub.add_parser(name, help=f"{text}; same as the DVC stage, with overrides")
         _add_config_args(p)
+        p.add_argument("--local_rank", "--local-rank", type=int, help=argparse.SUPPRESS)
         p.set_defaults(func=_cmd_train)
     p = sub.add_parser("tokenize", help="tokenise the curated corpus into dual-code shards; same as the DVC stage",
                        description="Without options: every shard (or this launcher's slice: torchrun, Slurm array, "
@@ -173,10 +162,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--world", type=int, help="how many slices the shard list is cut into")
     p.add_argument("--finalize", action="store_true", help="assemble, verify and log once every slice is done")
     p.set_defaults(func=_cmd_tokenize)
-    p = sub.add_parser("mllm", help="train the unified MLLM on the token shards (DeepSpeed); same as the DVC stage")
-    _add_config_args(p)
-    p.add_argument("--local_rank", "--local-rank", type=int, help=argparse.SUPPRESS)  # the deepspeed launcher's
-    p.set_defaults(func=_cmd_mllm)
     p = sub.add_parser("chat", help="ask the trained MLLM about an image")
     p.add_argument("question")
     p.add_argument("--image", required=True, help="an image file (resized to the tokenizer's input size)")

@@ -13,6 +13,11 @@ from pathlib import Path
 PYFUNC_FILE = Path(__file__).with_name("pyfunc_model.py")
 
 
+def _requirements() -> list[str]:
+    """What a logged model needs to load: these packages at the versions that logged it."""
+    return [f"{p}=={version(p)}" for p in ("torch", "transformers", "safetensors", "mlflow")]
+
+
 def log_tokenizer(model_dir: str | Path, registered_name: str | None) -> str:
     """Log the folder as a pyfunc model on the active run (and register it); returns the model URI."""
     import mlflow
@@ -22,9 +27,8 @@ def log_tokenizer(model_dir: str | Path, registered_name: str | None) -> str:
 
     signature = ModelSignature(inputs=Schema([TensorSpec(np.dtype(np.uint8), (-1, -1, -1, 3))]),
                                outputs=Schema([TensorSpec(np.dtype(np.int64), (-1, -1, -1, -1))]))
-    requirements = [f"{p}=={version(p)}" for p in ("torch", "transformers", "safetensors", "mlflow")]
     info = mlflow.pyfunc.log_model(name="tokenizer", python_model=str(PYFUNC_FILE),
-                                   artifacts={"model": str(model_dir)}, pip_requirements=requirements,
+                                   artifacts={"model": str(model_dir)}, pip_requirements=_requirements(),
                                    signature=signature,
                                    registered_model_name=registered_name)
     return info.model_uri
@@ -37,8 +41,7 @@ def log_mllm(model_dir: str | Path, tokenizer_dir: str | Path, registered_name: 
     """Log the MLLM folder and its DualToken tokenizer as one pyfunc model (chat and generate)."""
     import mlflow
 
-    requirements = [f"{p}=={version(p)}" for p in ("torch", "transformers", "safetensors", "mlflow")]
     info = mlflow.pyfunc.log_model(name="mllm", python_model=str(MLLM_PYFUNC_FILE),
                                    artifacts={"model": str(model_dir), "tokenizer": str(tokenizer_dir)},
-                                   pip_requirements=requirements, registered_model_name=registered_name)
+                                   pip_requirements=_requirements(), registered_model_name=registered_name)
     return info.model_uri

@@ -14,13 +14,6 @@ from dualtoken.storage import StorageError, s3_client
 pytestmark = pytest.mark.integration
 
 
-@pytest.fixture
-def s3_env(s3_server, monkeypatch):
-    for key, value in s3_server.env().items():
-        monkeypatch.setenv(key, value)
-    return s3_server
-
-
 def _shard(seed: int, n: int, size: int) -> bytes:
     buf = io.BytesIO()
     with tarfile.open(fileobj=buf, mode="w") as tar:

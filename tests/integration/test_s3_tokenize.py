@@ -15,13 +15,6 @@ from tiny import saved_tiny_tokenizer, write_curated_corpus
 pytestmark = pytest.mark.integration
 
 
-@pytest.fixture
-def s3_env(s3_server, monkeypatch):
-    for key, value in s3_server.env().items():
-        monkeypatch.setenv(key, value)
-    return s3_server
-
-
 def _cfg(tmp_path, **tokenize):
     return parse_config({
         "data": {"sources": [{"kind": "demo"}]},

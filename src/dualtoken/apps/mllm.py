@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from rich.console import Console
-from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel
+from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PreTrainedModel
 
 from dualtoken.apps.training import log_final_metrics, mlflow_sink, setup_process, tracked, write_metrics
 from dualtoken.config import Config, MllmConfig
@@ -61,8 +61,6 @@ def language_model(cfg: MllmConfig, vocab_size: int) -> PreTrainedModel:
         model = AutoModelForCausalLM.from_pretrained(llm.pretrained, local_files_only=True)
         model.resize_token_embeddings(vocab_size)
         return model
-    from transformers import AutoConfig
-
     shape = AutoConfig.for_model(llm.model_type, hidden_size=llm.hidden_size, num_hidden_layers=llm.layers,
                                  num_attention_heads=llm.heads, num_key_value_heads=llm.kv_heads,
                                  intermediate_size=llm.intermediate_size, max_position_embeddings=llm.max_positions,

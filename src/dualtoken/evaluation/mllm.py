@@ -36,7 +36,6 @@ def vqa_accuracy(model: DualTokenMLLM, tokenizer: Any, val: TokenSplit, train_me
     items = spread([(i, q) for i, m in enumerate(val.meta) for q in m.get("qa", [])], questions)
     if not items:
         return {}
-    majority: dict[str, str] = {}
     by_type: dict[str, Counter] = {}
     for m in train_meta:
         for q in m.get("qa", []):

@@ -46,11 +46,14 @@ def answer(model: DualTokenMLLM, tokenizer: Any, semantic: Tensor, pixel: Tensor
     return [t.strip() for t in tokenizer.batch_decode(out, skip_special_tokens=True)]
 
 
-def _decode_step(model: DualTokenMLLM, embeds: Tensor, mask: Tensor, positions: Tensor, cache: Any
+def _cache_argument(model: DualTokenMLLM) -> str:
+    """The decoder's KV-cache keyword: ``cache`` in transformers >= 5.24, ``past_key_values`` before."""
+    return "cache" if "cache" in inspect.signature(model.llm.get_decoder().forward).parameters else "past_key_values"
+
+
+def _decode_step(model: DualTokenMLLM, embeds: Tensor, mask: Tensor, positions: Tensor, cache: Any, name: str
                  ) -> tuple[Tensor, Any]:
-    """Last position's hidden state and the KV cache (``cache`` in transformers >= 5.24, else
-    ``past_key_values``)."""
-    name = "cache" if "cache" in inspect.signature(model.llm.get_decoder().forward).parameters else "past_key_values"
+    """Last position's hidden state and the updated KV cache (passed and returned as ``name``)."""
     out = model.hidden_states(embeds, mask, position_ids=positions, use_cache=True, **{name: cache})
     return out.last_hidden_state[:, -1], getattr(out, name)
 
@@ -85,7 +88,8 @@ def generate_codes(model: DualTokenMLLM, tokenizer: Any, prompts: list[str], sam
             return torch.cat([chosen, chosen])
         return sample_logits(logits, sampling.temperature, sampling.top_k, sampling.top_p, generator)
 
-    state, cache = _decode_step(model, model.embed(ids), mask, positions, None)
+    cache_name = _cache_argument(model)
+    state, cache = _decode_step(model, model.embed(ids), mask, positions, None, cache_name)
     semantic, pixel = [], []
     for p in range(h * w):
         semantic.append(model.heads["semantic"].sample(state, pick))
@@ -95,7 +99,7 @@ def generate_codes(model: DualTokenMLLM, tokenizer: Any, prompts: list[str], sam
         mask = torch.cat([mask, mask.new_ones((mask.shape[0], 1))], 1)
         positions = positions[:, -1:] + 1
         step_embeds = model.visual_embeddings(semantic[-1], pixel[-1]).unsqueeze(1)
-        state, cache = _decode_step(model, step_embeds, mask, positions, cache)
+        state, cache = _decode_step(model, step_embeds, mask, positions, cache, cache_name)
 
     def grid(codes: list[Tensor]) -> Tensor:
         return torch.stack(codes, 1)[:n].reshape(n, h, w, -1).cpu()
