@@ -11,14 +11,16 @@ from mlflow.tracking import MlflowClient
 from PIL import Image
 
 from dualtoken.apps.inference import load_mllm
+from dualtoken.apps.mllm import check_tasks
 from dualtoken.apps.mllm import main as mllm_main
 from dualtoken.apps.tokenize import main as tokenize_main
 from dualtoken.cli import main as cli
-from dualtoken.config import parse_config
+from dualtoken.config import ConfigError, MllmConfig, parse_config
 from dualtoken.data.curated import load_split
+from dualtoken.data.sequences import SequenceCorpus
 from dualtoken.models.mllm import DualTokenMLLM
 from dualtoken.text import train_bpe
-from tiny import saved_tiny_tokenizer, tiny_teacher, write_curated_corpus
+from tiny import saved_tiny_tokenizer, tiny_teacher, tiny_text_tokenizer, tiny_token_split, write_curated_corpus
 
 PHASES = [{"name": "understand", "steps": 3, "lr": 3e-3, "train": ["projector", "llm"],
            "tasks": {"caption": 1, "vqa": 1}},
@@ -76,6 +78,17 @@ def test_stage_trains_evaluates_saves_and_registers(trained):
     assert [m.step for m in history] == [4, 5]  # the generation phase's steps, numbered across phases
     assert {"train.text_loss", "train.tokens_per_s", "train.lr", "vqa.accuracy"} <= set(run.data.metrics)
     assert client.get_model_version("dualtoken-mllm", "1").status == "READY"
+
+
+def test_a_phase_asking_for_a_task_the_corpus_lacks_is_a_config_error_naming_it():
+    split = tiny_token_split(6)
+    for meta in split.meta:
+        meta["qa"] = []  # e.g. a folder corpus of captioned photos
+    corpus = SequenceCorpus(split, tiny_text_tokenizer(split), 16)
+    cfg = MllmConfig.model_validate({"phases": PHASES})
+    with pytest.raises(ConfigError, match=r"mllm\.phases\.0\.tasks\.vqa: phase 'understand' asks for vqa"):
+        check_tasks(cfg, corpus)
+    check_tasks(cfg.model_copy(update={"run_phases": ["generate"]}), corpus)  # that phase needs captions only
 
 
 def test_chat_and_generate_from_the_folder_and_the_registry(trained, tmp_path, capsys):

@@ -19,7 +19,7 @@ from rich.console import Console
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PreTrainedModel
 
 from dualtoken.apps.training import log_final_metrics, mlflow_sink, setup_process, tracked, write_metrics
-from dualtoken.config import Config, MllmConfig
+from dualtoken.config import Config, ConfigError, MllmConfig
 from dualtoken.data.curated import read_shard_index
 from dualtoken.data.sequences import SequenceCorpus
 from dualtoken.data.tokens import TokenSplit, load_token_split, read_layout
@@ -88,8 +88,20 @@ def check_layout(root: str, visual: DualTokenModel) -> None:
                 "semantic": visual.config.semantic_depth}
     found = {"grid": list(layout.grid), "pixel": layout.pixel.depth, "semantic": layout.semantic.depth}
     if found != expected:
-        raise ValueError(f"the token corpus {root} ({found}) was not written by the tokenizer given ({expected}): "
-                         "rerun the tokenize stage")
+        raise ConfigError(f"the token corpus {root} ({found}) was not written by the tokenizer given ({expected}): "
+                          "rerun the tokenize stage or point mllm.tokens / mllm.tokenizer at a matching pair")
+
+
+def check_tasks(cfg: MllmConfig, corpus: SequenceCorpus) -> None:
+    """Every task a selected phase asks for has items in the corpus (your own data may have no QA)."""
+    selected = {p.name for p in cfg.selected_phases()}
+    for i, phase in enumerate(cfg.phases):
+        if phase.name not in selected:
+            continue
+        for task, weight in phase.tasks.items():
+            if weight > 0 and corpus.items(task) == 0:
+                raise ConfigError(f"mllm.phases.{i}.tasks.{task}: phase {phase.name!r} asks for {task} sequences but "
+                                  f"the training split has none; give it weight 0 or add them to the corpus")
 
 
 def main(cfg: Config, console: Console | None = None) -> dict[str, Any]:
@@ -109,6 +121,7 @@ def main(cfg: Config, console: Console | None = None) -> dict[str, Any]:
         tokenizer = text_tokenizer(m, train)
         model = build_model(m, tokenizer, visual, visual_path)
         corpus = SequenceCorpus(train, tokenizer, m.max_text_tokens)
+        check_tasks(m, corpus)
         index_digest = hashlib.sha256(str(read_shard_index(tokens_root)).encode()).hexdigest()[:16]
         identity = {"seed": cfg.seed, "tokens": index_digest, "tokenizer": model.config.tokenizer_sha256,
                     "llm": m.llm.pretrained and checkpoint_digest(m.llm.pretrained)}
