@@ -65,10 +65,12 @@ def stage_is_up_to_date(stage: str, workspace: Path, env: Mapping[str, str]) -> 
 
 
 def lock_hash(stage: str, workspace: Path) -> str:
-    """Digest of the stage's dvc.lock entry (deps, params and outs hashes): what DVC considers 'this run'."""
+    """Digest of the stage's dvc.lock entry (deps, params and outs hashes): what DVC considers 'this run'.
+    A ``foreach`` group (``ablation``) digests all its members' entries (``ablation@...``)."""
     lock_file = workspace / "dvc.lock"
-    entry = (yaml.safe_load(lock_file.read_text()) or {}).get("stages", {}).get(stage) if lock_file.is_file() else None
-    if entry is None:
+    stages = (yaml.safe_load(lock_file.read_text()) or {}).get("stages", {}) if lock_file.is_file() else {}
+    entry = stages.get(stage) or {k: v for k, v in sorted(stages.items()) if k.startswith(f"{stage}@")}
+    if not entry:
         return ""
     return hashlib.md5(json.dumps(entry, sort_keys=True).encode()).hexdigest()
 

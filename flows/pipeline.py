@@ -28,7 +28,7 @@ from dualtoken.tracking import (
     start_pipeline_run,
     tag_run,
 )
-from flows.dvc import StageOutcome, repro
+from flows.dvc import StageOutcome, lock_hash, repro
 
 # Headline numbers shown per stage in the run summary: stage -> (metrics file, keys).
 HEADLINES = {
@@ -41,6 +41,9 @@ HEADLINES = {
                                            "codes.pixel.usage.all_depths", "codes.semantic.usage.all_depths")),
     "mllm": ("metrics/mllm.json", ("vqa.accuracy", "vqa.majority_baseline", "generation.shape.accuracy",
                                    "generation.colour.accuracy", "train_seconds")),
+    "ablation": ("metrics/ablation/d_dualtoken.json", ("reconstruction.psnr", "reconstruction.ssim")),
+    "evaluate": ("metrics/evaluate.json", ("tokenizer.reconstruction.psnr", "mllm.vqa.accuracy",
+                                           "mllm.captions.cider_d", "mllm.generation.colour.accuracy")),
 }
 
 
@@ -99,12 +102,17 @@ def dualtoken_pipeline(params: str = "params.yaml", workspace: str = ".") -> lis
             failed = None
     finally:
         runs = stage_runs(cfg.tracking, parent)
-        for o in outcomes:
-            if o.ran and o.stage in runs:
-                tag_run(cfg.tracking, runs[o.stage], {"dvc.stage_hash": o.lock_hash})
+        ran = {o.stage for o in outcomes if o.ran}
+        for name, run_id in runs.items():  # foreach members (ablation@x) carry their own entry's hash
+            if name.split("@")[0] in ran:
+                tag_run(cfg.tracking, run_id, {"dvc.stage_hash": lock_hash(name, root)})
         urls = {stage: run_url(cfg.tracking, run_id) for stage, run_id in runs.items()}
         summary = summary_markdown(outcomes, failed, urls, root)
         create_markdown_artifact(summary, key="dualtoken-pipeline-summary", description="dualtoken pipeline run")
+        reports = root / cfg.evaluate.output_dir  # the evaluate stage's summary, published as its own artifact
+        if "evaluate" in ran and (reports / "summary.md").is_file():
+            create_markdown_artifact((reports / "summary.md").read_text(), key="dualtoken-evaluation",
+                                     description=f"evaluation report: {(reports / 'report.html').as_uri()}")
         finish_pipeline_run(cfg.tracking, parent, "FAILED" if failed else "FINISHED", summary)
         print(summary)
     return [{"stage": o.stage, "status": o.status, "seconds": o.seconds, "dvc_lock_hash": o.lock_hash}

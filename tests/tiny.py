@@ -28,6 +28,10 @@ TOKENIZER = {"layer_pixel": 1, "layer_shortcut": None, "layer_semantic": 2, "pro
              "pixel_codebook_size": 32, "pixel_code_dim": 8, "pixel_depth": 2,
              "semantic_codebook_size": 32, "semantic_code_dim": 8, "semantic_depth": 2,
              "decoder_channels": 8, "decoder_channel_mult": [1, 1, 2], "decoder_res_blocks": 1, "latent_size": 8}
+# Two short MLLM phases: understanding, then the generation heads.
+PHASES = [{"name": "understand", "steps": 3, "lr": 3e-3, "train": ["projector", "llm"],
+           "tasks": {"caption": 1, "vqa": 1}},
+          {"name": "generate", "steps": 2, "lr": 3e-3, "train": ["heads"], "tasks": {"t2i": 1}}]
 
 
 def tiny_split(n: int, seed: int = 0) -> CuratedSplit:

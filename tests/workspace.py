@@ -38,6 +38,17 @@ SMALL_PARAMS = {
     "mllm.eval": {"vqa_questions": 16, "generated_images": 4, "batch_size": 8,
                   "sampling": {"temperature": 1.0, "top_k": 0, "top_p": 1.0, "cfg_scale": 3.0}},
     "mllm.runtime.log_every": 1,
+    # Two of the four ablation variants (each is its own DVC stage and process), two steps each.
+    "ablation.variants": ["a_one_codebook", "d_dualtoken"],
+    "ablation.steps": 2,
+    "ablation.batch_size": 8,
+    "evaluate.images": 16,
+    "evaluate.batch_size": 16,
+    "evaluate.vqa_questions": 8,
+    "evaluate.caption_images": 4,
+    "evaluate.generated_images": 4,
+    "evaluate.report_prompts": 2,
+    "evaluate.report_samples": 2,
 }
 
 

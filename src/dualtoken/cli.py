@@ -58,6 +58,35 @@ def _cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_evaluate(args: argparse.Namespace) -> int:
+    from dualtoken.apps.evaluate import main as evaluate_main
+
+    evaluate_main(load_config(args.params, args.overrides))
+    return 0
+
+
+def _cmd_ablation(args: argparse.Namespace) -> int:
+    from dualtoken.apps.ablation import main as ablation_main
+
+    cfg = load_config(args.params, args.overrides)
+    for variant in args.variants or cfg.ablation.variants:
+        ablation_main(cfg, variant)
+    return 0
+
+
+def _cmd_report(args: argparse.Namespace) -> int:
+    """Where the evaluation report is, and its headline numbers."""
+    cfg = load_config(args.params, args.overrides)
+    folder = Path(cfg.evaluate.output_dir)
+    report, summary = folder / "report.html", folder / "summary.md"
+    if not report.is_file():
+        raise FileNotFoundError(f"no report in {folder}: run the evaluate stage first (dvc repro evaluate)")
+    if summary.is_file() and not args.path_only:
+        print(summary.read_text())
+    print(report.resolve().as_uri() if not args.path_only else report.resolve())
+    return 0
+
+
 def _cmd_tokenize(args: argparse.Namespace) -> int:
     """The tokenize stage; ``--rank/--world`` tokenise one slice only, ``--finalize`` assembles afterwards."""
     from dualtoken.tokenization.partition import WorkSlice
@@ -154,6 +183,19 @@ def build_parser() -> argparse.ArgumentParser:
         _add_config_args(p)
         p.add_argument("--local_rank", "--local-rank", type=int, help=argparse.SUPPRESS)
         p.set_defaults(func=_cmd_train)
+    p = sub.add_parser("evaluate", help="measure every model on the held-out split and write the HTML report; "
+                                        "same as the DVC stage")
+    _add_config_args(p)
+    p.set_defaults(func=_cmd_evaluate)
+    p = sub.add_parser("ablation", help="train and measure the conflict-ablation tokenizer variants "
+                                        "(dvc repro ablation runs each as its own stage)")
+    p.add_argument("variants", nargs="*", help="variants to run (default: ablation.variants)")
+    _add_config_args(p)
+    p.set_defaults(func=_cmd_ablation)
+    p = sub.add_parser("report", help="print where the evaluation report is, with its headline numbers")
+    p.add_argument("--path-only", action="store_true", help="print only the report's path")
+    _add_config_args(p)
+    p.set_defaults(func=_cmd_report)
     p = sub.add_parser("tokenize", help="tokenise the curated corpus into dual-code shards; same as the DVC stage",
                        description="Without options: every shard (or this launcher's slice: torchrun, Slurm array, "
                                    "Kubernetes indexed job), then assemble, verify and log.")

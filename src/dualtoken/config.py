@@ -267,6 +267,7 @@ class TokenizerConfig(_Strict):
     stage: Literal[0, 1, 2] = Field(1, description="0: semantic branch only; 1: all; 2: pixel branch frozen")
     output_dir: str = "models/tokenizer"
     metrics_path: str = "metrics/tokenizer.json"
+    plots_path: str | None = Field("plots/tokenizer/train.csv", description="training curve CSV (DVC plot)")
     work_dir: str = "data/.work/tokenizer"
     steps: int = Field(1000, ge=1)
     batch_size: int = Field(32, ge=1)
@@ -388,6 +389,7 @@ class MllmConfig(_Strict):
     tokenizer: str | None = Field(None, description="DualToken tokenizer folder; null: tokenizer.output_dir")
     output_dir: str = "models/mllm"
     metrics_path: str = "metrics/mllm.json"
+    plots_path: str | None = Field("plots/mllm/train.csv", description="training curve CSV (DVC plot)")
     work_dir: str = Field("data/.work/mllm", description="DeepSpeed checkpoints (resume)")
     llm: LLMConfig = LLMConfig()
     head: VisualHeadConfig = VisualHeadConfig()
@@ -421,6 +423,46 @@ class MllmConfig(_Strict):
         return [by_name[n] for n in self.run_phases]
 
 
+class EvaluateConfig(_Strict):
+    """The evaluation stage: every model on a held-out split, one report."""
+
+    split: Literal["val", "test"] = Field("test", description="held-out split the numbers are measured on")
+    output_dir: str = Field("reports", description="report.html, summary.md, ablation.md")
+    metrics_path: str = "metrics/evaluate.json"
+    plots_dir: str = "plots/evaluate"
+    images: int = Field(512, ge=2, description="tokenizer metrics on the split's first N images")
+    batch_size: int = Field(128, ge=1)
+    inception_weights: str | None = Field(
+        None, description="pytorch-fid Inception-v3 weights (local .pth/.safetensors): FID; null: FD-teacher")
+    lpips_weights: str | None = Field(None, description="LPIPS-VGG weights (safetensors); null: no LPIPS")
+    vqa_questions: int = Field(512, ge=0)
+    caption_images: int = Field(256, ge=0, description="images captioned greedily (BLEU-4, CIDEr-D)")
+    generated_images: int = Field(64, ge=0, description="images generated from captions (one each)")
+    report_prompts: int = Field(6, ge=0, description="prompts shown in the report, each sampled report_samples times")
+    report_samples: int = Field(4, ge=1)
+    sampling: SamplingConfig = SamplingConfig()
+    seed: int = Field(0, description="seeds every sampled image")
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    threads: int | None = Field(None, ge=1, description="torch CPU threads; null keeps torch's choice")
+
+
+AblationVariant = Literal["a_one_codebook", "b_recon_semantic_layer", "c_recon_pixel_layer", "d_dualtoken"]
+
+
+class AblationConfig(_Strict):
+    """The paper's conflict ablation at small scale: tokenizer variants trained with one budget (the
+    tokenizer section's optimiser, losses and architecture; these steps and batch)."""
+
+    variants: list[AblationVariant] = Field(
+        default_factory=lambda: ["a_one_codebook", "b_recon_semantic_layer", "c_recon_pixel_layer", "d_dualtoken"],
+        min_length=1)
+    steps: int = Field(150, ge=1)
+    batch_size: int = Field(32, ge=1)
+    output_dir: str = "models/ablation"
+    metrics_dir: str = "metrics/ablation"
+    work_dir: str = "data/.work/ablation"
+
+
 # --------------------------------------------------------------------------------------------- services
 class StorageConfig(_Strict):
     """S3 settings. Credentials never live here: boto3 reads them from the environment or a profile."""
@@ -437,7 +479,7 @@ class TrackingConfig(_Strict):
     experiment: str = "dualtoken"
 
 
-StageName = Literal["curate", "teacher", "tokenizer", "tokenize", "mllm"]
+StageName = Literal["curate", "teacher", "tokenizer", "tokenize", "mllm", "ablation", "evaluate"]
 
 
 class PipelineConfig(_Strict):
@@ -454,6 +496,8 @@ class Config(_Strict):
     tokenizer: TokenizerConfig = TokenizerConfig()
     tokenize: TokenizeConfig = TokenizeConfig()
     mllm: MllmConfig = MllmConfig()
+    evaluate: EvaluateConfig = EvaluateConfig()
+    ablation: AblationConfig = AblationConfig()
     storage: StorageConfig = StorageConfig()
     tracking: TrackingConfig = TrackingConfig()
     pipeline: PipelineConfig = PipelineConfig()

@@ -1,4 +1,5 @@
-"""`dvc repro` from a fresh workspace builds the curate stage; a second one is a fast no-op."""
+"""`dvc repro` from a fresh workspace builds every stage; a second one is a fast no-op; a changed param reruns
+only what depends on it and `dvc metrics diff` shows the change."""
 
 import json
 import shutil
@@ -37,10 +38,19 @@ def test_repro_builds_then_noop_then_reruns_on_param_change(tmp_path):
     assert time.perf_counter() - t0 < 30  # no work: just hashing checks
     assert json.loads(_dvc(ws, "status", "--json", env=env).stdout) == {}
 
-    changed = _dvc(ws, "exp", "run", "-S", "curate.near_dup_hamming=-1", env=env)
+    evaluation = json.loads((ws / "metrics/evaluate.json").read_text())
+    assert evaluation["tokenizer"]["images"] == 16 and (ws / "reports/report.html").is_file()
+    assert [r["variant"] for r in evaluation["ablation"]["rows"]][-2:] == ["a_one_codebook", "d_dualtoken"]
+    subprocess.run(["git", "add", "-A"], cwd=ws, check=True)
+    subprocess.run(["git", "-c", "user.email=t@example.invalid", "-c", "user.name=test", "commit", "-qm", "repro"],
+                   cwd=ws, check=True)  # the baseline `dvc metrics diff` compares against (HEAD)
+    changed = _dvc(ws, "exp", "run", "-S", "evaluate.vqa_questions=4", env=env)  # only the evaluate stage reruns
     assert changed.returncode == 0, changed.stdout + changed.stderr
+    assert "Running stage 'evaluate'" in changed.stdout and "Running stage 'mllm'" not in changed.stdout
     diff = _dvc(ws, "metrics", "diff", "--json", env=env)
-    assert diff.returncode == 0
+    assert diff.returncode == 0, diff.stderr
+    questions = json.loads(diff.stdout)["metrics/evaluate.json"]["mllm.vqa.questions"]
+    assert questions["old"] == 8 and questions["new"] == 4
 
 
 def test_flow_runner_tells_ran_restored_and_up_to_date(tmp_path, monkeypatch):

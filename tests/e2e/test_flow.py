@@ -49,12 +49,13 @@ def test_flow_runs_stage_through_dvc_and_records_lineage(tmp_path, mlflow_server
     _check_training_stages(client, runs, parent, ws, tmp_path, mlflow_server.uri)
     _check_tokenize(client, runs, parent, ws)
     _check_mllm(client, runs, parent, ws)
+    _check_evaluation(client, runs, parent, ws)
 
     second = _flow(ws, env)
     assert second.returncode == 0, second.stderr[-3000:]
     assert "up to date" in second.stdout + second.stderr
     runs = client.search_runs([exp.experiment_id])
-    for name in ("curate", "teacher", "tokenizer", "tokenize", "mllm"):
+    for name in ("curate", "teacher", "tokenizer", "tokenize", "mllm", "ablation@d_dualtoken", "evaluate"):
         assert sum(r.data.tags.get("dualtoken.stage") == name for r in runs) == 1  # DVC skipped them
     assert sum(r.data.tags.get("dualtoken.stage") == "pipeline" for r in runs) == 2
 
@@ -115,6 +116,22 @@ def _check_mllm(client, runs, parent, ws):
     config = json.loads((ws / "models/mllm/config.json").read_text())
     assert config["tokenizer_path"] == "models/tokenizer" and (ws / "models/mllm/tokenizer.json").is_file()
     assert "tokens" in {d.dataset.name for d in run.inputs.dataset_inputs}
+
+
+def _check_evaluation(client, runs, parent, ws):
+    """Each ablation variant is its own nested run with its DVC entry's hash; evaluate logs the report."""
+    by_stage = {r.data.tags.get("dualtoken.stage"): r for r in runs}
+    for variant in ("a_one_codebook", "d_dualtoken"):
+        run = by_stage[f"ablation@{variant}"]
+        assert run.data.tags["mlflow.parentRunId"] == parent.info.run_id
+        assert run.data.tags["dualtoken.variant"] == variant
+        assert len(run.data.tags["dvc.stage_hash"]) == 32 and "reconstruction.ssim" in run.data.metrics
+    run = by_stage["evaluate"]
+    assert run.data.tags["mlflow.parentRunId"] == parent.info.run_id and run.info.status == "FINISHED"
+    assert "evaluate/report.html" in {a.path for a in client.list_artifacts(run.info.run_id, "evaluate")}
+    metrics = json.loads((ws / "metrics/evaluate.json").read_text())
+    assert run.data.metrics["mllm.vqa.accuracy"] == pytest.approx(metrics["mllm"]["vqa"]["accuracy"])
+    assert (ws / "reports/report.html").is_file() and (ws / "plots/mllm/train.csv").is_file()
 
 
 def test_failing_stage_is_retried_and_the_run_marked_failed(tmp_path):

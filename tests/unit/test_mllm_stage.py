@@ -12,54 +12,16 @@ from PIL import Image
 
 from dualtoken.apps.inference import load_mllm
 from dualtoken.apps.mllm import check_tasks
-from dualtoken.apps.mllm import main as mllm_main
-from dualtoken.apps.tokenize import main as tokenize_main
 from dualtoken.cli import main as cli
-from dualtoken.config import ConfigError, MllmConfig, parse_config
-from dualtoken.data.curated import load_split
+from dualtoken.config import ConfigError, MllmConfig
 from dualtoken.data.sequences import SequenceCorpus
 from dualtoken.models.mllm import DualTokenMLLM
-from dualtoken.text import train_bpe
-from tiny import saved_tiny_tokenizer, tiny_teacher, tiny_text_tokenizer, tiny_token_split, write_curated_corpus
-
-PHASES = [{"name": "understand", "steps": 3, "lr": 3e-3, "train": ["projector", "llm"],
-           "tasks": {"caption": 1, "vqa": 1}},
-          {"name": "generate", "steps": 2, "lr": 3e-3, "train": ["heads"], "tasks": {"t2i": 1}}]
+from tiny import PHASES, tiny_text_tokenizer, tiny_token_split
 
 
 @pytest.fixture(autouse=True)
 def _configured_tracking_store(monkeypatch):
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
-
-
-@pytest.fixture(scope="module")
-def trained(tmp_path_factory):
-    root = tmp_path_factory.mktemp("mllm")
-    curated = write_curated_corpus(root / "curated", {"train": [6, 6], "val": [4], "test": [2]})
-    saved_tiny_tokenizer(root / "tokenizer", load_split(curated, "train").images)
-    teacher_text = train_bpe(["a red circle", "a blue square"] * 4, 280)
-    teacher = tiny_teacher(vocab_size=len(teacher_text), pad_token_id=teacher_text.pad_token_id)
-    teacher.save_pretrained(root / "teacher")
-    teacher_text.save_pretrained(root / "teacher")
-    cfg = parse_config({
-        "data": {"sources": [{"kind": "demo"}]},
-        "curate": {"output_dir": str(curated)},
-        "teacher": {"output_dir": str(root / "teacher")},
-        "tokenizer": {"output_dir": str(root / "tokenizer"), "metrics_path": str(root / "no-metrics.json")},
-        "tokenize": {"output_dir": str(root / "tokens"), "work_dir": str(root / "tokenize-work"),
-                     "metrics_path": str(root / "tokenize.json"), "plots_dir": str(root / "plots"), "batch_size": 4,
-                     "loader_workers": 0, "verify_images": 0, "runtime": {"device": "cpu"}},
-        "mllm": {"output_dir": str(root / "mllm"), "work_dir": str(root / "mllm-work"),
-                 "metrics_path": str(root / "mllm.json"), "batch_size": 4, "phases": PHASES,
-                 "llm": {"hidden_size": 32, "layers": 2, "heads": 4, "kv_heads": 2, "intermediate_size": 64,
-                         "vocab_size": 300, "max_positions": 64},
-                 "head": {"projector_hidden": 32, "width": 16, "layers": 1, "heads": 2},
-                 "runtime": {"device": "cpu", "log_every": 1, "checkpoint_every": 2},
-                 "eval": {"vqa_questions": 10, "generated_images": 3, "batch_size": 4}},
-        "tracking": {"tracking_uri": f"sqlite:///{root / 'mlflow.db'}"},
-    })
-    tokenize_main(cfg)
-    return root, cfg, mllm_main(cfg)
 
 
 def test_stage_trains_evaluates_saves_and_registers(trained):

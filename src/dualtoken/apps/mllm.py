@@ -18,12 +18,12 @@ from typing import Any
 from rich.console import Console
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PreTrainedModel
 
-from dualtoken.apps.training import log_final_metrics, mlflow_sink, setup_process, tracked, write_metrics
+from dualtoken.apps.training import CurveLog, log_final_metrics, setup_process, tracked, write_metrics
 from dualtoken.config import Config, ConfigError, MllmConfig
 from dualtoken.data.curated import read_shard_index
 from dualtoken.data.sequences import SequenceCorpus
 from dualtoken.data.tokens import TokenSplit, load_token_split, read_layout
-from dualtoken.evaluation.mllm import generation_accuracy, vqa_accuracy
+from dualtoken.evaluation.mllm import generation_quality, generation_rows, vqa_accuracy
 from dualtoken.models.dualtoken import DualTokenModel
 from dualtoken.models.mllm import SPECIAL_TOKENS, STREAMS, DualTokenMLLM, DualTokenMLLMConfig
 from dualtoken.models.teacher import checkpoint_digest, load_teacher
@@ -136,8 +136,8 @@ def main(cfg: Config, console: Console | None = None) -> dict[str, Any]:
                           f"{len(train)} train images -> {len(corpus.captions)} captions, {len(corpus.qa)} questions; "
                           f"text vocabulary {len(tokenizer)}")
             t0 = time.perf_counter()
-            rows = train_mllm(m, model, corpus, ctx, cfg.seed, identity, console,
-                              sink=mlflow_sink("train") if ctx.is_main else None)
+            curve = CurveLog("train")
+            rows = train_mllm(m, model, corpus, ctx, cfg.seed, identity, console, sink=curve if ctx.is_main else None)
             train_seconds = time.perf_counter() - t0
             if not ctx.is_main:
                 return {}
@@ -151,6 +151,7 @@ def main(cfg: Config, console: Console | None = None) -> dict[str, Any]:
 
             out = save_folder_atomically(m.output_dir, save)
             write_metrics(m.metrics_path, metrics)
+            curve.write_csv(m.plots_path)
             import mlflow
 
             log_final_metrics({k: v for k, v in metrics.items() if k != "final"}, step=metrics["steps"])
@@ -181,9 +182,9 @@ def evaluate(cfg: Config, model: DualTokenMLLM, tokenizer: Any, visual: DualToke
     metrics: dict[str, Any] = {"vqa": vqa_accuracy(model, tokenizer, val, train.meta, e.vqa_questions, e.batch_size)}
     if e.generated_images and Path(cfg.teacher.output_dir, "config.json").is_file():
         teacher, teacher_tokenizer = load_teacher(cfg.teacher.output_dir)
-        generation, pictures = generation_accuracy(model, tokenizer, visual, teacher.to(model.device).eval(),
-                                                   teacher_tokenizer, val, e.generated_images, e.batch_size,
-                                                   e.sampling, cfg.seed)
+        generation, pictures = generation_quality(model, tokenizer, visual, teacher.to(model.device).eval(),
+                                                  teacher_tokenizer, val, generation_rows(val, e.generated_images),
+                                                  e.batch_size, e.sampling, cfg.seed)
         metrics["generation"] = generation
         if len(pictures):
             import mlflow

@@ -13,7 +13,7 @@ from typing import Any
 
 from rich.console import Console
 
-from dualtoken.apps.training import log_final_metrics, mlflow_sink, setup_process, tracked, write_metrics
+from dualtoken.apps.training import CurveLog, log_final_metrics, setup_process, tracked, write_metrics
 from dualtoken.config import Config, ConfigError
 from dualtoken.data.curated import corpus_digest, load_split
 from dualtoken.models.teacher import checkpoint_digest, load_teacher, new_teacher, scratch_config, vision_config_of
@@ -39,7 +39,7 @@ def _scratch(cfg: Config, console: Console, ctx: Any, identity: dict[str, Any]) 
     console.print(f"\\[teacher] training a SigLIP from scratch: {sum(p.numel() for p in model.parameters()):,} "
                   f"parameters, {len(train)} images, {t.steps} steps of {t.batch_size}")
     t0 = time.perf_counter()
-    losses = train_teacher(t, model, tokenizer, train, ctx, cfg.seed, identity, console, mlflow_sink("train")
+    losses = train_teacher(t, model, tokenizer, train, ctx, cfg.seed, identity, console, CurveLog("train")
                            if ctx.is_main else None)
     info = {"source": "scratch", "train_seconds": round(time.perf_counter() - t0, 1), "steps": t.steps,
             "final_loss": losses[-1] if losses else None}

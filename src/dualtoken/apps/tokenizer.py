@@ -16,7 +16,7 @@ from typing import Any
 import torch
 from rich.console import Console
 
-from dualtoken.apps.training import log_final_metrics, mlflow_sink, setup_process, tracked, write_metrics
+from dualtoken.apps.training import CurveLog, log_final_metrics, setup_process, tracked, write_metrics
 from dualtoken.config import Config, ConfigError
 from dualtoken.data.curated import corpus_digest, load_split
 from dualtoken.evaluation.tokenizer import evaluate_tokenizer
@@ -43,10 +43,14 @@ def build_model(cfg: Config, teacher_tower: Any) -> DualTokenModel:
         raise ConfigError(f"tokenizer.overrides.{key}: unknown key; DualTokenConfig has {sorted(known)}")
     try:
         base = named_config(t.architecture)
-        return DualTokenModel.from_siglip(teacher_tower, base, **t.overrides)
+        model = DualTokenModel.from_siglip(teacher_tower, base, **t.overrides)
     except (ValueError, TypeError) as err:
         key = "tokenizer.architecture" if "unknown tokenizer config" in str(err) else "tokenizer.overrides"
         raise ConfigError(f"{key}: {err}") from None
+    if model.config.single_codebook and t.stage != 1:
+        raise ConfigError(f"tokenizer.stage: stage {t.stage} freezes one of two branches; a single_codebook model "
+                          "has one: use stage 1")
+    return model
 
 
 def main(cfg: Config, console: Console | None = None) -> dict[str, Any]:
@@ -60,7 +64,8 @@ def main(cfg: Config, console: Console | None = None) -> dict[str, Any]:
         teacher, text_tokenizer = load_teacher(cfg.teacher.output_dir)
         model = build_model(cfg, teacher.vision_model)
         data = corpus_digest(cfg.curate.output_dir)
-        identity = {"tokenizer": t.model_dump(mode="json", exclude={"runtime", "register_as", "image_log_every"}),
+        identity = {"tokenizer": t.model_dump(mode="json", exclude={"runtime", "register_as", "image_log_every",
+                                                                  "plots_path"}),
                     "seed": cfg.seed, "data": data, "teacher": checkpoint_digest(cfg.teacher.output_dir),
                     "grad_accum": t.runtime.grad_accum}
         train = load_split(cfg.curate.output_dir, "train")
@@ -85,8 +90,9 @@ def main(cfg: Config, console: Console | None = None) -> dict[str, Any]:
                 mlflow.log_image(grid.numpy(), key="reconstructions", step=step)
 
             t0 = time.perf_counter()
+            curve = CurveLog("train")
             losses = train_tokenizer(t, model, teacher.vision_model, train, ctx, cfg.seed, identity, console,
-                                     sink=mlflow_sink("train") if ctx.is_main else None, preview=preview,
+                                     sink=curve if ctx.is_main else None, preview=preview,
                                      on_images=log_grid if ctx.is_main else None)
             train_seconds = time.perf_counter() - t0
             if not ctx.is_main:
@@ -96,6 +102,7 @@ def main(cfg: Config, console: Console | None = None) -> dict[str, Any]:
                             "final_loss": losses[-1] if losses else None})
             out = save_folder_atomically(t.output_dir, model.save_pretrained)
             write_metrics(t.metrics_path, metrics)
+            curve.write_csv(t.plots_path)
             import mlflow
 
             log_final_metrics(metrics, step=t.steps)

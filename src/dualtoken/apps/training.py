@@ -4,6 +4,8 @@ an MLflow run on rank 0 only, step metrics streamed to it, and the metrics JSON 
 from __future__ import annotations
 
 import contextlib
+import csv
+import io
 import json
 import os
 from collections.abc import Iterator
@@ -37,12 +39,30 @@ def tracked(stage: str, cfg: Config, sections: tuple[str, ...], ctx: DistContext
         yield run
 
 
-def mlflow_sink(prefix: str) -> Any:
-    def sink(step: int, metrics: dict[str, float]) -> None:
+class CurveLog:
+    """The logged training steps: each row goes to MLflow as it comes (``prefix.key``) and is kept for the
+    DVC plot CSV written at the end. A resumed run's CSV starts where it resumed; the killed attempt's
+    earlier rows stay in MLflow."""
+
+    def __init__(self, prefix: str) -> None:
+        self.prefix, self.rows = prefix, []
+
+    def __call__(self, step: int, metrics: dict[str, float]) -> None:
         import mlflow
 
-        mlflow.log_metrics({f"{prefix}.{k}": v for k, v in metrics.items()}, step=step)
-    return sink
+        mlflow.log_metrics({f"{self.prefix}.{k}": v for k, v in metrics.items()}, step=step)
+        self.rows.append({"step": step, **metrics})
+
+    def write_csv(self, path: str | Path | None) -> None:
+        if path is None:
+            return
+        keys = list(dict.fromkeys(k for row in self.rows for k in row))
+        buffer = io.StringIO()
+        writer = csv.DictWriter(buffer, fieldnames=keys or ["step"], lineterminator="\n")
+        writer.writeheader()
+        writer.writerows(self.rows)
+        with atomic_write(path, "w") as handle:
+            handle.write(buffer.getvalue())
 
 
 def write_metrics(path: str | Path, metrics: dict[str, Any]) -> None:

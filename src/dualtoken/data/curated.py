@@ -12,7 +12,7 @@ import hashlib
 import io
 import json
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -70,21 +70,23 @@ def iter_samples(urls: list[str], storage: StorageConfig | None = None) -> Itera
 class CuratedSplit:
     images: torch.Tensor  # uint8 (N, 3, H, W)
     meta: list[dict[str, Any]]
+    keys: list[str] = field(default_factory=list)  # sample keys when read from shards
 
     def __len__(self) -> int:
         return len(self.meta)
 
 
 def load_split(root: str | Path, split: str, limit: int | None = None) -> CuratedSplit:
-    images, meta = [], []
+    images, meta, keys = [], [], []
     for sample in iter_samples(shard_urls(root, split)):
         if limit is not None and len(meta) >= limit:
             break
         images.append(sample.image)
         meta.append(sample.meta)
+        keys.append(sample.key)
     if not images:
         raise ValueError(f"split {split!r} under {root} is empty")
-    return CuratedSplit(torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2).contiguous(), meta)
+    return CuratedSplit(torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2).contiguous(), meta, keys)
 
 
 def to_model_input(images: torch.Tensor) -> torch.Tensor:

@@ -1,8 +1,9 @@
 """Zero-shot attribute classification and image-text retrieval, SigLIP style.
 
-Class prompts come from the corpus' attribute vocabulary (shape, colour, digit) with a few templates per
+Class prompts come from the corpus' attribute vocabulary (shape, colour, digit, object count) with a few templates per
 class whose text embeddings are averaged (prompt ensembling, as CLIP does). An image enters a task only
-when the attribute has one value in it (a single shape; a digit), so every prediction has one right answer.
+when the attribute has one value in it (a single shape; a digit; any scene for the count), so every prediction
+has one right answer.
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ TASKS = (
     Task("shape", SHAPES, ("a picture of a {c}", *(f"a {colour} {{c}}" for colour in COLOURS))),
     Task("colour", tuple(COLOURS), (*(f"a {{c}} {shape}" for shape in SHAPES), "a {c} handwritten digit")),
     Task("digit", NUMBER_WORDS, ("a handwritten digit {c}", "a handwritten {c}")),
+    Task("count", NUMBER_WORDS[1:4], ("a picture with {c} objects", "{c} shapes", "there are {c} shapes in the image")),
 )
 
 
@@ -40,6 +42,8 @@ def label_of(task: str, meta: dict[str, Any]) -> str | None:
     """The attribute's value when the image has exactly one (else None: the image sits this task out)."""
     attrs = meta.get("attributes", {})
     kind = attrs.get("kind")
+    if kind == "shapes" and task == "count" and attrs.get("count") in (1, 2, 3):
+        return NUMBER_WORDS[attrs["count"]]
     if kind == "shapes" and attrs.get("count") == 1:
         obj = attrs["objects"][0]
         return {"shape": obj["shape"], "colour": obj["colour"]}.get(task)

@@ -13,6 +13,9 @@ class DualTokenConfig(PretrainedConfig):
     Layers are counted from 1: ``layer_pixel=6`` taps the hidden state after the sixth encoder layer.
     The semantic tap's quantized features replace the hidden state after ``layer_semantic`` and run
     through the remaining layers, the post-layernorm and the pooling head.
+
+    ``single_codebook=True`` is the paper's conflict baseline (its ablation row (a)): one tap, one quantizer,
+    whose codes both feed the remaining layers and are decoded to pixels (``layer_pixel == layer_semantic``).
     """
 
     model_type = "dualtoken"
@@ -43,6 +46,7 @@ class DualTokenConfig(PretrainedConfig):
         decoder_res_blocks: int = 2,
         decoder_attention_levels: int = 1,
         latent_size: int | None = None,
+        single_codebook: bool = False,
         **kwargs: Any,
     ) -> None:
         if isinstance(vision_config, dict):
@@ -62,6 +66,10 @@ class DualTokenConfig(PretrainedConfig):
         self.decoder_channel_mult = list(decoder_channel_mult)
         self.decoder_res_blocks, self.decoder_attention_levels = decoder_res_blocks, decoder_attention_levels
         self.latent_size = latent_size
+        self.single_codebook = single_codebook
+        if single_codebook:  # one codebook: the pixel codes are the semantic codes
+            self.pixel_codebook_size, self.pixel_code_dim, self.pixel_depth = (
+                semantic_codebook_size, semantic_code_dim, semantic_depth)
         super().__init__(**kwargs)
         self.validate_layout()
 
@@ -80,6 +88,10 @@ class DualTokenConfig(PretrainedConfig):
                              f"({self.layer_semantic}) <= num_hidden_layers ({layers})")
         if self.layer_shortcut is not None and not 1 <= self.layer_shortcut <= self.layer_pixel:
             raise ValueError(f"layer_shortcut ({self.layer_shortcut}) must lie in 1..layer_pixel ({self.layer_pixel})")
+        if self.single_codebook and (self.layer_pixel != self.layer_semantic or self.layer_shortcut is not None):
+            raise ValueError(f"single_codebook quantizes one tap: needs layer_pixel == layer_semantic (got "
+                             f"{self.layer_pixel} and {self.layer_semantic}) and layer_shortcut null "
+                             f"(got {self.layer_shortcut})")
         if self.projection not in ("attention", "linear"):
             raise ValueError(f"projection must be 'attention' or 'linear', got {self.projection!r}")
         out = self.decoder_latent_size * 2 ** (len(self.decoder_channel_mult) - 1)

@@ -6,6 +6,9 @@ One SigLIP vision tower, two taps:
 * semantic branch: hidden state after ``layer_semantic`` -> down -> semantic residual quantizer -> up,
   which *replaces* the hidden state: the remaining layers, post-layernorm and pooling head run on it, so
   the pooled output stays in SigLIP's image-text space.
+
+With ``single_codebook`` there is no pixel quantizer: the pixel codes *are* the semantic codes, decoded
+through the pixel up projection (the paper's one-codebook baseline).
 """
 
 from __future__ import annotations
@@ -61,14 +64,17 @@ class DualTokenModel(DualTokenPreTrainedModel):
             return ResidualQuantizer(dim, size, depth, shared_codebook=config.shared_codebook, update=update,
                                      decay=config.ema_decay, restart_threshold=config.restart_threshold)
 
-        self.pixel_down = projection(width, config.pixel_code_dim)
-        self.pixel_quantizer = quantizer(config.pixel_codebook_size, config.pixel_code_dim, config.pixel_depth,
-                                         config.pixel_update)
-        self.pixel_up = projection(config.pixel_code_dim, width)
         self.semantic_down = projection(width, config.semantic_code_dim)
         self.semantic_quantizer = quantizer(config.semantic_codebook_size, config.semantic_code_dim,
                                             config.semantic_depth, config.semantic_update)
         self.semantic_up = projection(config.semantic_code_dim, width)
+        if config.single_codebook:
+            self.pixel_up = projection(config.semantic_code_dim, width)
+        else:
+            self.pixel_down = projection(width, config.pixel_code_dim)
+            self.pixel_quantizer = quantizer(config.pixel_codebook_size, config.pixel_code_dim, config.pixel_depth,
+                                             config.pixel_update)
+            self.pixel_up = projection(config.pixel_code_dim, width)
         self.decoder = PixelDecoder(width, config.decoder_channels, config.decoder_channel_mult,
                                     config.decoder_res_blocks, config.decoder_attention_levels, config.latent_size)
         self.post_init()
@@ -89,6 +95,15 @@ class DualTokenModel(DualTokenPreTrainedModel):
         model = cls(DualTokenConfig(**{**base, **overrides, "vision_config": tower.config.to_dict()}))
         model.vision.load_state_dict(tower.state_dict())
         return model
+
+    # One codebook: the pixel branch's down projection and quantizer are the semantic ones (registered once).
+    @property
+    def pixel_down(self) -> TokenProjection:
+        return self._modules["semantic_down" if self.config.single_codebook else "pixel_down"]
+
+    @property
+    def pixel_quantizer(self) -> ResidualQuantizer:
+        return self._modules["semantic_quantizer" if self.config.single_codebook else "pixel_quantizer"]
 
     @property
     def decoder_last_layer(self) -> torch.nn.Parameter:
@@ -136,10 +151,11 @@ class DualTokenModel(DualTokenPreTrainedModel):
     # ----------------------------------------------------------------------------------- public API
     def forward(self, pixel_values: Tensor) -> DualTokenOutput:
         pixel_features, semantic_features = self._taps(pixel_values)
-        pixel_q = self.pixel_quantizer(self._grid(self.pixel_down(pixel_features)))
         semantic_q = self.semantic_quantizer(self._grid(self.semantic_down(semantic_features)))
+        pixel_q = (semantic_q if self.config.single_codebook
+                   else self.pixel_quantizer(self._grid(self.pixel_down(pixel_features))))
         b = pixel_values.shape[0]
-        pixel_tokens = self.pixel_up(pixel_q.quantized.reshape(b, -1, self.config.pixel_code_dim))
+        pixel_tokens = self.pixel_up(pixel_q.quantized.reshape(b, -1, pixel_q.quantized.shape[-1]))
         semantic_tokens = self.semantic_up(semantic_q.quantized.reshape(b, -1, self.config.semantic_code_dim))
         last_hidden, pooled = self._finish_tower(semantic_tokens)
         reconstruction = self.decoder(self._to_map(pixel_tokens))
@@ -148,8 +164,10 @@ class DualTokenModel(DualTokenPreTrainedModel):
     @torch.no_grad()
     def encode(self, pixel_values: Tensor) -> DualTokenCodes:
         pixel_features, semantic_features = self._taps(pixel_values)
-        pixel = self.pixel_quantizer.quantize(self._grid(self.pixel_down(pixel_features)))
         semantic = self.semantic_quantizer.quantize(self._grid(self.semantic_down(semantic_features)))
+        if self.config.single_codebook:
+            return DualTokenCodes(pixel=semantic, semantic=semantic)
+        pixel = self.pixel_quantizer.quantize(self._grid(self.pixel_down(pixel_features)))
         return DualTokenCodes(pixel=pixel, semantic=semantic)
 
     def embed_codes(self, pixel: Tensor | None = None, semantic: Tensor | None = None) -> dict[str, Tensor]:
@@ -165,7 +183,7 @@ class DualTokenModel(DualTokenPreTrainedModel):
     def decode(self, pixel_codes: Tensor) -> Tensor:
         """(B, h, w, depth) pixel codes -> images (B, 3, H, W)."""
         b = pixel_codes.shape[0]
-        vectors = self.pixel_quantizer.embed_codes(pixel_codes).reshape(b, -1, self.config.pixel_code_dim)
+        vectors = self.pixel_quantizer.embed_codes(pixel_codes).reshape(b, -1, self.pixel_quantizer.dim)
         return self.decoder(self._to_map(self.pixel_up(vectors.to(self.dtype))))
 
     @torch.no_grad()

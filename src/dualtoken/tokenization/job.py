@@ -33,6 +33,7 @@ from dualtoken.errors import AccountingError, DualtokenError
 from dualtoken.storage import atomic_write, join_uri
 from dualtoken.tokenization.loader import shard_loader
 from dualtoken.tokenization.partition import WorkSlice
+from dualtoken.tokenization.stats import depth_histogram
 from dualtoken.training.run import save_folder_atomically
 
 MARKER = ".done.json"
@@ -154,13 +155,6 @@ class ShardStore:
         return record
 
 
-def _depth_bincount(codes: np.ndarray, size: int) -> np.ndarray:
-    """(N, depth) codes -> (depth, size) counts in one bincount."""
-    depth = codes.shape[1]
-    offsets = np.arange(depth, dtype=np.int64) * size
-    return np.bincount((codes + offsets).ravel(), minlength=depth * size).reshape(depth, size)
-
-
 def _sha256(path: Path) -> str:
     digest = hashlib.sha256()
     with open(path, "rb") as handle:
@@ -202,7 +196,7 @@ class OpenShard:
             spec = self.layout.spec(stream)
             check_range(codes[stream], spec, f"{self.task.name}: {stream} codes of {keys[0]!r}...")
             flat = codes[stream].reshape(-1, spec.depth).astype(np.int64)
-            self.histograms[stream] += _depth_bincount(flat, spec.codebook_size)
+            self.histograms[stream] += depth_histogram(flat, spec.codebook_size)
         for i, key in enumerate(keys):
             self.writer.add_sample(key, sample_parts(codes["pixel"][i], codes["semantic"][i], carried[i]))
             self.keys.append(key)

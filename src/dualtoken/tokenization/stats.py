@@ -18,6 +18,13 @@ from dualtoken.data.tokens import STREAMS
 from dualtoken.storage import atomic_write
 
 
+def depth_histogram(codes: np.ndarray, size: int) -> np.ndarray:
+    """(..., depth) codes -> (depth, size) counts in one bincount."""
+    flat = np.asarray(codes, dtype=np.int64).reshape(-1, codes.shape[-1])
+    offsets = np.arange(flat.shape[1], dtype=np.int64) * size
+    return np.bincount((flat + offsets).ravel(), minlength=flat.shape[1] * size).reshape(flat.shape[1], size)
+
+
 def _entropy_bits(counts: np.ndarray) -> float:
     total = counts.sum()
     if total == 0:

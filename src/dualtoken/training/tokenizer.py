@@ -66,7 +66,8 @@ class Objective:
                  "commitment": out.semantic.commitment_loss + out.semantic.codebook_loss}
         weights = {"semantic_tap": w.semantic_tap, "semantic_pooled": w.semantic_pooled, "commitment": w.commitment}
         if self.plan.pixel:
-            terms["commitment"] = terms["commitment"] + out.pixel.commitment_loss + out.pixel.codebook_loss
+            if out.pixel is not out.semantic:  # one codebook: its commitment is counted once
+                terms["commitment"] = terms["commitment"] + out.pixel.commitment_loss + out.pixel.codebook_loss
             terms["reconstruction"] = F.mse_loss(out.reconstruction.float(), images.float())
             weights["reconstruction"] = w.reconstruction
             if self.perceptual is not None and w.perceptual > 0:

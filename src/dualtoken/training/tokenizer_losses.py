@@ -78,6 +78,8 @@ class StagePlan:
 def stage_plan(stage: int, config: DualTokenConfig) -> StagePlan:
     """0: the semantic quantizer and the layers above its tap; 1: everything; 2: the pixel branch, the
     decoder and the layers feeding the pixel tap frozen (so the pixel codes the decoder knows stay valid)."""
+    if config.single_codebook and stage != 1:
+        raise ValueError(f"stage {stage} freezes one branch, but a single-codebook model has only one: use stage 1")
     if stage == 0:
         return StagePlan(0, frozen_layers=config.layer_semantic, pixel=False)
     if stage == 1:

@@ -1,0 +1,171 @@
+"""What the evaluation report shows, from the metrics and the images the evaluation kept."""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+from typing import Any
+
+import torch
+from PIL import Image
+
+from dualtoken.config import Config
+from dualtoken.evaluation.ablation import VARIANTS, table_markdown
+from dualtoken.evaluation.reconstruction import image_grid
+from dualtoken.evaluation.report import Raw, Section, figure, img, line_plot, paragraph, render, table
+from dualtoken.tracking import git_commit
+
+
+def _hwc(images: torch.Tensor) -> Any:
+    return image_grid([images]).numpy()
+
+
+def _tokenizer_section(metrics: dict[str, Any], assets: dict[str, Any]) -> Section:
+    t = metrics["tokenizer"]
+    rec = t["reconstruction"]
+    fd = rec.get("fd_name", "FD")
+    blocks = [table(["images", "PSNR (dB)", "SSIM", "LPIPS", fd],
+                    [[t["images"], rec["psnr"], rec["ssim"], rec.get("lpips"), rec.get(fd)]]),
+              paragraph(f"Protocol: {rec['protocol']}. {fd} features: {rec.get('fd_features', '-')}. LPIPS needs "
+                        "evaluate.lpips_weights.", note=True),
+              table(["task", "images", "teacher (continuous)", "teacher, quantized features",
+                     "tokenizer semantic path"],
+                    [[task, r["images"], r["teacher"], r["teacher_quantized"], r["tokenizer"]]
+                     for task, r in t["zero_shot"].items()]),
+              table(["stream", "codebook", "usage (all depths)", "perplexity (all depths)", "perplexity per depth"],
+                    [[s, c["codebook_size"], c["usage"]["all_depths"], c["perplexity"]["all_depths"],
+                      ", ".join(f"{k} {v:.1f}" for k, v in c["perplexity"].items() if k != "all_depths")]
+                     for s, c in t["codes"].items()]),
+              figure(image_grid([assets["originals"], assets["reconstructions"]]).numpy(),
+                     "originals (top) and reconstructions from the pixel codes (bottom)", width=768)]
+    return Section("Tokenizer", blocks)
+
+
+def _ablation_section(cfg: Config, metrics: dict[str, Any]) -> Section:
+    table_ = metrics["ablation"]
+    if not table_["rows"]:
+        return Section("Ablation: single vs dual codebook", [paragraph("No ablation variant has run yet "
+                                                                       "(dvc repro ablation).")])
+    fd = table_["fd"] or "FD"
+    rows = [[r["row"], r.get("zero_shot"), r.get("fd"), r.get("psnr"), r.get("ssim"), r["paper"]["zero_shot"],
+             r["paper"]["rfid"], r["paper"]["psnr"], r["paper"]["ssim"]] for r in table_["rows"]]
+    blocks = [table(["variant", "zero-shot", fd, "PSNR", "SSIM", "paper zero-shot", "paper rFID", "paper PSNR",
+                     "paper SSIM"], rows),
+              paragraph(f"Same budget for every variant ({cfg.ablation.steps} steps of {cfg.ablation.batch_size}). "
+                        f"Zero-shot: mean over {', '.join(table_['zero_shot_tasks'])}; the paper's is ImageNet with "
+                        "SigLIP-So400m/14-384. '-': no semantic objective. The numbers are an experiment, not a "
+                        "claim.", note=True)]
+    for name in VARIANTS:
+        preview = Path(cfg.ablation.output_dir) / name / "preview.png"
+        if preview.is_file():
+            blocks.append(figure(Image.open(preview).convert("RGB"), VARIANTS[name].row, width=512))
+    return Section("Ablation: single vs dual codebook", blocks)
+
+
+def _vqa_section(vqa: dict[str, Any], decoded: dict[int, torch.Tensor]) -> Section:
+    if not vqa:
+        return Section("VQA", [paragraph("No questions in this split.")])
+    blocks = [table(["question type", "questions", "accuracy", "majority baseline"],
+                    [["all", vqa["questions"], vqa["accuracy"], vqa["majority_baseline"]]]
+                    + [[k, v["questions"], v["accuracy"], v["majority_baseline"]] for k, v in vqa["per_type"].items()])]
+    for verdict, css in (("right", "ok"), ("wrong", "bad")):
+        examples = vqa["examples"][verdict]
+        blocks.append(f'<h3 class="{css}">Answered {verdict} ({len(examples)} shown)</h3>')
+        blocks.append(table(["image", "question", "expected", "answered"],
+                            [[Raw(img(_hwc(decoded[x["row"]][None]), 96)), x["question"], x["answer"], x["predicted"]]
+                             for x in examples if x["row"] in decoded]))
+    return Section("VQA", blocks)
+
+
+def _caption_section(captions: dict[str, Any], decoded: dict[int, torch.Tensor]) -> Section:
+    if not captions:
+        return Section("Captions", [paragraph("No captions in this split.")])
+    blocks = [table(["images", "BLEU-4", "CIDEr-D"], [[captions["images"], captions["bleu4"], captions["cider_d"]]]),
+              paragraph("pycocoevalcap scorers; lower-cased, punctuation removed (as COCO's PTB tokenizer); every "
+                        "caption of an image is a reference.", note=True),
+              table(["image", "generated caption", "a reference"],
+                    [[Raw(img(_hwc(decoded[x["row"]][None]), 96)), x["predicted"], x["references"][0]]
+                     for x in captions["examples"] if x["row"] in decoded])]
+    return Section("Captions", blocks)
+
+
+def _generation_section(metrics: dict[str, Any], assets: dict[str, Any]) -> Section:
+    gen = metrics["mllm"]["generation"]
+    if not gen:
+        return Section("Text-to-image", [paragraph("No prompts to generate from.")])
+    fd = metrics["fd_features"]
+    tasks = [k for k, v in gen.items() if isinstance(v, dict) and "chance" in v]
+    blocks = [table(["attribute", "images", "teacher zero-shot on generated", "chance", "on tokenized real images"],
+                    [[k, gen[k]["images"], gen[k]["accuracy"], gen[k]["chance"], gen[k]["teacher_on_tokenized_real"]]
+                     for k in tasks]),
+              table([f"{fd}: generated vs real", f"{fd}: tokenized real vs real", "images", "seed"],
+                    [[gen.get(fd), gen.get(f"{fd}_tokenized_real"), gen["images"], gen["seed"]]]),
+              paragraph(f"Sampling {gen['sampling']}; one image per prompt (the first caption of a held-out image).",
+                        note=True)]
+    for prompt, images in assets["per_prompt"]:
+        blocks.append(f"<div>{paragraph(prompt)}{img(_hwc(images), 96 * len(images))}</div>")
+    shown = min(len(assets["generated"]), 16)
+    if shown:
+        blocks.append(figure(image_grid([assets["generated"][:shown], assets["real"][:shown]]).numpy(),
+                             "generated (top) and the real images of the same prompts (bottom)", width=64 * shown))
+    return Section("Text-to-image", blocks)
+
+
+def _curves_section(cfg: Config) -> Section:
+    blocks = []
+    for stage, plot, keys in (("tokenizer", cfg.tokenizer.plots_path, ("loss", "reconstruction", "semantic_tap",
+                                                                        "commitment")),
+                              ("mllm", cfg.mllm.plots_path, ("loss", "text_loss", "pixel.d1", "semantic.d1"))):
+        path = Path(plot) if plot else None
+        if path is not None and path.is_file():
+            with open(path) as handle:
+                rows = list(csv.DictReader(handle))
+            picture = line_plot(rows, keys, f"{stage} training")
+            if picture is not None:
+                blocks.append(figure(picture, f"{stage}: {path}"))
+    usage = Path(cfg.tokenize.plots_dir) / "code_usage.png"
+    if usage.is_file():
+        blocks.append(figure(Image.open(usage).convert("RGB"), "code usage of the tokenised corpus"))
+    return Section("Training curves and code usage", blocks or [paragraph("No curves yet.")])
+
+
+def build_report(cfg: Config, metrics: dict[str, Any], assets: dict[str, Any]) -> str:
+    mllm = metrics["mllm"]
+    sections = [Section("Summary", [table(["metric", "value"], headline(metrics))]),
+                _tokenizer_section(metrics, assets), _ablation_section(cfg, metrics),
+                _vqa_section(mllm["vqa"], assets["decoded"]), _caption_section(mllm["captions"], assets["decoded"]),
+                _generation_section(metrics, assets), _curves_section(cfg)]
+    subtitle = (f"split {metrics['split']}, seed {metrics['seed']}, Fréchet distances on {metrics['fd_features']} "
+                f"features, git {git_commit()[:12]}")
+    return render("dualtoken evaluation", sections, subtitle)
+
+
+def headline(metrics: dict[str, Any]) -> list[tuple[str, Any]]:
+    t, m = metrics["tokenizer"], metrics["mllm"]
+    rec, fd = t["reconstruction"], metrics["fd_features"]
+    zs = t["zero_shot"]
+    out = [("tokenizer PSNR (dB)", rec["psnr"]), ("tokenizer SSIM", rec["ssim"]), (f"tokenizer {fd}", rec.get(fd)),
+           *((f"zero-shot {k}: teacher / quantized / tokenizer",
+              f"{v['teacher']:.3f} / {v['teacher_quantized']:.3f} / {v['tokenizer']:.3f}") for k, v in zs.items())]
+    if m["vqa"]:
+        vqa = m["vqa"]
+        out.append(("VQA accuracy (majority baseline)", f"{vqa['accuracy']:.3f} ({vqa['majority_baseline']:.3f})"))
+    if m["captions"]:
+        out.append(("captions BLEU-4 / CIDEr-D", f"{m['captions']['bleu4']:.3f} / {m['captions']['cider_d']:.3f}"))
+    gen = m["generation"]
+    for task in ("shape", "colour", "count"):
+        if task in gen:
+            out.append((f"generated {task} (chance)", f"{gen[task]['accuracy']:.3f} ({gen[task]['chance']:.3f})"))
+    if fd in gen:
+        out.append((f"generated vs real {fd}", gen[fd]))
+    return out
+
+
+def summary_markdown(metrics: dict[str, Any]) -> str:
+    """The Prefect artifact: headline numbers and the ablation table."""
+    lines = [f"# dualtoken evaluation ({metrics['split']} split)", "", "| metric | value |", "|---|---|"]
+    lines += [f"| {k} | {v:.4g} |" if isinstance(v, float) else f"| {k} | {v if v is not None else '-'} |"
+              for k, v in headline(metrics)]
+    if metrics["ablation"]["rows"]:
+        lines += ["", "## Ablation: single vs dual codebook", "", table_markdown(metrics["ablation"])]
+    return "\n".join(lines) + "\n"
