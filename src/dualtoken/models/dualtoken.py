@@ -64,17 +64,16 @@ class DualTokenModel(DualTokenPreTrainedModel):
             return ResidualQuantizer(dim, size, depth, shared_codebook=config.shared_codebook, update=update,
                                      decay=config.ema_decay, restart_threshold=config.restart_threshold)
 
+        # Construction order fixes the initial weights for a seed: the pixel branch first, as it always was.
+        if not config.single_codebook:
+            self.pixel_down = projection(width, config.pixel_code_dim)
+            self.pixel_quantizer = quantizer(config.pixel_codebook_size, config.pixel_code_dim, config.pixel_depth,
+                                             config.pixel_update)
+        self.pixel_up = projection(config.pixel_code_dim, width)
         self.semantic_down = projection(width, config.semantic_code_dim)
         self.semantic_quantizer = quantizer(config.semantic_codebook_size, config.semantic_code_dim,
                                             config.semantic_depth, config.semantic_update)
         self.semantic_up = projection(config.semantic_code_dim, width)
-        if config.single_codebook:
-            self.pixel_up = projection(config.semantic_code_dim, width)
-        else:
-            self.pixel_down = projection(width, config.pixel_code_dim)
-            self.pixel_quantizer = quantizer(config.pixel_codebook_size, config.pixel_code_dim, config.pixel_depth,
-                                             config.pixel_update)
-            self.pixel_up = projection(config.pixel_code_dim, width)
         self.decoder = PixelDecoder(width, config.decoder_channels, config.decoder_channel_mult,
                                     config.decoder_res_blocks, config.decoder_attention_levels, config.latent_size)
         self.post_init()
