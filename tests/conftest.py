@@ -1,4 +1,6 @@
 import os
+import subprocess
+from pathlib import Path
 
 import pytest
 
@@ -37,3 +39,21 @@ def prefect_server(tmp_path_factory):
     server = start_prefect(tmp_path_factory.mktemp("prefect"))
     yield server
     server.stop()
+
+
+@pytest.fixture(scope="session")
+def slurm_cluster(tmp_path_factory):
+    """A single-node Slurm started by infra/local/slurm.sh (Debian's slurmctld/slurmd/munge must be installed)."""
+    root = tmp_path_factory.mktemp("slurm")
+    script = Path(__file__).resolve().parents[1] / "infra" / "local" / "slurm.sh"
+    started = subprocess.run(["bash", str(script), "start", str(root)], capture_output=True, text=True, timeout=120)
+    if started.returncode != 0:
+        raise RuntimeError(f"could not start the local Slurm: {started.stderr[-2000:]}")
+    yield root / "slurm.conf"
+    subprocess.run(["bash", str(script), "stop", str(root)], capture_output=True, timeout=120)
+
+
+@pytest.fixture
+def slurm_env(slurm_cluster, monkeypatch):
+    monkeypatch.setenv("SLURM_CONF", str(slurm_cluster))
+    return slurm_cluster
