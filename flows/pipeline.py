@@ -110,7 +110,7 @@ def dualtoken_pipeline(params: str = "params.yaml", workspace: str = ".") -> lis
         summary = summary_markdown(outcomes, failed, urls, root)
         create_markdown_artifact(summary, key="dualtoken-pipeline-summary", description="dualtoken pipeline run")
         reports = root / cfg.evaluate.output_dir  # the evaluate stage's summary, published as its own artifact
-        if "evaluate" in ran and (reports / "summary.md").is_file():
+        if "evaluate" in {o.stage for o in outcomes} and (reports / "summary.md").is_file():
             create_markdown_artifact((reports / "summary.md").read_text(), key="dualtoken-evaluation",
                                      description=f"evaluation report: {(reports / 'report.html').as_uri()}")
         finish_pipeline_run(cfg.tracking, parent, "FAILED" if failed else "FINISHED", summary)

@@ -2,6 +2,7 @@
 # A single-node Slurm on this machine, for tests and for trying the Slurm backend: munged, slurmctld and slurmd
 # (Debian: apt-get install slurmctld slurmd slurm-client munge), no systemd, no accounting database.
 # Everything (config, munge key and socket, state, logs) lives under DIR; the daemons talk over 127.0.0.1 only.
+# Run it as root (slurmd starts each job as the user who submitted it, which needs root); CI does.
 #
 #   infra/local/slurm.sh start [DIR]   # prints the SLURM_CONF to export; returns once the node is idle
 #   infra/local/slurm.sh stop  [DIR]
@@ -48,8 +49,8 @@ ClusterName=dualtoken-local
 SlurmctldHost=localhost(127.0.0.1)
 SlurmctldPort=$ctld_port
 SlurmdPort=$slurmd_port
-SlurmUser=root
-SlurmdUser=root
+SlurmUser=$(id -un)
+SlurmdUser=$(id -un)
 AuthType=auth/munge
 CredType=cred/munge
 AuthInfo=socket=$root/munge.socket

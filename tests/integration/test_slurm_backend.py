@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from dualtoken.launch.job import JobSpec, JobState, LaunchError
-from dualtoken.launch.slurm import SlurmBackend, SlurmSettings, parse_job, render
+from dualtoken.launch.slurm import SlurmBackend, SlurmSettings, parse_job, parse_sacct, render
 
 pytestmark = pytest.mark.integration
 TEMPLATE = Path(__file__).resolve().parents[2] / "infra" / "slurm" / "stage.sbatch"
@@ -31,6 +31,12 @@ def test_the_script_carries_the_resources_and_leaves_out_what_is_unset(tmp_path)
     assert "--gpus-per-node" not in _backend(tmp_path).script(JobSpec("c", ("true",), tmp_path))
     with pytest.raises(LaunchError, match=r"unknown placeholder\(s\) \['nope'\]"):
         render("#SBATCH --x={{ nope }}", {"job_name": "x"})
+    site = "#SBATCH --gres=gpu:{{ g }}\n#SBATCH --partition {{ p }}  # site\necho {{ p }}\n"
+    assert render(site, {"g": "", "p": ""}) == "echo \n"  # an #SBATCH line with an unset value is left out
+    assert render(site, {"g": "4", "p": "gpu"}).splitlines()[:2] == ["#SBATCH --gres=gpu:4",
+                                                                     "#SBATCH --partition gpu  # site"]
+    limited = _backend(tmp_path).script(JobSpec("t", ("true",), tmp_path, time_limit_s=90))
+    assert "#SBATCH --time=2" in limited  # rounded up to whole minutes, never cut short
 
 
 def test_scontrol_states_and_exit_codes_map_to_job_states():
@@ -38,8 +44,10 @@ def test_scontrol_states_and_exit_codes_map_to_job_states():
     assert parse_job("JobId=3 JobState=FAILED Reason=NonZeroExitCode ExitCode=3:0") == (JobState.FAILED, 3)
     assert parse_job("JobId=3 JobState=CANCELLED ExitCode=0:15") == (JobState.CANCELLED, None)
     assert parse_job("JobId=3 JobState=TIMEOUT ExitCode=0:0")[0] is JobState.TIMED_OUT
-    with pytest.raises(LaunchError, match="unknown Slurm job state"):
-        parse_job("JobId=3 JobState=WEIRD")
+    assert parse_job("JobId=3 JobState=SIGNALING ExitCode=0:0")[0] is JobState.RUNNING
+    assert parse_job("JobId=3 JobState=SOMETHING_NEW")[0] is JobState.RUNNING  # not finished: poll again
+    assert parse_sacct("FAILED|2:0\n") == (JobState.FAILED, 2)
+    assert parse_sacct("CANCELLED by 0|0:15") == (JobState.CANCELLED, None)
 
 
 def test_a_job_runs_on_slurm_streams_its_log_and_reports_its_exit_code(slurm_env, tmp_path):

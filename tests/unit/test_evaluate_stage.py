@@ -109,3 +109,11 @@ def test_report_is_self_contained_with_every_section_and_logged(evaluated, capsy
     assert "| metric | value |" in printed
     assert cli(["report", "--params", str(params), "-S", f"evaluate.output_dir={out / 'nowhere'}"]) == 2
     assert "dvc repro evaluate" in capsys.readouterr().err
+
+
+def test_evaluating_with_another_tokenizer_than_the_mllm_trained_with_is_a_config_error(evaluated):
+    out, cfg, _, _, _ = evaluated
+    elsewhere = cfg.mllm.model_copy(update={"tokenizer": str(out / "ablation" / "d_dualtoken")})
+    other = cfg.model_copy(update={"mllm": elsewhere})
+    with pytest.raises(ConfigError, match="is not the DualToken tokenizer"):
+        evaluate_main(other)

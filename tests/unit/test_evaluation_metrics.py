@@ -225,3 +225,10 @@ def test_reconstruction_quality_reports_lpips_and_the_fd_by_name_when_given():
     worse = reconstruction_quality(Reconstructed(images, noisy, codes, codes), mean_colour, 3, lpips)
     assert worse["lpips"] > 0 and worse["FD-mean-colour"] > 100  # means moved by ~40 levels per channel
     assert "lpips" not in reconstruction_quality(Reconstructed(images, noisy, codes, codes), None, 2)
+
+
+def test_spread_takes_evenly_spaced_items_and_none_for_zero():
+    from dualtoken.evaluation.mllm import spread
+
+    assert spread(list(range(10)), 5) == [0, 2, 4, 6, 8]
+    assert spread(list(range(3)), 5) == [0, 1, 2] and spread(list(range(3)), 0) == []

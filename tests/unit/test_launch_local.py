@@ -74,3 +74,16 @@ def test_errors_name_what_is_wrong(tmp_path):
         backend.wait("nope")
     with pytest.raises(ValueError, match="empty command"):
         JobSpec("x", (), tmp_path)
+
+
+def test_cancel_reaches_children_that_outlive_the_first_process_and_waiting_late_loses_nothing(tmp_path):
+    backend = LocalBackend(tmp_path / "logs", grace_s=2)
+    script = ("import subprocess, sys; print('parent', flush=True); "
+              "subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(30)'])")  # the parent exits at once
+    job = backend.submit(JobSpec("orphan", _python(script), tmp_path, time_limit_s=1.0))
+    time.sleep(1.5)  # the limit passes before anyone waits: it counts from submission
+    t0 = time.monotonic()
+    lines: list[str] = []
+    result = backend.wait(job, lines.append)
+    assert result.state is JobState.TIMED_OUT and time.monotonic() - t0 < 10 and lines == ["parent"]
+    assert backend.wait(job).state is JobState.TIMED_OUT  # waiting again is harmless

@@ -22,8 +22,9 @@ import torch
 from rich.console import Console
 
 from dualtoken.apps.inference import load_mllm
+from dualtoken.apps.mllm import check_layout
 from dualtoken.apps.training import log_final_metrics, setup_process, tracked, write_metrics
-from dualtoken.config import Config, ProcessConfig
+from dualtoken.config import Config, ConfigError, ProcessConfig
 from dualtoken.data.curated import CuratedSplit, from_model_output, load_split
 from dualtoken.data.tokens import load_token_split
 from dualtoken.evaluation.ablation import ablation_table, table_markdown
@@ -33,7 +34,7 @@ from dualtoken.evaluation.report_content import build_report, summary_markdown
 from dualtoken.evaluation.tokenizer import code_usage, reconstruct_split, reconstruction_quality, zero_shot_paths
 from dualtoken.models.lpips import LPIPS
 from dualtoken.models.mllm_generation import generate_codes
-from dualtoken.models.teacher import load_teacher
+from dualtoken.models.teacher import checkpoint_digest, load_teacher
 from dualtoken.storage import atomic_write
 from dualtoken.tracking import run_url
 from dualtoken.training.distributed import shutdown_distributed
@@ -92,8 +93,14 @@ def measure(cfg: Config, device: torch.device, console: Console) -> tuple[dict[s
     lpips = LPIPS.from_file(e.lpips_weights).to(device) if e.lpips_weights else None
     curated = load_split(cfg.curate.output_dir, e.split)
     held_out = CuratedSplit(curated.images[: e.images], curated.meta[: e.images], curated.keys[: e.images])
-    loaded = load_mllm(cfg.mllm.output_dir, cfg.tokenizer.output_dir, device.type)
+    visual_path = cfg.mllm.tokenizer or cfg.tokenizer.output_dir  # the tokenizer the MLLM trained with
+    loaded = load_mllm(cfg.mllm.output_dir, visual_path, device.type)
     visual = loaded.visual
+    if checkpoint_digest(visual_path) != loaded.model.config.tokenizer_sha256:
+        raise ConfigError(f"mllm.tokenizer: {visual_path} is not the DualToken tokenizer {cfg.mllm.output_dir} was "
+                          "trained with (SHA-256 differs): rerun the mllm stage or point mllm.tokenizer at it")
+    tokens_root = cfg.mllm.tokens or cfg.tokenize.output_dir
+    check_layout(tokens_root, visual)
     console.print(f"\\[evaluate] {e.split} split: {len(curated)} images; tokenizer metrics on {len(held_out)}, "
                   f"features for Fréchet distances: {extractor.name}")
     r = reconstruct_split(visual, held_out.images, e.batch_size, device)
@@ -102,7 +109,6 @@ def measure(cfg: Config, device: torch.device, console: Console) -> tuple[dict[s
                                                       device),
                          "codes": code_usage(visual, r), "images": len(held_out)}
     console.print("\\[evaluate] tokenizer measured; now the MLLM")
-    tokens_root = cfg.mllm.tokens or cfg.tokenize.output_dir
     split = load_token_split(tokens_root, e.split)
     train_meta = load_token_split(tokens_root, "train").meta
     model, tokenizer = loaded.model, loaded.tokenizer

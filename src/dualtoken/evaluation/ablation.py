@@ -104,16 +104,17 @@ def _cell(value: float | None, digits: int) -> str:
 def table_markdown(table: dict[str, Any]) -> str:
     """Ours beside the paper's (So400m/14-384, ImageNet zero-shot and Inception rFID)."""
     fd = table.get("fd") or "FD"
-    lines = [f"| variant | zero-shot | {fd} | PSNR | SSIM | "
+    lines = [f"| variant | zero-shot (%) | {fd} | PSNR | SSIM | "
              "paper: zero-shot | paper: rFID | paper: PSNR | paper: SSIM |",
              "|---|---|---|---|---|---|---|---|---|"]
     for row in table["rows"]:
         p = row["paper"]
-        lines.append(f"| {row['row']} | {_cell(row.get('zero_shot'), 3)} | {_cell(row.get('fd'), 3)} | "
+        ours = row.get("zero_shot")
+        lines.append(f"| {row['row']} | {_cell(None if ours is None else 100 * ours, 1)} | {_cell(row.get('fd'), 3)} | "
                      f"{_cell(row.get('psnr'), 2)} | {_cell(row.get('ssim'), 3)} | {_cell(p['zero_shot'], 1)} | "
                      f"{_cell(p['rfid'], 2)} | {_cell(p['psnr'], 2)} | {_cell(p['ssim'], 3)} |")
     tasks = ", ".join(table.get("zero_shot_tasks", []))
-    lines += ["", f"Zero-shot: mean accuracy over the demo's attribute tasks ({tasks}); the paper's is ImageNet. "
-              f"{fd} is not comparable with the paper's rFID unless it reads FID-inception. '-': no semantic "
-              "objective (as in the paper)."]
+    lines += ["", f"Zero-shot: mean accuracy (%) over the demo's attribute tasks ({tasks}); the paper's is "
+              f"ImageNet. {fd} is not the paper's rFID: even FID-inception on a few hundred images carries a "
+              "large small-sample bias (the paper uses 50k). '-': no semantic objective (as in the paper)."]
     return "\n".join(lines) + "\n"

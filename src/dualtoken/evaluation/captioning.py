@@ -1,7 +1,8 @@
 """Caption metrics: BLEU-4 and CIDEr-D from pycocoevalcap (the COCO caption evaluation code).
 
-COCO runs Stanford's PTB tokenizer (Java) first; it lower-cases and drops punctuation tokens. Our captions are
-plain English words, so ``coco_tokens`` does the same in Python: no JVM needed, the scores are comparable.
+COCO runs Stanford's PTB tokenizer (Java) first; it lower-cases and drops punctuation tokens. ``coco_tokens``
+does the same in Python (no JVM): identical for plain-word captions like the demo's; PTB keeps hyphenated
+words whole and splits clitics ('s, n't), which this does not.
 pycocoevalcap's ``Cider`` is CIDEr-D (clipped n-gram counts, Gaussian length penalty, x10), with document
 frequencies taken from the references of the evaluated set, as in the COCO server.
 """

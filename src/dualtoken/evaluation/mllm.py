@@ -33,6 +33,8 @@ def normalise(text: str) -> str:
 
 def spread(items: list[Any], n: int) -> list[Any]:
     """``n`` items evenly spaced over the list (all of them when n >= len): every kind of sample, no RNG."""
+    if n <= 0:
+        return []
     if n >= len(items):
         return list(items)
     step = len(items) / n
@@ -145,5 +147,7 @@ def generation_quality(model: DualTokenMLLM, tokenizer: Any, visual_tokenizer: A
                                                   extractor.features(real_images, batch_size))
         result[f"{extractor.name}_tokenized_real"] = frechet_distance(extractor.features(reconstructed, batch_size),
                                                                       extractor.features(real_images, batch_size))
-    result.update({"images": len(rows), "seed": seed, "sampling": sampling.model_dump(), "prompts": prompts})
+    # one generator across batches: the images depend on the seed and on the batch size, both recorded
+    result.update({"images": len(rows), "seed": seed, "batch_size": batch_size, "sampling": sampling.model_dump(),
+                   "prompts": prompts})
     return result, pictures

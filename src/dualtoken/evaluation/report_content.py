@@ -47,15 +47,16 @@ def _ablation_section(cfg: Config, metrics: dict[str, Any]) -> Section:
         return Section("Ablation: single vs dual codebook", [paragraph("No ablation variant has run yet "
                                                                        "(dvc repro ablation).")])
     fd = table_["fd"] or "FD"
-    rows = [[r["row"], r.get("zero_shot"), r.get("fd"), r.get("psnr"), r.get("ssim"), r["paper"]["zero_shot"],
+    rows = [[r["row"], None if r.get("zero_shot") is None else 100 * r["zero_shot"], r.get("fd"), r.get("psnr"),
+             r.get("ssim"), r["paper"]["zero_shot"],
              r["paper"]["rfid"], r["paper"]["psnr"], r["paper"]["ssim"]] for r in table_["rows"]]
-    blocks = [table(["variant", "zero-shot", fd, "PSNR", "SSIM", "paper zero-shot", "paper rFID", "paper PSNR",
+    blocks = [table(["variant", "zero-shot (%)", fd, "PSNR", "SSIM", "paper zero-shot", "paper rFID", "paper PSNR",
                      "paper SSIM"], rows),
               paragraph(f"Same budget for every variant ({cfg.ablation.steps} steps of {cfg.ablation.batch_size}). "
                         f"Zero-shot: mean over {', '.join(table_['zero_shot_tasks'])}; the paper's is ImageNet with "
                         "SigLIP-So400m/14-384. '-': no semantic objective. The numbers are an experiment, not a "
                         "claim.", note=True)]
-    for name in VARIANTS:
+    for name in cfg.ablation.variants:
         preview = Path(cfg.ablation.output_dir) / name / "preview.png"
         if preview.is_file():
             blocks.append(figure(Image.open(preview).convert("RGB"), VARIANTS[name].row, width=512))

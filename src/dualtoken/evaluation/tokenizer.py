@@ -88,14 +88,15 @@ def code_usage(model: DualTokenModel, r: Reconstructed) -> dict[str, Any]:
 @torch.no_grad()
 def teacher_quantized_embedding(teacher: SiglipModel, model: DualTokenModel, pixel_values: Tensor) -> Tensor:
     """The teacher's pooled embedding with its own features at the semantic tap replaced by the tokenizer's
-    quantized version of them: what the bottleneck alone costs, with the teacher's frozen tower around it."""
+    quantized version of them: the quantizer inside the teacher's tower. (A stage-1 tokenizer also fine-tunes
+    the layers below the tap, so its quantizer here sees features it was not trained on.)"""
     tower, layer = teacher.vision_model, model.config.layer_semantic
     hidden = tower.embeddings(pixel_values)
     for block in tower.encoder.layers[:layer]:
         hidden = block(hidden, attention_mask=None)
-    codes = model.semantic_quantizer.quantize(model._grid(model.semantic_down(hidden)))
+    codes = model.semantic_quantizer.quantize(model._grid(model.semantic_down(hidden.to(model.dtype))))
     vectors = model.semantic_quantizer.embed_codes(codes).reshape(hidden.shape[0], -1, model.semantic_quantizer.dim)
-    hidden = model.semantic_up(vectors.to(hidden.dtype))
+    hidden = model.semantic_up(vectors.to(model.dtype)).to(hidden.dtype)
     for block in tower.encoder.layers[layer:]:
         hidden = block(hidden, attention_mask=None)
     return tower.head(tower.post_layernorm(hidden))

@@ -1,12 +1,15 @@
 """The Slurm backend: render an sbatch script from a template, ``sbatch --parsable``, follow the job with
 ``scontrol`` while streaming its output file, map Slurm's end states and exit codes, ``scancel`` on cancel.
 
-Slurm keeps a finished job visible to ``scontrol`` for ``MinJobAge`` seconds (300 by default): the backend
-polls every ``poll_s`` seconds, well inside that window.
+Slurm keeps a finished job visible to ``scontrol`` for ``MinJobAge`` seconds (300 by default); a job waited
+on later is looked up in accounting (``sacct``) instead, which needs slurmdbd. The command runs on the first
+node of the allocation: with ``nodes > 1`` it starts its own tasks (``srun torchrun ...``).
 """
 
 from __future__ import annotations
 
+import itertools
+import math
 import re
 import shlex
 import subprocess
@@ -18,10 +21,15 @@ from dualtoken.launch.job import JobResult, JobSpec, JobState, LaunchError, LogS
 
 PLACEHOLDER = re.compile(r"\{\{\s*(\w+)\s*\}\}")
 STATES = {"PENDING": JobState.PENDING, "CONFIGURING": JobState.PENDING, "REQUEUED": JobState.PENDING,
+          "REQUEUE_HOLD": JobState.PENDING, "REQUEUE_FED": JobState.PENDING, "RESV_DEL_HOLD": JobState.PENDING,
           "RUNNING": JobState.RUNNING, "COMPLETING": JobState.RUNNING, "SUSPENDED": JobState.RUNNING,
+          "STOPPED": JobState.RUNNING, "SIGNALING": JobState.RUNNING, "STAGE_OUT": JobState.RUNNING,
+          "RESIZING": JobState.RUNNING,
           "COMPLETED": JobState.SUCCEEDED, "CANCELLED": JobState.CANCELLED, "TIMEOUT": JobState.TIMED_OUT,
           "DEADLINE": JobState.TIMED_OUT, "FAILED": JobState.FAILED, "NODE_FAIL": JobState.FAILED,
-          "OUT_OF_MEMORY": JobState.FAILED, "BOOT_FAIL": JobState.FAILED, "PREEMPTED": JobState.FAILED}
+          "OUT_OF_MEMORY": JobState.FAILED, "BOOT_FAIL": JobState.FAILED, "PREEMPTED": JobState.FAILED,
+          "SPECIAL_EXIT": JobState.FAILED, "REVOKED": JobState.CANCELLED}
+RETRIES = 3  # a busy slurmctld answers "Socket timed out" now and then
 
 
 @dataclass(frozen=True)
@@ -42,38 +50,51 @@ class SlurmSettings:
 
 
 def render(template: str, values: dict[str, str]) -> str:
-    """Fill ``{{ name }}`` placeholders; drop ``#SBATCH`` lines whose value is empty; unknown names are errors."""
+    """Fill ``{{ name }}`` placeholders; an ``#SBATCH`` line with a placeholder that renders empty is left out;
+    unknown names are errors."""
     unknown = sorted({m.group(1) for m in PLACEHOLDER.finditer(template)} - values.keys())
     if unknown:
         raise LaunchError(f"sbatch template: unknown placeholder(s) {unknown}; known: {sorted(values)}")
     lines = []
     for line in template.splitlines():
-        filled = PLACEHOLDER.sub(lambda m: values[m.group(1)], line)
-        if line.startswith("#SBATCH") and PLACEHOLDER.search(line) and filled.rstrip().endswith("="):
+        names = [m.group(1) for m in PLACEHOLDER.finditer(line)]
+        if line.startswith("#SBATCH") and any(values[n] == "" for n in names):
             continue
-        lines.append(filled)
+        lines.append(PLACEHOLDER.sub(lambda m: values[m.group(1)], line))
     return "\n".join(lines) + "\n"
 
 
 def _run(cmd: list[str]) -> str:
-    try:
-        out = subprocess.run(cmd, capture_output=True, text=True, timeout=60)
-    except FileNotFoundError:
-        raise LaunchError(f"{cmd[0]} not found: the Slurm backend runs where the Slurm client tools are "
-                          "(a login node), or start a local one with infra/local/slurm.sh") from None
-    if out.returncode != 0:
-        raise LaunchError(f"{shlex.join(cmd)} failed ({out.returncode}): {out.stderr.strip() or out.stdout.strip()}")
-    return out.stdout
+    for attempt in range(RETRIES):
+        try:
+            out = subprocess.run(cmd, capture_output=True, text=True, timeout=60)
+        except FileNotFoundError:
+            raise LaunchError(f"{cmd[0]} not found: the Slurm backend runs where the Slurm client tools are "
+                              "(a login node), or start a local one with infra/local/slurm.sh") from None
+        if out.returncode == 0:
+            return out.stdout
+        message = out.stderr.strip() or out.stdout.strip()
+        if "timed out" not in message.lower() or attempt == RETRIES - 1:
+            raise LaunchError(f"{shlex.join(cmd)} failed ({out.returncode}): {message}")
+        time.sleep(2**attempt)
+    raise AssertionError("unreachable")
 
 
 def parse_job(line: str) -> tuple[JobState, int | None]:
-    """``scontrol show job -o`` line -> (state, exit code; None when the job died by a signal)."""
+    """``scontrol show job -o`` line -> (state, exit code; None when the job died by a signal). A state this
+    table does not know counts as running: the next poll will see where it went."""
     fields = dict(item.split("=", 1) for item in line.split() if "=" in item)
-    raw = fields.get("JobState", "")
-    if raw not in STATES:
-        raise LaunchError(f"unknown Slurm job state {raw!r} in: {line[:200]}")
+    state = STATES.get(fields.get("JobState", ""), JobState.RUNNING)
     code, signal_number = (int(x) for x in fields.get("ExitCode", "0:0").split(":"))
-    return STATES[raw], (None if signal_number else code)
+    return state, (None if signal_number else code)
+
+
+def parse_sacct(text: str) -> tuple[JobState, int | None]:
+    """``sacct -n -P -X -o State,ExitCode`` for a job Slurm no longer shows: its end state and exit code."""
+    state_text, exit_text = text.strip().splitlines()[0].split("|")
+    state = STATES.get(state_text.split()[0], JobState.FAILED)  # e.g. "CANCELLED by 0"
+    code, signal_number = (int(x) for x in exit_text.split(":"))
+    return state, (None if signal_number else code)
 
 
 class SlurmBackend:
@@ -84,6 +105,7 @@ class SlurmBackend:
             raise LaunchError(f"sbatch template {settings.template} not found (the default is "
                               "infra/slurm/stage.sbatch)")
         self._logs: dict[str, Path] = {}
+        self._ids = itertools.count()
 
     def script(self, spec: JobSpec) -> str:
         s = self.settings
@@ -95,40 +117,51 @@ class SlurmBackend:
                   "setup": "\n".join(s.setup),
                   "exports": "\n".join(f"export {k}={shlex.quote(v)}" for k, v in spec.env.items()),
                   "command": shlex.join(spec.command)}
-        if spec.time_limit_s is not None and not s.time:
-            values["time"] = str(max(1, int(spec.time_limit_s // 60)))  # minutes
+        if spec.time_limit_s is not None and not s.time:  # the site's `time` wins over the job's own limit
+            values["time"] = str(max(1, math.ceil(spec.time_limit_s / 60)))  # minutes
         return render(s.template.read_text(), values)
 
     def submit(self, spec: JobSpec) -> str:
         self.log_dir.mkdir(parents=True, exist_ok=True)
-        path = self.log_dir / f"{spec.name}.sbatch"
+        path = self.log_dir / f"{spec.name}-{time.strftime('%Y%m%d-%H%M%S')}-{next(self._ids)}.sbatch"
         path.write_text(self.script(spec))
         job_id = _run(["sbatch", "--parsable", str(path)]).strip().split(";")[0]
         self._logs[job_id] = self.log_dir / f"{spec.name}-{job_id}.log"
         return job_id
 
     def state(self, job_id: str) -> tuple[JobState, int | None]:
-        return parse_job(_run(["scontrol", "show", "job", "-o", job_id]).strip().splitlines()[0])
+        try:
+            return parse_job(_run(["scontrol", "show", "job", "-o", job_id]).strip().splitlines()[0])
+        except LaunchError as err:
+            if "invalid job id" not in str(err).lower():
+                raise
+        try:  # finished longer than MinJobAge ago: accounting still knows how it ended
+            return parse_sacct(_run(["sacct", "-j", job_id, "-n", "-P", "-X", "-o", "State,ExitCode"]))
+        except (LaunchError, ValueError, IndexError) as err:
+            raise LaunchError(f"Slurm job {job_id} is gone from scontrol and sacct has no record of it ({err}): "
+                              "wait on jobs sooner than MinJobAge, or enable accounting (slurmdbd)") from None
 
     def wait(self, job_id: str, on_log: LogSink | None = None) -> JobResult:
         log_path = self._logs.get(job_id)
         if log_path is None:
             raise LaunchError(f"no job {job_id!r} was submitted through this backend")
-        started, offset, partial = time.monotonic(), 0, ""
+        started, offset, pending = time.monotonic(), 0, b""
         while True:
             state, code = self.state(job_id)
-            if log_path.is_file():  # stream what the job wrote since the last look
-                with open(log_path, encoding="utf-8", errors="replace") as handle:
+            if log_path.is_file():  # stream whole lines written since the last look (bytes: no split characters)
+                with open(log_path, "rb") as handle:
+                    if handle.seek(0, 2) < offset:  # truncated (a requeued job starts its log again)
+                        offset, pending = 0, b""
                     handle.seek(offset)
-                    chunk = handle.read()
+                    pending += handle.read()
                     offset = handle.tell()
-                *lines, partial = (partial + chunk).split("\n")
+                *lines, pending = pending.split(b"\n")
                 for line in lines:
                     if on_log is not None:
-                        on_log(line)
+                        on_log(line.decode("utf-8", errors="replace"))
             if state.finished:
-                if partial and on_log is not None:
-                    on_log(partial)
+                if pending and on_log is not None:
+                    on_log(pending.decode("utf-8", errors="replace"))
                 return JobResult(job_id, state, code if state in (JobState.SUCCEEDED, JobState.FAILED) else None,
                                  log_path, time.monotonic() - started)
             time.sleep(self.settings.poll_s)
