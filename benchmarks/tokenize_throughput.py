@@ -43,8 +43,8 @@ def main() -> None:
     from dualtoken.data.tokens import TokenLayout
     from dualtoken.models.configuration import named_config
     from dualtoken.models.dualtoken import DualTokenModel
+    from dualtoken.partition import WorkSlice
     from dualtoken.tokenization.job import Settings, ShardStore, make_plan, tokenize_slice
-    from dualtoken.tokenization.partition import WorkSlice
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", default="demo")

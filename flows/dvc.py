@@ -1,7 +1,9 @@
-"""Running DVC stages from a flow: one DVC call at a time per workspace, output streamed to the log.
+"""Running DVC stages from a flow: one DVC call at a time per workspace, each stage as a job on its backend.
 
 DVC refuses a second ``dvc repro`` in a workspace that is already locked; the flow waits for its turn on
-a file lock instead, so concurrent flow runs on one checkout queue up rather than fail.
+a file lock instead, so concurrent flow runs on one checkout queue up rather than fail. Where the stage runs
+(this machine, Slurm, Kubernetes) is the ``launch`` section's choice; it always runs as ``dvc repro <stage>`` in the
+workspace, so ``dvc.lock`` stays the record. A sharded stage may first run its slices as an array job.
 """
 
 from __future__ import annotations
@@ -18,9 +20,14 @@ from pathlib import Path
 import yaml
 from filelock import FileLock
 
+from dualtoken.config import LaunchConfig
+from dualtoken.launch.job import Backend, JobResult, JobSpec, run_job
+from dualtoken.launch.select import backend_for
+
 
 class StageFailed(RuntimeError):
-    """``dvc repro`` exited non-zero; the message carries the tail of its output."""
+    """A stage's job (or its array of slices) did not succeed: the message says how, where its log is, and
+    carries the log's tail."""
 
 
 @dataclass
@@ -29,6 +36,7 @@ class StageOutcome:
     status: str  # "ran", "restored" (from DVC's run cache: same inputs seen before) or "up to date"
     seconds: float
     lock_hash: str
+    where: str = "here"  # or the job that ran it, e.g. "slurm job 42"
 
     @property
     def ran(self) -> bool:
@@ -39,21 +47,6 @@ def workspace_lock(workspace: Path) -> FileLock:
     lock_dir = workspace / ".dvc" / "tmp"
     lock_dir.mkdir(parents=True, exist_ok=True)
     return FileLock(str(lock_dir / "dualtoken-flow.lock"))
-
-
-def _dvc(args: list[str], workspace: Path, env: Mapping[str, str], log: Callable[[str], None]) -> tuple[int, str, bool]:
-    """Run DVC, streaming its output; returns (exit code, output tail, whether it restored from run cache)."""
-    proc = subprocess.Popen(["dvc", *args], cwd=workspace, env={**os.environ, **env}, text=True,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, bufsize=1)
-    assert proc.stdout is not None
-    tail: list[str] = []
-    restored = False
-    for line in proc.stdout:
-        line = line.rstrip()
-        log(line)
-        restored = restored or "skipping run, checking out outputs" in line
-        tail = [*tail[-40:], line]
-    return proc.wait(), "\n".join(tail), restored
 
 
 def stage_is_up_to_date(stage: str, workspace: Path, env: Mapping[str, str]) -> bool:
@@ -75,14 +68,41 @@ def lock_hash(stage: str, workspace: Path) -> str:
     return hashlib.md5(json.dumps(entry, sort_keys=True).encode()).hexdigest()
 
 
-def repro(stage: str, workspace: Path, env: Mapping[str, str], log: Callable[[str], None]) -> StageOutcome:
+def _run(backend: Backend, spec: JobSpec, log: Callable[[str], None]) -> JobResult:
+    result = run_job(backend, spec, log)
+    if not result.ok:
+        code = f", exit code {result.exit_code}" if result.exit_code is not None else ""
+        raise StageFailed(f"job {spec.name} ({result.job_id}) {result.state.value}{code}; log: "
+                          f"{', '.join(map(str, result.log_paths))}\n{result.log_tail()}")
+    return result
+
+
+def repro(stage: str, workspace: Path, env: Mapping[str, str], log: Callable[[str], None], launch: LaunchConfig,
+          params: str = "params.yaml") -> StageOutcome:
+    """``dvc repro stage`` as a job on the stage's backend (after its array of slices, if it has one)."""
     t0 = time.perf_counter()
+    want = launch.for_stage(stage)
+    limit = want.time_limit_min * 60 if want.time_limit_min else None
     with workspace_lock(workspace):
         if stage_is_up_to_date(stage, workspace, env):
             log(f"stage {stage}: up to date, DVC skips it")
             return StageOutcome(stage, "up to date", time.perf_counter() - t0, lock_hash(stage, workspace))
-        code, tail, restored = _dvc(["repro", stage], workspace, env, log)
-    if code != 0:
-        raise StageFailed(f"dvc repro {stage} exited with {code}:\n{tail}")
+        backend = backend_for(launch, stage, workspace)
+        if want.array:
+            log(f"stage {stage}: {want.array} array tasks on {want.backend}, each one slice of the input shards")
+            _run(backend, JobSpec(f"{stage}-slices", ("python", "-m", "dualtoken.cli", stage, "--params", params),
+                                  workspace, env, limit, array=want.array), log)
+        restored = False
+
+        def watch(line: str) -> None:
+            nonlocal restored
+            restored = restored or "skipping run, checking out outputs" in line
+            log(line)
+
+        # Where every node runs its own command (Kubernetes), the others run the stage itself, without DVC.
+        workers = ("python", "-m", f"stages.{stage}", "--params", params) if want.nodes > 1 else None
+        result = _run(backend, JobSpec(stage, ("dvc", "repro", stage), workspace, env, limit,
+                                       worker_command=workers), watch)
+    where = "here" if want.backend == "local" else f"{want.backend} job {result.job_id}"
     status = "restored" if restored else "ran"
-    return StageOutcome(stage, status, time.perf_counter() - t0, lock_hash(stage, workspace))
+    return StageOutcome(stage, status, time.perf_counter() - t0, lock_hash(stage, workspace), where)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -17,7 +18,7 @@ from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
 from prefect.runtime import flow_run
 
-from dualtoken.config import ConfigError, load_config
+from dualtoken.config import Config, ConfigError, load_config
 from dualtoken.tracking import (
     ENV_FLOW_RUN,
     ENV_PARENT_RUN,
@@ -47,10 +48,16 @@ HEADLINES = {
 }
 
 
+def _config(root: Path, params: str, launch: str | None) -> Config:
+    return load_config(root / params, launch_file=root / launch if launch else None)
+
+
 @task(name="dvc-stage", task_run_name="{stage}")
-def run_stage(stage: str, workspace: str, env: dict[str, str]) -> StageOutcome:
+def run_stage(stage: str, workspace: str, params: str, launch: str | None, env: dict[str, str]) -> StageOutcome:
+    """The stage as a job on the backend ``launch.stages`` names for it (read afresh: a retry sees edits)."""
     logger = get_run_logger()
-    return repro(stage, Path(workspace), env, logger.info)
+    root = Path(workspace)
+    return repro(stage, root, env, logger.info, _config(root, params, launch).launch, params)
 
 
 def _headline(stage: str, workspace: Path) -> str:
@@ -70,22 +77,27 @@ def _headline(stage: str, workspace: Path) -> str:
 
 def summary_markdown(outcomes: list[StageOutcome], failed: str | None, urls: dict[str, str],
                      workspace: Path) -> str:
-    lines = ["# dualtoken pipeline", "", "| stage | status | seconds | headline | MLflow |", "|---|---|---|---|---|"]
+    lines = ["# dualtoken pipeline", "", "| stage | status | where | seconds | headline | MLflow |",
+             "|---|---|---|---|---|---|"]
     for o in outcomes:
         status = {"ran": "ran", "restored": "restored from DVC run cache (same inputs ran before)",
                   "up to date": "up to date (skipped by DVC)"}[o.status]
-        lines.append(f"| {o.stage} | {status} | {o.seconds:.1f} | {_headline(o.stage, workspace)} | "
+        lines.append(f"| {o.stage} | {status} | {o.where} | {o.seconds:.1f} | {_headline(o.stage, workspace)} | "
                      f"{urls.get(o.stage, '-')} |")
     if failed:
-        lines.append(f"| {failed} | **failed** | - | see the task log | {urls.get(failed, '-')} |")
+        lines.append(f"| {failed} | **failed** | - | - | see the task log | {urls.get(failed, '-')} |")
     return "\n".join(lines) + "\n"
 
 
 @flow(name="dualtoken-pipeline", log_prints=True)
-def dualtoken_pipeline(params: str = "params.yaml", workspace: str = ".") -> list[dict]:
-    """Reproduce every configured stage through DVC; returns one summary dict per stage."""
+def dualtoken_pipeline(params: str = "params.yaml", workspace: str = ".", launch: str | None = None) -> list[dict]:
+    """Reproduce every configured stage through DVC; returns one summary dict per stage. ``launch``: a file with
+    a ``launch:`` section that replaces params.yaml's (where stages run; e.g. infra/slurm/launch.yaml)."""
     root = Path(workspace).resolve()
-    cfg = load_config(root / params)
+    # Everything relative (the MLflow store, logs) is the workspace's, as it is for the stages' own processes;
+    # a flow run has its process to itself (python -m flows.pipeline, or a worker's subprocess).
+    os.chdir(root)
+    cfg = _config(root, params, launch)
     logger = get_run_logger()
     flow_run_id = str(flow_run.id or "local")
     parent = start_pipeline_run(cfg.tracking, name=f"pipeline {flow_run.name or ''}".strip(),
@@ -98,7 +110,7 @@ def dualtoken_pipeline(params: str = "params.yaml", workspace: str = ".") -> lis
     try:
         for stage in cfg.pipeline.stages:
             failed = stage
-            outcomes.append(stage_task(stage, str(root), env))
+            outcomes.append(stage_task(stage, str(root), params, launch, env))
             failed = None
     finally:
         runs = stage_runs(cfg.tracking, parent)
@@ -123,9 +135,11 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="Run the dualtoken pipeline locally (ephemeral Prefect API).")
     parser.add_argument("--params", default="params.yaml")
     parser.add_argument("--workspace", default=".")
+    parser.add_argument("--launch", help="a YAML file whose `launch:` section says where stages run "
+                                         "(default: params.yaml's), e.g. infra/slurm/launch.yaml")
     args = parser.parse_args(argv)
     try:
-        dualtoken_pipeline(params=args.params, workspace=args.workspace)
+        dualtoken_pipeline(params=args.params, workspace=args.workspace, launch=args.launch)
     except (ConfigError, TrackingError) as err:
         print(f"pipeline: {err}", file=sys.stderr)
         return 2

@@ -11,7 +11,7 @@ from collections.abc import Callable
 
 from dualtoken.config import Config, load_config
 from dualtoken.errors import DualtokenError
-from dualtoken.training.distributed import relaunch_under_torchrun, under_torchrun
+from dualtoken.training.distributed import needs_torchrun, relaunch_under_torchrun
 
 
 def _own_processes(stage: str) -> Callable[[Config], int]:
@@ -31,7 +31,7 @@ def run_stage(stage: str, module: str, argv: list[str], positional: tuple[str, .
     try:
         cfg = load_config(args.params)
         processes = (nproc or _own_processes(stage))(cfg)
-        if processes > 1 and not under_torchrun():
+        if needs_torchrun(processes):
             return relaunch_under_torchrun(module, processes, argv)
         importlib.import_module(f"dualtoken.apps.{stage}").main(cfg, **{n: getattr(args, n) for n in positional})
     except (DualtokenError, FileNotFoundError) as err:

@@ -145,6 +145,7 @@ class S3Server:
     secret_key: str
     process: subprocess.Popen
     log_path: Path
+    command: list[str]
 
     def env(self) -> dict[str, str]:
         """What a subprocess (boto3, dvc, the CLI) needs to talk to this server."""
@@ -166,6 +167,18 @@ class S3Server:
 
     def stop(self) -> None:
         _stop(self.process)
+
+    def crash(self) -> None:
+        """SIGKILL the whole server, as a crash or a lost node would: no shutdown, connections just drop."""
+        with suppress(ProcessLookupError):
+            os.killpg(self.process.pid, signal.SIGKILL)
+        _gone(self.process, 10.0)
+
+    def restart(self, timeout: float = 60.0) -> None:
+        """Start the same server again (same data, ports and credentials)."""
+        self.process = _spawn(self.command, self.log_path.with_suffix(".restarted.log"))
+        probe = self.client(connect_timeout=2, read_timeout=5, retries={"max_attempts": 1})
+        _wait(lambda: bool(probe.list_buckets()), self.process, self.log_path, "SeaweedFS S3", timeout)
 
 
 def _weed_mini_args(workdir: Path, identities: Path, s3_port: int, other_ports: list[int]) -> list[str]:
@@ -192,8 +205,9 @@ def start_s3(workdir: Path, timeout: float = 60.0) -> S3Server:
     identities.chmod(0o600)
     s3_port, *others = _weed_ports(5)
     log_path = workdir / "weed.log"
-    proc = _spawn([_tool("weed"), *_weed_mini_args(workdir, identities, s3_port, others)], log_path)
-    server = S3Server(f"http://{LOOPBACK}:{s3_port}", access, secret, proc, log_path)
+    command = [_tool("weed"), *_weed_mini_args(workdir, identities, s3_port, others)]
+    proc = _spawn(command, log_path)
+    server = S3Server(f"http://{LOOPBACK}:{s3_port}", access, secret, proc, log_path, command)
     probe = server.client(connect_timeout=2, read_timeout=5, retries={"max_attempts": 1})
     _wait(lambda: bool(probe.list_buckets()), proc, log_path, "SeaweedFS S3", timeout)
     return server

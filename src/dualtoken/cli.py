@@ -15,6 +15,7 @@ import yaml
 
 from dualtoken.config import ConfigError, SamplingConfig, load_config
 from dualtoken.errors import DualtokenError
+from dualtoken.partition import WorkSlice
 
 
 def _add_config_args(parser: argparse.ArgumentParser) -> None:
@@ -29,13 +30,24 @@ def _cmd_config(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_slice_args(parser: argparse.ArgumentParser, what: str) -> None:
+    parser.add_argument("--rank", type=int, help=f"{what} only slice RANK of WORLD (e.g. one task of a job array)")
+    parser.add_argument("--world", type=int, help="how many slices the input shard list is cut into")
+
+
+def _slice(args: argparse.Namespace) -> WorkSlice | None:
+    if (args.rank is None) != (args.world is None):
+        raise ConfigError("--rank and --world go together (this process's slice of the shard list)")
+    return WorkSlice(args.rank, args.world) if args.rank is not None else None
+
+
 def _cmd_curate(args: argparse.Namespace) -> int:
     from dualtoken.apps.curate import main as curate_main
     from dualtoken.curation.job import ValidationFailed
     from dualtoken.storage import StorageError
 
     try:
-        curate_main(load_config(args.params, args.overrides))
+        curate_main(load_config(args.params, args.overrides), part=_slice(args))
     except (ValidationFailed, StorageError) as err:
         print(f"curate: {err}", file=sys.stderr)
         return 1
@@ -47,11 +59,11 @@ def _cmd_train(args: argparse.Namespace) -> int:
     torchrun; the deepspeed launcher's ``--local_rank`` is accepted)."""
     import importlib
 
-    from dualtoken.training.distributed import relaunch_under_torchrun, under_torchrun
+    from dualtoken.training.distributed import needs_torchrun, relaunch_under_torchrun
 
     cfg = load_config(args.params, args.overrides)
     nproc = getattr(cfg, args.command).runtime.nproc
-    if nproc > 1 and not under_torchrun():
+    if needs_torchrun(nproc):
         argv = [args.command, "--params", args.params, *(f"-S{o}" for o in args.overrides)]
         return relaunch_under_torchrun("dualtoken.cli", nproc, argv)
     importlib.import_module(f"dualtoken.apps.{args.command}").main(cfg)
@@ -89,16 +101,16 @@ def _cmd_report(args: argparse.Namespace) -> int:
 
 def _cmd_tokenize(args: argparse.Namespace) -> int:
     """The tokenize stage; ``--rank/--world`` tokenise one slice only, ``--finalize`` assembles afterwards."""
-    from dualtoken.tokenization.partition import WorkSlice
-    from dualtoken.training.distributed import relaunch_under_torchrun, under_torchrun
+    from dualtoken.partition import slice_from_env
+    from dualtoken.training.distributed import needs_torchrun, relaunch_under_torchrun, under_torchrun
 
     cfg = load_config(args.params, args.overrides)
-    if (args.rank is None) != (args.world is None):
-        raise ConfigError("--rank and --world go together (this process's slice of the shard list)")
-    if args.finalize and args.rank is not None:
+    work = _slice(args)
+    if args.finalize and work is not None:
         raise ConfigError("--finalize assembles what every slice wrote: it takes no --rank/--world")
-    work = WorkSlice(args.rank, args.world) if args.rank is not None else None
-    if cfg.tokenize.runtime.nproc > 1 and not under_torchrun() and work is None and not args.finalize:
+    if work is None and not under_torchrun() and not slice_from_env().whole:
+        work = slice_from_env()  # an array task: one process on its slice, whatever runtime.nproc says
+    if needs_torchrun(cfg.tokenize.runtime.nproc) and work is None and not args.finalize:
         argv = ["tokenize", "--params", args.params, *(f"-S{o}" for o in args.overrides)]
         return relaunch_under_torchrun("dualtoken.cli", cfg.tokenize.runtime.nproc, argv)
     from dualtoken.apps.tokenize import main as tokenize_main
@@ -173,8 +185,11 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("config", help="validate params.yaml (+ overrides) and print the resolved config")
     _add_config_args(p)
     p.set_defaults(func=_cmd_config)
-    p = sub.add_parser("curate", help="run the curation job (same as the DVC stage) with overrides")
+    p = sub.add_parser("curate", help="run the curation job (same as the DVC stage) with overrides",
+                       description="Without options: the whole job (or this launcher's slice of the input shards, "
+                                   "an array task: then only phase 1 of that slice, reused by the whole job).")
     _add_config_args(p)
+    _add_slice_args(p, "curate")
     p.set_defaults(func=_cmd_curate)
     for name, text in (("teacher", "train the demo SigLIP teacher (or record a pretrained one)"),
                        ("tokenizer", "train the DualToken tokenizer from the teacher"),
@@ -200,8 +215,7 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Without options: every shard (or this launcher's slice: torchrun, Slurm array, "
                                    "Kubernetes indexed job), then assemble, verify and log.")
     _add_config_args(p)
-    p.add_argument("--rank", type=int, help="tokenise only slice RANK of WORLD (e.g. one task of a job array)")
-    p.add_argument("--world", type=int, help="how many slices the shard list is cut into")
+    _add_slice_args(p, "tokenise")
     p.add_argument("--finalize", action="store_true", help="assemble, verify and log once every slice is done")
     p.set_defaults(func=_cmd_tokenize)
     p = sub.add_parser("chat", help="ask the trained MLLM about an image")

@@ -472,6 +472,7 @@ class StorageConfig(_Strict):
     s3_region: str | None = None
     multipart_threshold_mb: int = Field(64, ge=5)
     multipart_chunk_mb: int = Field(16, ge=5)
+    max_attempts: int = Field(5, ge=1, le=20, description="tries per S3 request (exponential back-off between)")
 
 
 class TrackingConfig(_Strict):
@@ -488,6 +489,105 @@ class PipelineConfig(_Strict):
     retry_delay_s: float = Field(5.0, ge=0.0)
 
 
+SLICED_STAGES = ("curate", "tokenize")  # their input shards can be split over an array job's tasks
+# The process count a stage's GPUs must match: one process per GPU.
+_STAGE_PROCESSES = {"teacher": "teacher", "tokenizer": "tokenizer", "tokenize": "tokenize", "mllm": "mllm",
+                    "ablation": "tokenizer"}
+
+
+class StageLaunch(_Strict):
+    """Where one stage's job runs and what it asks the scheduler for (the local backend runs it here as is)."""
+
+    backend: Literal["local", "slurm", "kubernetes"] = "local"
+    nodes: int = Field(1, ge=1, le=1024, description="> 1: the stage's torchrun spans the nodes (srun + c10d)")
+    gpus_per_node: int = Field(0, ge=0, le=64, description="must equal the stage's runtime.nproc when set")
+    cpus_per_task: int = Field(1, ge=1, le=1024, description="CPUs per node for the stage's processes")
+    mem: str | None = Field(None, pattern=r"^[0-9]+[KMGT]?$", description="memory per node, e.g. 64G")
+    time_limit_min: int | None = Field(None, ge=1, description="the job is stopped (timed out) after this long")
+    array: int = Field(0, ge=0, le=10_000, description="curate/tokenize: split the input shards over this many "
+                                                        "array tasks that run before the stage itself")
+
+    @model_validator(mode="after")
+    def _local_is_one_node(self) -> StageLaunch:
+        if self.backend == "local" and self.nodes > 1:
+            raise ValueError(f"nodes: the local backend runs on this machine; nodes={self.nodes} needs a scheduler "
+                             "(backend: slurm)")
+        return self
+
+
+class SlurmSite(_Strict):
+    """What every Slurm job of the pipeline gets (the job's own resources are per stage)."""
+
+    template: str = Field("infra/slurm/stage.sbatch", description="sbatch template, relative to the workspace")
+    partition: str | None = None
+    account: str | None = None
+    qos: str | None = None
+    setup: list[str] = Field(default_factory=list, description="shell lines before the command: module loads, "
+                                                               "venv activation, a container's environment")
+    poll_s: float = Field(5.0, gt=0.0, description="how often the job's state and log are read")
+
+
+class SecretKey(_Strict):
+    """One key of a Kubernetes Secret: the job sees its value, the configuration only its name."""
+
+    secret: str
+    key: str
+
+
+class KubernetesSite(_Strict):
+    """What every Kubernetes job of the pipeline gets (the job's own resources are per stage). Secrets are named,
+    never given: ``env_from_secrets`` (every key of each Secret) and ``secret_env`` (one key per variable)."""
+
+    namespace: str = "default"
+    context: str | None = Field(None, description="kubeconfig context; null: in-cluster config in a pod, else "
+                                                  "the current context")
+    image: str = Field("dualtoken:latest", description="the image built from infra/docker/")
+    image_pull_policy: Literal["Always", "IfNotPresent", "Never"] = "IfNotPresent"
+    service_account: str | None = Field(None, description="the pods' service account (none needs API access)")
+    workspace_claim: str | None = Field(None, description="PersistentVolumeClaim holding the workspace (checkout, "
+                                                          "DVC cache), mounted at workspace_path")
+    workspace_path: str = Field("/workspace", description="where the claim is mounted; the flow's workspace must "
+                                                         "be this path or below it, as the pods see it")
+    shm_size: str = Field("16Gi", pattern=r"^[0-9]+(Ki|Mi|Gi|Ti)$", description="/dev/shm (DataLoader, NCCL)")
+    node_selector: dict[str, str] = Field(default_factory=dict)
+    tolerations: list[dict[str, Any]] = Field(default_factory=list)
+    env_from_secrets: list[str] = Field(default_factory=list, description="Secrets whose keys become variables")
+    secret_env: dict[str, SecretKey] = Field(default_factory=dict, description="variable -> {secret, key}")
+    multi_node: Literal["indexed-job", "jobset"] = Field("indexed-job", description="several nodes: an indexed "
+                                                         "Job + headless Service, or a JobSet (its CRDs installed)")
+    rdzv_port: int = Field(29500, ge=1024, le=65535)
+    ttl_after_finished_s: int = Field(86_400, ge=0, description="finished jobs (and their logs) are kept this long")
+    templates: str = Field("infra/k8s", description="manifest templates, relative to the workspace")
+    poll_s: float = Field(10.0, gt=0.0)
+
+
+class LaunchConfig(_Strict):
+    """Where the flow runs each stage: ``stages`` maps a stage to its backend and resources; others run here.
+    Every backend runs ``dvc repro <stage>`` in the workspace, so it must be on a filesystem the jobs share."""
+
+    log_dir: str = Field("logs/jobs", description="job scripts and logs, relative to the workspace")
+    slurm: SlurmSite = SlurmSite()
+    kubernetes: KubernetesSite = KubernetesSite()
+    stages: dict[StageName, StageLaunch] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _stage_limits(self) -> LaunchConfig:
+        for stage, launch in self.stages.items():
+            if launch.array and stage not in SLICED_STAGES:
+                raise ValueError(f"stages.{stage}.array: only {', '.join(SLICED_STAGES)} split their inputs over "
+                                 "array tasks")
+            if launch.nodes > 1 and stage not in _STAGE_PROCESSES:
+                raise ValueError(f"stages.{stage}.nodes: {stage} runs in one process; only "
+                                 f"{', '.join(_STAGE_PROCESSES)} span nodes")
+            if launch.nodes > 1 and launch.backend == "kubernetes" and stage == "ablation":
+                raise ValueError("stages.ablation.nodes: on Kubernetes every pod runs its own command, and the "
+                                 "ablation's variants run one after another in pod 0: use one node (or Slurm)")
+        return self
+
+    def for_stage(self, stage: str) -> StageLaunch:
+        return self.stages.get(stage, StageLaunch())  # type: ignore[call-overload]
+
+
 class Config(_Strict):
     seed: int = 0
     data: DataConfig
@@ -501,6 +601,17 @@ class Config(_Strict):
     storage: StorageConfig = StorageConfig()
     tracking: TrackingConfig = TrackingConfig()
     pipeline: PipelineConfig = PipelineConfig()
+    launch: LaunchConfig = LaunchConfig()
+
+    @model_validator(mode="after")
+    def _one_process_per_gpu(self) -> Config:
+        for stage, launch in self.launch.stages.items():
+            section = _STAGE_PROCESSES.get(stage)
+            nproc = getattr(self, section).runtime.nproc if section else None
+            if launch.gpus_per_node and nproc is not None and nproc != launch.gpus_per_node:
+                raise ValueError(f"launch.stages.{stage}.gpus_per_node={launch.gpus_per_node} but {section}.runtime."
+                                 f"nproc={nproc}: the stage runs one process per GPU, set both to the same count")
+        return self
 
 
 # --------------------------------------------------------------------------------------------- loading
@@ -561,14 +672,32 @@ def parse_config(raw: dict[str, Any], origin: str = "params") -> Config:
         raise ConfigError(f"invalid configuration in {origin}:\n{_format_errors(err)}") from None
 
 
-def load_config(path: str | Path = "params.yaml", overrides: list[str] | None = None) -> Config:
-    path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"{path} not found: run from the project root or pass --params PATH")
+def _read_mapping(path: Path) -> dict[str, Any]:
     try:
         raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
     except yaml.YAMLError as err:
         raise ConfigError(f"{path} is not valid YAML: {err}") from None
     if not isinstance(raw, dict):
         raise ConfigError(f"{path} must hold a mapping of sections, got {type(raw).__name__}")
-    return parse_config(apply_overrides(raw, overrides or []), origin=str(path))
+    return raw
+
+
+def load_config(path: str | Path = "params.yaml", overrides: list[str] | None = None,
+                launch_file: str | Path | None = None) -> Config:
+    """``params.yaml`` (+ ``-S`` overrides). ``launch_file`` (a YAML file with only a ``launch:`` section, e.g.
+    ``infra/slurm/launch.yaml``) replaces where stages run without touching what they compute."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"{path} not found: run from the project root or pass --params PATH")
+    raw = _read_mapping(path)
+    origin = str(path)
+    if launch_file is not None:
+        launch_path = Path(launch_file)
+        if not launch_path.is_file():
+            raise ConfigError(f"launch file {launch_path} not found")
+        launch = _read_mapping(launch_path)
+        if set(launch) != {"launch"}:
+            raise ConfigError(f"{launch_path} must hold only a `launch:` section (where the stages run), found "
+                              f"{sorted(launch)}")
+        raw, origin = {**raw, "launch": launch["launch"]}, f"{path} with {launch_path}"
+    return parse_config(apply_overrides(raw, overrides or []), origin=origin)

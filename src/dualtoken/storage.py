@@ -58,7 +58,8 @@ def s3_client(cfg: StorageConfig) -> Any:
         "s3",
         endpoint_url=cfg.s3_endpoint_url or os.environ.get("AWS_ENDPOINT_URL") or None,
         region_name=cfg.s3_region or session.region_name or "us-east-1",
-        config=BotoConfig(retries={"max_attempts": 5, "mode": "standard"}, s3={"addressing_style": "path"}),
+        config=BotoConfig(retries={"max_attempts": cfg.max_attempts, "mode": "standard"},
+                          s3={"addressing_style": "path"}),
     )
 
 
@@ -140,7 +141,28 @@ def upload_file(local: str | Path, uri: str, cfg: StorageConfig) -> None:
     try:
         s3_client(cfg).upload_file(str(local), bucket, key, Config=transfer)
     except Exception as err:
-        raise StorageError(f"cannot upload {local} to {uri}: {err}") from err
+        raise StorageError(f"cannot upload {local} to {uri}: {_explain(err)} (no partial object: S3 shows or "
+                           "replaces an object only once its upload completes; rerunning uploads it again)") from err
+
+
+def _explain(err: Exception) -> str:
+    """What went wrong with an S3 call, in the terms of what to fix."""
+    from botocore.exceptions import ClientError, EndpointConnectionError
+
+    cause: BaseException | None = err
+    while cause is not None and not isinstance(cause, ClientError | EndpointConnectionError):
+        cause = cause.__cause__ or cause.__context__  # boto3's transfer wraps the botocore error
+    if isinstance(cause, ClientError):
+        code = cause.response.get("Error", {}).get("Code", "")
+        if code in ("InvalidAccessKeyId", "SignatureDoesNotMatch", "AccessDenied", "403"):
+            return (f"the S3 server refused the credentials ({code}): check AWS_ACCESS_KEY_ID / "
+                    "AWS_SECRET_ACCESS_KEY or storage.s3_profile, and the bucket's policy")
+        if code in ("NoSuchBucket", "404"):
+            return f"no such bucket ({code}): create it first"
+        return f"{code}: {cause}"
+    if isinstance(cause, EndpointConnectionError):
+        return f"the S3 endpoint did not answer after retries ({cause})"
+    return str(err)
 
 
 def publish_dir(local_dir: str | Path, prefix: str, cfg: StorageConfig, pattern: str = "*") -> list[str]:

@@ -1,15 +1,23 @@
-"""The Prefect flow end to end against a real MLflow server: parent + nested runs, lineage, DVC skip."""
+"""The Prefect flow end to end against a real MLflow server and a real Slurm: parent + nested runs, lineage,
+DVC skip; the GPU stages as Slurm jobs, the sharded stages' slices as array jobs (Slurm and local)."""
 
 import json
+import re
 import subprocess
 import sys
 
 import pytest
 from mlflow.tracking import MlflowClient
 
-from workspace import make_workspace, workspace_env
+from workspace import SMALL_PARAMS, make_workspace, workspace_env
 
 pytestmark = [pytest.mark.e2e, pytest.mark.integration]
+
+# Curation on this machine in two slices (a local array), every torch stage a Slurm job, tokenisation's two
+# slices a Slurm array: the demo pipeline as a cluster would run it.
+ON_SLURM = {**SMALL_PARAMS, "launch.slurm.poll_s": 0.5, "launch.stages": {
+    "curate": {"array": 2}, "tokenize": {"backend": "slurm", "array": 2},
+    **{stage: {"backend": "slurm"} for stage in ("teacher", "tokenizer", "mllm", "ablation", "evaluate")}}}
 
 
 def _flow(ws, env):
@@ -17,13 +25,14 @@ def _flow(ws, env):
                           text=True, timeout=600)
 
 
-def test_flow_runs_stage_through_dvc_and_records_lineage(tmp_path, mlflow_server, monkeypatch):
+def test_flow_runs_stages_as_jobs_through_dvc_and_records_lineage(tmp_path, mlflow_server, slurm_env, monkeypatch):
     monkeypatch.setenv("MLFLOW_TRACKING_URI", mlflow_server.uri)  # undone after the test (set_tracking_uri sets it)
-    ws = make_workspace(tmp_path / "ws")
+    ws = make_workspace(tmp_path / "ws", ON_SLURM)
     env = workspace_env(MLFLOW_TRACKING_URI=mlflow_server.uri, PREFECT_HOME=str(tmp_path / "prefect"),
                         PREFECT_SERVER_ANALYTICS_ENABLED="false")
     first = _flow(ws, env)
     assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
+    _check_jobs(first.stdout + first.stderr, ws)
 
     client = MlflowClient(mlflow_server.uri)
     exp = client.get_experiment_by_name("dualtoken")
@@ -58,6 +67,21 @@ def test_flow_runs_stage_through_dvc_and_records_lineage(tmp_path, mlflow_server
     for name in ("curate", "teacher", "tokenizer", "tokenize", "mllm", "ablation@d_dualtoken", "evaluate"):
         assert sum(r.data.tags.get("dualtoken.stage") == name for r in runs) == 1  # DVC skipped them
     assert sum(r.data.tags.get("dualtoken.stage") == "pipeline" for r in runs) == 2
+
+
+def _check_jobs(log, ws):
+    """Where each stage ran, and that the array tasks did the sharded work the stage itself then reused."""
+    for stage in ("teacher", "tokenizer", "tokenize", "mllm", "ablation", "evaluate"):
+        assert re.search(rf"\| {stage} \| ran \| slurm job \d+ \|", log), stage
+    assert re.search(r"\| curate \| ran \| here \|", log)
+    logs = ws / "logs" / "jobs"
+    for stage in ("curate", "tokenize"):
+        slices = sorted(logs.glob(f"{stage}-slices-*_[01].log"))
+        assert len(slices) == 2, sorted(p.name for p in logs.iterdir())
+        assert all(f"{stage} slice {i + 1}/2 done" in p.read_text() for i, p in enumerate(slices))
+    reused = re.search(r"phase 1 done \(\d+ inputs, (\d+)/(\d+) input shards reused\)", log)
+    assert reused and reused[1] == reused[2]  # the slices curated every input shard
+    assert json.loads((ws / "metrics/tokenize.json").read_text())["shards_tokenized"] == 0  # so did tokenize's
 
 
 def _check_training_stages(client, runs, parent, ws, tmp_path, uri):
@@ -134,11 +158,10 @@ def _check_evaluation(client, runs, parent, ws):
     assert (ws / "reports/report.html").is_file() and (ws / "plots/mllm/train.csv").is_file()
 
 
-def test_failing_stage_is_retried_and_the_run_marked_failed(tmp_path):
-    from workspace import SMALL_PARAMS
-
+def test_failing_stage_job_is_retried_and_the_run_marked_failed(tmp_path, slurm_env):
     params = {**SMALL_PARAMS, "curate.validation": {"min_rows": 100000}, "pipeline.retries": 1,
-              "pipeline.retry_delay_s": 0}
+              "pipeline.retry_delay_s": 0, "launch.slurm.poll_s": 0.5,
+              "launch.stages": {"curate": {"backend": "slurm"}}}
     ws = make_workspace(tmp_path / "ws", params)
     env = workspace_env(PREFECT_HOME=str(tmp_path / "prefect"), PREFECT_SERVER_ANALYTICS_ENABLED="false")
     proc = _flow(ws, env)
@@ -147,6 +170,8 @@ def test_failing_stage_is_retried_and_the_run_marked_failed(tmp_path):
     assert log.count("Task run 'curate' - Running stage 'curate'") == 2  # first try + one retry, as configured
     assert "expect_table_row_count_to_be_between" in log  # the readable GX summary reaches the flow log
     assert "| curate | **failed** |" in log
+    jobs = set(re.findall(r"job curate \((\d+)\) failed, exit code \d+; log: \S+curate-\d+.log", log))
+    assert len(jobs) == 2  # each try was its own Slurm job, and the flow says how it ended and where its log is
 
     client = MlflowClient(f"sqlite:///{ws / 'mlflow.db'}")
     runs = client.search_runs([client.get_experiment_by_name("dualtoken").experiment_id])

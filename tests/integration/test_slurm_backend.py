@@ -1,4 +1,5 @@
-"""The Slurm backend against a real single-node Slurm on this machine: submit, stream, exit codes, cancel."""
+"""The Slurm backend against a real single-node Slurm on this machine: submit, stream, exit codes, cancel,
+arrays, and the template's srun + torchrun c10d path."""
 
 import sys
 import threading
@@ -6,11 +7,12 @@ from pathlib import Path
 
 import pytest
 
-from dualtoken.launch.job import JobSpec, JobState, LaunchError
+from dualtoken.launch.job import JobSpec, JobState, LaunchError, run_job
 from dualtoken.launch.slurm import SlurmBackend, SlurmSettings, parse_job, parse_sacct, render
 
 pytestmark = pytest.mark.integration
 TEMPLATE = Path(__file__).resolve().parents[2] / "infra" / "slurm" / "stage.sbatch"
+SCRIPTS = Path(__file__).resolve().parents[1] / "scripts"
 
 
 def _backend(tmp_path, **settings):
@@ -48,6 +50,11 @@ def test_scontrol_states_and_exit_codes_map_to_job_states():
     assert parse_job("JobId=3 JobState=SOMETHING_NEW")[0] is JobState.RUNNING  # not finished: poll again
     assert parse_sacct("FAILED|2:0\n") == (JobState.FAILED, 2)
     assert parse_sacct("CANCELLED by 0|0:15") == (JobState.CANCELLED, None)
+    array = ("JobId=8 ArrayJobId=7 ArrayTaskId=1 JobState=COMPLETED ExitCode=0:0\n"
+             "JobId=7 ArrayJobId=7 ArrayTaskId=0 JobState=FAILED ExitCode=4:0\n")
+    assert parse_job(array) == (JobState.FAILED, 4)  # an array fails when one task fails
+    assert parse_job(array + "JobId=7 ArrayTaskId=2-3 JobState=PENDING ExitCode=0:0")[0] is JobState.PENDING
+    assert parse_sacct("COMPLETED|0:0\nTIMEOUT|0:15\n") == (JobState.TIMED_OUT, None)
 
 
 def test_a_job_runs_on_slurm_streams_its_log_and_reports_its_exit_code(slurm_env, tmp_path):
@@ -78,3 +85,42 @@ def test_a_cancelled_slurm_job_ends_cancelled(slurm_env, tmp_path):
     assert result.state is JobState.CANCELLED and result.exit_code is None and "started" in seen
     with pytest.raises(LaunchError, match="no job 'nope'"):
         backend.wait("nope")
+
+
+def test_an_array_job_gives_each_task_its_slice_and_fails_when_one_does(slurm_env, tmp_path):
+    backend = _backend(tmp_path)
+    code = ("import os, sys; i = int(os.environ['DUALTOKEN_ARRAY_INDEX']); "
+            "print(f\"{i} of {os.environ['DUALTOKEN_ARRAY_SIZE']}\"); sys.exit(6 if i == int(sys.argv[1]) else 0)")
+    spec = JobSpec("slices", (*_python(code), "-1"), tmp_path, array=3)
+    assert "#SBATCH --array=0-2" in backend.script(spec)
+    lines = []
+    result = backend.wait(backend.submit(spec), lines.append)
+    assert result.ok and {f"[task {i}] {i} of 3" for i in range(3)} <= set(lines)
+    assert [p.name for p in result.log_paths] == [f"slices-{result.job_id}_{i}.log" for i in range(3)]
+    failed = backend.wait(backend.submit(JobSpec("slices", (*_python(code), "2"), tmp_path, array=3)))
+    assert failed.state is JobState.FAILED and failed.exit_code == 6
+
+
+def test_a_stage_relaunched_under_torchrun_meets_at_the_scripts_rendezvous_through_srun(slurm_env, tmp_path):
+    backend = _backend(tmp_path, cpus_per_task=2)
+    lines = []
+    result = backend.wait(backend.submit(JobSpec("ddp", (sys.executable, "-u", "-m", "ranks", "2"), SCRIPTS)),
+                          lines.append)
+    assert result.ok, result.log_tail()
+    ranks = sorted(line for line in lines if line.startswith("rank "))
+    # both ranks in one c10d group named after the job, started by an srun step, and a collective went through
+    assert ranks == [f"rank {r}/2 run {result.job_id} step 0 sum 3" for r in range(2)], lines
+
+
+def test_an_interrupted_caller_scancels_its_slurm_job(slurm_env, tmp_path):
+    backend = _backend(tmp_path)
+
+    def interrupt(line):
+        if line == "started":
+            raise KeyboardInterrupt  # what a cancelled Prefect run (SIGTERM) or a task timeout does to the flow
+
+    with pytest.raises(KeyboardInterrupt):
+        run_job(backend, JobSpec("long", _python("import time; print('started', flush=True); time.sleep(120)"),
+                                 tmp_path), interrupt)
+    (job_id,) = backend._logs
+    assert backend.wait(job_id).state is JobState.CANCELLED

@@ -9,8 +9,8 @@ import torch
 from dualtoken.config import StorageConfig
 from dualtoken.data.tokens import TokenLayout
 from dualtoken.models.dualtoken import DualTokenModel
+from dualtoken.partition import WorkSlice
 from dualtoken.tokenization.job import Settings, ShardStore, make_plan, tokenize_slice
-from dualtoken.tokenization.partition import WorkSlice
 
 IDENTITY = {"test": "kill"}
 BATCH = 4

@@ -81,3 +81,38 @@ def test_uneven_batch_split_is_a_named_error():
     assert micro_batch(32, 2, 4, "tokenizer") == 4
     with pytest.raises(ValueError, match=r"tokenizer\.batch_size \(30\).*2 x 4"):
         micro_batch(30, 2, 4, "tokenizer")
+
+
+def test_launch_settings_are_checked_against_the_stages():
+    def launch(stages: dict, **extra) -> None:
+        parse_config({**MINIMAL, **extra, "launch": {"stages": stages}})
+
+    launch({"tokenize": {"backend": "slurm", "array": 4}, "mllm": {"backend": "slurm", "nodes": 2}})
+    with pytest.raises(ConfigError, match=r"stages.teacher.array: only curate, tokenize"):
+        launch({"teacher": {"array": 2}})
+    with pytest.raises(ConfigError, match=r"launch.stages.mlm.\[key\]"):
+        launch({"mlm": {}})
+    with pytest.raises(ConfigError, match="nodes=2 needs a scheduler"):
+        launch({"mllm": {"nodes": 2}})
+    with pytest.raises(ConfigError, match=r"stages.curate.nodes: curate runs in one process"):
+        launch({"curate": {"backend": "slurm", "nodes": 2}})
+    with pytest.raises(ConfigError, match=r"gpus_per_node=8 but tokenizer.runtime.nproc=1"):
+        launch({"ablation": {"backend": "slurm", "gpus_per_node": 8}})
+    launch({"mllm": {"backend": "slurm", "gpus_per_node": 8}}, mllm={"runtime": {"nproc": 8}})
+    with pytest.raises(ConfigError, match=r"launch.stages.mllm.mem"):
+        launch({"mllm": {"mem": "lots"}})
+
+
+def test_a_launch_file_replaces_only_where_stages_run(tmp_path):
+    other = tmp_path / "launch.yaml"
+    other.write_text("launch:\n  stages:\n    tokenize: {backend: slurm, array: 3}\n")
+    cfg = load_config("params.yaml", launch_file=other)
+    assert cfg.launch.for_stage("tokenize").array == 3 and cfg.launch.for_stage("curate").backend == "local"
+    assert cfg.model_dump(exclude={"launch"}) == load_config("params.yaml").model_dump(exclude={"launch"})
+    assert load_config("params.yaml", launch_file="infra/slurm/launch.yaml").launch.for_stage("mllm").backend == "slurm"
+    other.write_text("launch: {}\nmllm: {steps: 1}\n")
+    with pytest.raises(ConfigError, match=r"only a `launch:` section .* found \['launch', 'mllm'\]"):
+        load_config("params.yaml", launch_file=other)
+    other.write_text("launch: {stages: {tokenize: {array: -1}}}\n")
+    with pytest.raises(ConfigError, match=r"params.yaml with .*launch.yaml:\n  launch.stages.tokenize.array"):
+        load_config("params.yaml", launch_file=other)

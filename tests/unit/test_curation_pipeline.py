@@ -13,6 +13,7 @@ from badinputs import add_member, add_symlink, huge_png_header, jpeg_bytes, nois
 from dualtoken.config import parse_config
 from dualtoken.curation.pipeline import run_phase1, run_phase2
 from dualtoken.data.tarstream import iter_tar_samples
+from dualtoken.partition import WorkSlice
 
 
 def _bad_tar(path: Path) -> dict[str, str]:
@@ -194,6 +195,27 @@ def test_resume_after_kill_redoes_only_unfinished_units(tmp_path):
 
     changed = parse_config({**raw, "curate": {**raw["curate"], "resolution": 32}})
     assert not any(s.reused for _, s in run_phase1(changed))  # rules changed: stale work is redone
+
+
+def test_array_slices_share_the_work_and_the_whole_run_reuses_it(tmp_path):
+    """What an array job does: each task curates its slice of the input shards (any order, any host sharing the
+    work folder); the stage then finds every shard done and only decides and writes."""
+    raw = {"data": {"sources": [{"kind": "demo", "name": "shapes", "num_images": 150, "images_per_shard": 30}]},
+           "curate": {"workers": 1, "output_dir": str(tmp_path / "out"), "work_dir": str(tmp_path / "work")}}
+    cfg = parse_config(raw)
+    second = run_phase1(cfg, part=WorkSlice(1, 2))
+    first = run_phase1(cfg, part=WorkSlice(0, 2))
+    assert [len(first), len(second)] == [3, 2] and not any(s.reused for _, s in first + second)
+    assert {s.unit_id for _, s in first}.isdisjoint(s.unit_id for _, s in second)
+    whole = run_phase1(cfg)
+    assert len(whole) == 5 and all(s.reused for _, s in whole)
+    sliced = run_phase2(cfg, whole)
+    fresh = parse_config({**raw, "curate": {**raw["curate"], "output_dir": str(tmp_path / "o2"),
+                                            "work_dir": str(tmp_path / "w2")}})
+    alone = run_phase2(fresh, run_phase1(fresh)).stats
+    assert sliced.stats["units"] == {"total": 5, "reused": 5} and alone["units"] == {"total": 5, "reused": 0}
+    assert {**alone, "units": None} == {**sliced.stats, "units": None}
+    assert _digests(tmp_path / "out") == _digests(tmp_path / "o2")  # same bytes as one process doing it all
 
 
 @pytest.mark.parametrize("fmt", ["jsonl", "csv"])

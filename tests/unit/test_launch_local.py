@@ -1,4 +1,5 @@
-"""The local compute backend: log streaming, exit status, cancel (the whole process group) and time limits."""
+"""The local compute backend: log streaming, exit status, cancel (the whole process group), time limits, arrays;
+and the torchrun command a job's stage relaunches itself with."""
 
 import sys
 import threading
@@ -6,8 +7,9 @@ import time
 
 import pytest
 
-from dualtoken.launch.job import JobSpec, JobState, LaunchError
+from dualtoken.launch.job import JobSpec, JobState, LaunchError, combine, run_job
 from dualtoken.launch.local import LocalBackend
+from dualtoken.training.distributed import torchrun_command
 
 
 def _python(code: str) -> tuple[str, ...]:
@@ -87,3 +89,53 @@ def test_cancel_reaches_children_that_outlive_the_first_process_and_waiting_late
     result = backend.wait(job, lines.append)
     assert result.state is JobState.TIMED_OUT and time.monotonic() - t0 < 10 and lines == ["parent"]
     assert backend.wait(job).state is JobState.TIMED_OUT  # waiting again is harmless
+
+
+def test_an_array_job_runs_every_task_with_its_index_and_fails_if_one_fails(tmp_path):
+    backend = LocalBackend(tmp_path / "logs")
+    code = ("import os, sys; i = int(os.environ['DUALTOKEN_ARRAY_INDEX']); "
+            "print(f\"{i} of {os.environ['DUALTOKEN_ARRAY_SIZE']}\"); sys.exit(5 if i == int(sys.argv[1]) else 0)")
+    lines: list[str] = []
+    result = backend.wait(backend.submit(JobSpec("slices", (*_python(code), "-1"), tmp_path, array=3)), lines.append)
+    assert result.ok and sorted(lines) == [f"[task {i}] {i} of 3" for i in range(3)]
+    assert [p.read_text() for p in result.log_paths] == [f"{i} of 3\n" for i in range(3)]
+    failed = backend.wait(backend.submit(JobSpec("slices", (*_python(code), "1"), tmp_path, array=3)))
+    assert failed.state is JobState.FAILED and failed.exit_code == 5
+    assert "--- " in failed.log_tail() and "1 of 3" in failed.log_tail()
+
+
+def test_job_ends_combine_into_the_worst_one():
+    ok, bad = (JobState.SUCCEEDED, 0), (JobState.FAILED, 3)
+    assert combine([ok, ok]) == ok and combine([ok, bad, (JobState.FAILED, 4)]) == bad
+    assert combine([ok, (JobState.CANCELLED, None), bad]) == bad
+    assert combine([ok, (JobState.CANCELLED, None)]) == (JobState.CANCELLED, None)
+    assert combine([bad, (JobState.RUNNING, None)])[0] is JobState.RUNNING  # not over while a task runs
+    assert combine([ok, (JobState.PENDING, None)])[0] is JobState.PENDING
+
+
+def test_an_interrupted_caller_cancels_its_job(tmp_path):
+    backend = LocalBackend(tmp_path / "logs", grace_s=5)
+
+    def interrupt(line: str) -> None:
+        raise KeyboardInterrupt  # what a cancelled Prefect run or Ctrl-C does to the waiting flow
+
+    with pytest.raises(KeyboardInterrupt):
+        run_job(backend, JobSpec("long", _python("import time; print('up', flush=True); time.sleep(60)"), tmp_path),
+                interrupt)
+    (job_id,) = backend._jobs
+    assert backend.wait(job_id).state is JobState.CANCELLED
+
+
+def test_torchrun_command_meets_at_the_job_scripts_rendezvous():
+    argv = ["--params", "p.yaml"]
+    alone = torchrun_command("stages.mllm", 4, argv, {})
+    assert alone[1:] == ["-m", "torch.distributed.run", "--nproc-per-node=4", "--standalone", "-m", "stages.mllm",
+                         *argv]
+    env = {"DUALTOKEN_NNODES": "3", "DUALTOKEN_RDZV_ENDPOINT": "node1:29400", "DUALTOKEN_RDZV_ID": "77",
+           "DUALTOKEN_NODE_LAUNCHER": "srun --nodes=3 --ntasks-per-node=1"}
+    cmd = torchrun_command("stages.mllm", 8, argv, env)
+    assert cmd[:4] == ["srun", "--nodes=3", "--ntasks-per-node=1", alone[0]]
+    assert {"--nnodes=3", "--rdzv-backend=c10d", "--rdzv-endpoint=node1:29400", "--rdzv-id=77",
+            "--nproc-per-node=8"} <= set(cmd) and cmd[-4:] == ["-m", "stages.mllm", *argv]
+    pods = torchrun_command("stages.mllm", 8, argv, {**env, "DUALTOKEN_NODE_LAUNCHER": ""})
+    assert pods[0] == alone[0]  # each node (pod) runs the command itself

@@ -18,7 +18,7 @@ from dualtoken.data.tokens import (
     npy_bytes,
     sample_parts,
 )
-from dualtoken.tokenization.partition import WorkSlice, slice_from_env
+from dualtoken.partition import WorkSlice, slice_from_env
 from dualtoken.tokenization.stats import code_statistics, ranked_fractions, write_usage_csv
 
 LAYOUT = TokenLayout((2, 3), CodeSpec(depth=2, codebook_size=32), CodeSpec(depth=3, codebook_size=70000))
@@ -119,9 +119,11 @@ def test_slice_comes_from_the_launcher_environment():
     assert slice_from_env({"RANK": "3", "WORLD_SIZE": "4", "LOCAL_RANK": "1"}) == WorkSlice(3, 4)
     slurm = {"SLURM_ARRAY_TASK_ID": "12", "SLURM_ARRAY_TASK_MIN": "10", "SLURM_ARRAY_TASK_COUNT": "5"}
     assert slice_from_env(slurm) == WorkSlice(2, 5)
-    assert slice_from_env({"JOB_COMPLETION_INDEX": "1", "DUALTOKEN_WORLD_SIZE": "3"}) == WorkSlice(1, 3)
-    with pytest.raises(ValueError, match="DUALTOKEN_WORLD_SIZE"):
-        slice_from_env({"JOB_COMPLETION_INDEX": "1"})
+    assert slice_from_env({"JOB_COMPLETION_INDEX": "1", "DUALTOKEN_ARRAY_SIZE": "3"}) == WorkSlice(1, 3)
+    assert slice_from_env({"DUALTOKEN_ARRAY_INDEX": "2", "DUALTOKEN_ARRAY_SIZE": "3", **slurm}) == WorkSlice(2, 3)
+    for index in ("JOB_COMPLETION_INDEX", "DUALTOKEN_ARRAY_INDEX"):
+        with pytest.raises(ValueError, match="DUALTOKEN_ARRAY_SIZE"):
+            slice_from_env({index: "1"})
 
 
 def test_code_statistics_of_a_known_histogram(tmp_path):

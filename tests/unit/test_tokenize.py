@@ -19,8 +19,8 @@ from dualtoken.data.curated import from_model_output, load_split, to_model_input
 from dualtoken.data.tokens import CorruptTokens, TokenLayout, load_token_split, read_layout
 from dualtoken.evaluation.reconstruction import psnr
 from dualtoken.models.dualtoken import DualTokenCodes
+from dualtoken.partition import WorkSlice
 from dualtoken.tokenization.job import IncompleteTokenization, Settings, ShardStore, make_plan, tokenize_slice
-from dualtoken.tokenization.partition import WorkSlice
 from dualtoken.tokenization.verify import VerificationFailed
 from tiny import saved_tiny_tokenizer, write_curated_corpus
 

@@ -12,7 +12,8 @@ from pathlib import Path
 from rich.console import Console
 
 from dualtoken.config import Config
-from dualtoken.curation.job import CurateOutputs, ValidationFailed, run_curation
+from dualtoken.curation.job import CurateOutputs, ValidationFailed, curate_inputs, run_curation
+from dualtoken.partition import WorkSlice, slice_from_env
 from dualtoken.tracking import log_dataset, numeric_metrics, run_url, stage_run
 
 STAGE = "curate"
@@ -33,9 +34,18 @@ def _log_outputs(outputs: CurateOutputs) -> None:
     log_dataset("curated", str(outputs.output_dir.resolve()), digest, context="curated", frame=frame)
 
 
-def main(cfg: Config, console: Console | None = None) -> CurateOutputs:
+def main(cfg: Config, console: Console | None = None, part: WorkSlice | None = None) -> CurateOutputs | None:
+    """The whole curation; with a slice (``part``, default from the launcher's environment: an array task)
+    only that slice's input shards, whose results the whole run then reuses."""
     console = console or Console(stderr=True, soft_wrap=True)
     os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
+    part = part or slice_from_env()
+    if not part.whole:
+        units = curate_inputs(cfg, console, part)
+        console.print(f"[bold green]curate {part} done[/]: {len(units)} input shards "
+                      f"({sum(not s.reused for _, s in units)} processed, {sum(s.reused for _, s in units)} "
+                      f"already done) in {cfg.curate.work_dir}. When every slice has finished: dvc repro curate")
+        return None
     with stage_run(STAGE, cfg, sections=("seed", "data", "curate")) as run:
         try:
             outputs = run_curation(cfg, console)

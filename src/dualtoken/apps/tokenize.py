@@ -28,6 +28,7 @@ from dualtoken.data.curated import corpus_digest
 from dualtoken.data.tokens import STREAMS, TokenLayout
 from dualtoken.models.dualtoken import DualTokenModel
 from dualtoken.models.teacher import checkpoint_digest
+from dualtoken.partition import WorkSlice, slice_from_env
 from dualtoken.storage import publish_dir, upload_file
 from dualtoken.tokenization.job import (
     Plan,
@@ -40,7 +41,6 @@ from dualtoken.tokenization.job import (
     make_plan,
     tokenize_slice,
 )
-from dualtoken.tokenization.partition import WorkSlice, slice_from_env
 from dualtoken.tokenization.stats import code_statistics, write_usage_csv, write_usage_plot
 from dualtoken.tokenization.verify import VerificationFailed, verify_reconstruction
 from dualtoken.tracking import log_dataset, run_url

@@ -26,7 +26,9 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from dualtoken.config import Config
 from dualtoken.curation.pipeline import SPLITS, UnitSummary, run_phase1, run_phase2
+from dualtoken.data.sources import InputShard
 from dualtoken.errors import DualtokenError
+from dualtoken.partition import WorkSlice
 from dualtoken.storage import atomic_write, publish_dir
 
 MANIFEST_COLUMNS = ["key", "split", "shard", "width", "height", "pixel_sha256", "phash", "caption",
@@ -79,6 +81,27 @@ def _prefetch(module: str) -> None:
     threading.Thread(target=importlib.import_module, args=(module,), daemon=True).start()
 
 
+def curate_inputs(cfg: Config, console: Console, part: WorkSlice | None = None
+                  ) -> list[tuple[InputShard, UnitSummary]]:
+    """Phase 1 (per input shard, resumable) for ``part`` of the inputs, with a progress bar. On its own it is
+    one array task's share of a run; the whole run reuses what the tasks left in ``curate.work_dir``."""
+    part = part or WorkSlice()
+    t0 = time.perf_counter()
+    label = "input shards" if part.whole else f"input shards ({part})"
+    with Progress(TextColumn("[bold]curate[/] {task.description}"), BarColumn(), MofNCompleteColumn(),
+                  TextColumn("{task.fields[rate]}"), TimeElapsedColumn(), console=console) as bar:
+        task = bar.add_task(label, total=None, rate="")
+        done_images = 0
+
+        def on_unit(summary: UnitSummary, done: int, total: int) -> None:
+            nonlocal done_images
+            done_images += 0 if summary.reused else summary.inputs
+            rate = done_images / max(time.perf_counter() - t0, 1e-9)
+            bar.update(task, completed=done, total=total, rate=f"{rate:,.0f} img/s")
+
+        return run_phase1(cfg, progress=on_unit, part=part)
+
+
 def run_curation(cfg: Config, console: Console | None = None) -> CurateOutputs:
     console = console or Console(stderr=True, soft_wrap=True)
     os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
@@ -90,18 +113,7 @@ def run_curation(cfg: Config, console: Console | None = None) -> CurateOutputs:
     out.mkdir(parents=True, exist_ok=True)
     _clear_previous_outputs(out)
     t0 = time.perf_counter()
-    with Progress(TextColumn("[bold]curate[/] {task.description}"), BarColumn(), MofNCompleteColumn(),
-                  TextColumn("{task.fields[rate]}"), TimeElapsedColumn(), console=console) as bar:
-        task = bar.add_task("input shards", total=None, rate="")
-        done_images = 0
-
-        def on_unit(summary: UnitSummary, done: int, total: int) -> None:
-            nonlocal done_images
-            done_images += 0 if summary.reused else summary.inputs
-            rate = done_images / max(time.perf_counter() - t0, 1e-9)
-            bar.update(task, completed=done, total=total, rate=f"{rate:,.0f} img/s")
-
-        units = run_phase1(cfg, progress=on_unit)
+    units = curate_inputs(cfg, console)
     t1 = time.perf_counter()
     console.print(f"curate: phase 1 done ({sum(s.inputs for _, s in units)} inputs, "
                   f"{sum(s.reused for _, s in units)}/{len(units)} input shards reused) in {t1 - t0:.1f}s; "

@@ -33,6 +33,7 @@ from dualtoken.curation.split import assign_split
 from dualtoken.data.sources import InputShard, iter_shard, plan_shards, unit_fingerprint
 from dualtoken.data.tarstream import RollingTarWriter
 from dualtoken.errors import AccountingError
+from dualtoken.partition import WorkSlice
 from dualtoken.storage import atomic_write
 
 SPLITS = ("train", "val", "test")
@@ -139,9 +140,10 @@ def _reusable(paths: dict[str, Path], fingerprint: str) -> UnitSummary | None:
     return UnitSummary(**done)
 
 
-def run_phase1(cfg: Config, progress: Callable[[UnitSummary, int, int], None] | None = None
-               ) -> list[tuple[InputShard, UnitSummary]]:
-    """Process every input shard not already done; returns (shard, summary) in plan order."""
+def run_phase1(cfg: Config, progress: Callable[[UnitSummary, int, int], None] | None = None,
+               part: WorkSlice | None = None) -> list[tuple[InputShard, UnitSummary]]:
+    """Process every input shard of ``part`` (default: all) not already done; returns (shard, summary) in plan
+    order. Slices run elsewhere (array tasks) leave their results in ``work_dir`` for the whole run to reuse."""
     work = Path(cfg.curate.work_dir)
     (work / "units").mkdir(parents=True, exist_ok=True)
     rules = _rules_fingerprint(cfg.curate)
@@ -149,6 +151,7 @@ def run_phase1(cfg: Config, progress: Callable[[UnitSummary, int, int], None] | 
     for src in cfg.data.sources:
         for shard in plan_shards(src, cfg.storage):
             plan.append((shard, src, unit_fingerprint(shard, rules)))
+    plan = (part or WorkSlice()).take(plan)
     summaries: dict[str, UnitSummary] = {}
     pending = []
     for shard, src, fp in plan:

@@ -1,9 +1,12 @@
 """The Slurm backend: render an sbatch script from a template, ``sbatch --parsable``, follow the job with
-``scontrol`` while streaming its output file, map Slurm's end states and exit codes, ``scancel`` on cancel.
+``scontrol`` while streaming its output file(s), map Slurm's end states and exit codes, ``scancel`` on cancel.
+An array job (``JobSpec.array``) is one ``--array`` submission whose tasks each get ``DUALTOKEN_ARRAY_INDEX``
+and ``DUALTOKEN_ARRAY_SIZE``; it ends when its last task does, failed if any task failed.
 
 Slurm keeps a finished job visible to ``scontrol`` for ``MinJobAge`` seconds (300 by default); a job waited
 on later is looked up in accounting (``sacct``) instead, which needs slurmdbd. The command runs on the first
-node of the allocation: with ``nodes > 1`` it starts its own tasks (``srun torchrun ...``).
+node of the allocation; the template exports where torchrun's rendezvous is and how to reach the other nodes
+(``srun``), so a stage that relaunches itself under torchrun spans every node (``dualtoken.training.distributed``).
 """
 
 from __future__ import annotations
@@ -17,7 +20,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from dualtoken.launch.job import JobResult, JobSpec, JobState, LaunchError, LogSink
+from dualtoken.launch.job import JobResult, JobSpec, JobState, LaunchError, LogSink, combine
 
 PLACEHOLDER = re.compile(r"\{\{\s*(\w+)\s*\}\}")
 STATES = {"PENDING": JobState.PENDING, "CONFIGURING": JobState.PENDING, "REQUEUED": JobState.PENDING,
@@ -41,7 +44,6 @@ class SlurmSettings:
     cpus_per_task: int = 1
     gpus_per_node: int = 0
     mem: str | None = None  # e.g. "64G"
-    time: str | None = None  # e.g. "02:00:00"
     partition: str | None = None
     account: str | None = None
     qos: str | None = None
@@ -80,21 +82,54 @@ def _run(cmd: list[str]) -> str:
     raise AssertionError("unreachable")
 
 
-def parse_job(line: str) -> tuple[JobState, int | None]:
-    """``scontrol show job -o`` line -> (state, exit code; None when the job died by a signal). A state this
+def _exit_code(text: str) -> int | None:
+    """Slurm's ``code:signal``; None when the job died by a signal."""
+    code, signal_number = (int(x) for x in text.split(":"))
+    return None if signal_number else code
+
+
+def parse_job(text: str) -> tuple[JobState, int | None]:
+    """``scontrol show job -o`` output (one line per array task, or one) -> (state, exit code). A state this
     table does not know counts as running: the next poll will see where it went."""
-    fields = dict(item.split("=", 1) for item in line.split() if "=" in item)
-    state = STATES.get(fields.get("JobState", ""), JobState.RUNNING)
-    code, signal_number = (int(x) for x in fields.get("ExitCode", "0:0").split(":"))
-    return state, (None if signal_number else code)
+    ends = []
+    for line in text.strip().splitlines():
+        fields = dict(item.split("=", 1) for item in line.split() if "=" in item)
+        state = STATES.get(fields.get("JobState", ""), JobState.RUNNING)
+        ends.append((state, _exit_code(fields.get("ExitCode", "0:0"))))
+    return combine(ends)
 
 
 def parse_sacct(text: str) -> tuple[JobState, int | None]:
-    """``sacct -n -P -X -o State,ExitCode`` for a job Slurm no longer shows: its end state and exit code."""
-    state_text, exit_text = text.strip().splitlines()[0].split("|")
-    state = STATES.get(state_text.split()[0], JobState.FAILED)  # e.g. "CANCELLED by 0"
-    code, signal_number = (int(x) for x in exit_text.split(":"))
-    return state, (None if signal_number else code)
+    """``sacct -n -P -X -o State,ExitCode`` (a line per array task) for a job Slurm no longer shows."""
+    ends = []
+    for line in text.strip().splitlines():
+        state_text, exit_text = line.split("|")
+        ends.append((STATES.get(state_text.split()[0], JobState.FAILED), _exit_code(exit_text)))  # "CANCELLED by 0"
+    return combine(ends)
+
+
+class _LogTail:
+    """Whole lines appended to a file since the last look (read as bytes: no character split between looks)."""
+
+    def __init__(self, path: Path, prefix: str = "") -> None:
+        self.path, self.prefix, self.offset, self.pending = path, prefix, 0, b""
+
+    def lines(self) -> list[str]:
+        if not self.path.is_file():
+            return []
+        with open(self.path, "rb") as handle:
+            if handle.seek(0, 2) < self.offset:  # truncated (a requeued job starts its log again)
+                self.offset, self.pending = 0, b""
+            handle.seek(self.offset)
+            self.pending += handle.read()
+            self.offset = handle.tell()
+        *whole, self.pending = self.pending.split(b"\n")
+        return [self.prefix + line.decode("utf-8", errors="replace") for line in whole]
+
+    def rest(self) -> list[str]:
+        """The last, unterminated line, once the job has ended."""
+        rest, self.pending = self.pending, b""
+        return [self.prefix + rest.decode("utf-8", errors="replace")] if rest else []
 
 
 class SlurmBackend:
@@ -104,20 +139,22 @@ class SlurmBackend:
         if not settings.template.is_file():
             raise LaunchError(f"sbatch template {settings.template} not found (the default is "
                               "infra/slurm/stage.sbatch)")
-        self._logs: dict[str, Path] = {}
+        self._logs: dict[str, tuple[tuple[Path, ...], bool]] = {}  # job id -> (task logs, whether an array)
         self._ids = itertools.count()
 
     def script(self, spec: JobSpec) -> str:
         s = self.settings
-        values = {"job_name": spec.name, "log_path": str(self.log_dir / f"{spec.name}-%j.log"),
+        log_name = self._log_name(spec.name, "%A", "%a") if spec.array else self._log_name(spec.name, "%j")
+        values = {"job_name": spec.name, "log_path": str(self.log_dir / log_name),
+                  "array": f"0-{spec.array - 1}" if spec.array else "",
                   "nodes": str(s.nodes), "cpus_per_task": str(s.cpus_per_task),
                   "gpus_per_node": str(s.gpus_per_node) if s.gpus_per_node else "", "mem": s.mem or "",
-                  "time": s.time or "", "partition": s.partition or "", "account": s.account or "",
+                  "time": "", "partition": s.partition or "", "account": s.account or "",
                   "qos": s.qos or "", "workdir": shlex.quote(str(Path(spec.workdir).resolve())),
                   "setup": "\n".join(s.setup),
                   "exports": "\n".join(f"export {k}={shlex.quote(v)}" for k, v in spec.env.items()),
                   "command": shlex.join(spec.command)}
-        if spec.time_limit_s is not None and not s.time:  # the site's `time` wins over the job's own limit
+        if spec.time_limit_s is not None:
             values["time"] = str(max(1, math.ceil(spec.time_limit_s / 60)))  # minutes
         return render(s.template.read_text(), values)
 
@@ -126,12 +163,18 @@ class SlurmBackend:
         path = self.log_dir / f"{spec.name}-{time.strftime('%Y%m%d-%H%M%S')}-{next(self._ids)}.sbatch"
         path.write_text(self.script(spec))
         job_id = _run(["sbatch", "--parsable", str(path)]).strip().split(";")[0]
-        self._logs[job_id] = self.log_dir / f"{spec.name}-{job_id}.log"
+        self._logs[job_id] = (tuple(self.log_dir / self._log_name(spec.name, job_id, str(i) if spec.array else None)
+                                    for i in range(spec.tasks)), bool(spec.array))
         return job_id
+
+    @staticmethod
+    def _log_name(name: str, job: str, task: str | None = None) -> str:
+        """The log of a job (``name-<id>.log``) or of one array task (``name-<array id>_<task>.log``)."""
+        return f"{name}-{job}_{task}.log" if task is not None else f"{name}-{job}.log"
 
     def state(self, job_id: str) -> tuple[JobState, int | None]:
         try:
-            return parse_job(_run(["scontrol", "show", "job", "-o", job_id]).strip().splitlines()[0])
+            return parse_job(_run(["scontrol", "show", "job", "-o", job_id]))
         except LaunchError as err:
             if "invalid job id" not in str(err).lower():
                 raise
@@ -142,28 +185,21 @@ class SlurmBackend:
                               "wait on jobs sooner than MinJobAge, or enable accounting (slurmdbd)") from None
 
     def wait(self, job_id: str, on_log: LogSink | None = None) -> JobResult:
-        log_path = self._logs.get(job_id)
-        if log_path is None:
+        if job_id not in self._logs:
             raise LaunchError(f"no job {job_id!r} was submitted through this backend")
-        started, offset, pending = time.monotonic(), 0, b""
+        log_paths, array = self._logs[job_id]
+        tails = [_LogTail(path, f"[task {i}] " if array else "") for i, path in enumerate(log_paths)]
+        started = time.monotonic()
         while True:
             state, code = self.state(job_id)
-            if log_path.is_file():  # stream whole lines written since the last look (bytes: no split characters)
-                with open(log_path, "rb") as handle:
-                    if handle.seek(0, 2) < offset:  # truncated (a requeued job starts its log again)
-                        offset, pending = 0, b""
-                    handle.seek(offset)
-                    pending += handle.read()
-                    offset = handle.tell()
-                *lines, pending = pending.split(b"\n")
-                for line in lines:
-                    if on_log is not None:
-                        on_log(line.decode("utf-8", errors="replace"))
+            lines = [line for tail in tails for line in tail.lines()]
             if state.finished:
-                if pending and on_log is not None:
-                    on_log(pending.decode("utf-8", errors="replace"))
+                lines += [line for tail in tails for line in tail.rest()]
+            for line in lines if on_log is not None else ():
+                on_log(line)
+            if state.finished:
                 return JobResult(job_id, state, code if state in (JobState.SUCCEEDED, JobState.FAILED) else None,
-                                 log_path, time.monotonic() - started)
+                                 log_paths, time.monotonic() - started)
             time.sleep(self.settings.poll_s)
 
     def cancel(self, job_id: str) -> None:

@@ -30,9 +30,9 @@ from dualtoken.data.curated import read_shard_index, to_model_input
 from dualtoken.data.tarstream import TarWriter
 from dualtoken.data.tokens import FORMAT, STREAMS, CorruptTokens, TokenLayout, check_range, sample_parts
 from dualtoken.errors import AccountingError, DualtokenError
+from dualtoken.partition import WorkSlice
 from dualtoken.storage import atomic_write, join_uri
 from dualtoken.tokenization.loader import shard_loader
-from dualtoken.tokenization.partition import WorkSlice
 from dualtoken.tokenization.stats import depth_histogram
 from dualtoken.training.run import save_folder_atomically
 

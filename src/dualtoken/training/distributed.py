@@ -7,8 +7,10 @@ process never creates a process group, so the same training code runs unchanged 
 from __future__ import annotations
 
 import os
+import shlex
 import subprocess
 import sys
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import timedelta
 
@@ -79,15 +81,41 @@ def shutdown_distributed() -> None:
         dist.destroy_process_group()
 
 
-def relaunch_under_torchrun(module: str, nproc: int, argv: list[str]) -> int:
-    """Run ``python -m module argv`` as ``nproc`` local processes (torchrun, standalone rendezvous).
+def torchrun_command(module: str, nproc: int, argv: list[str], env: Mapping[str, str] | None = None) -> list[str]:
+    """The command that runs ``python -m module argv`` as ``nproc`` processes per node.
 
-    Lets a DVC stage command stay ``python -m stages.x`` whatever the process count: the stage calls this
-    when ``nproc > 1`` and it is not already inside a torchrun worker.
+    One node: torchrun's standalone rendezvous. Several (or a scheduler's allocation): the job script says where
+    the c10d rendezvous is (``DUALTOKEN_RDZV_ENDPOINT``, ``DUALTOKEN_RDZV_ID``), how many nodes meet there
+    (``DUALTOKEN_NNODES``) and what starts one torchrun per node (``DUALTOKEN_NODE_LAUNCHER``, e.g. ``srun``;
+    empty where each node runs this command itself, as the pods of a Kubernetes indexed job do).
     """
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}",
-           "-m", module, *argv]
-    return subprocess.call(cmd)
+    env = os.environ if env is None else env
+    run = [sys.executable, "-m", "torch.distributed.run", f"--nproc-per-node={nproc}"]
+    endpoint = env.get("DUALTOKEN_RDZV_ENDPOINT")
+    if not endpoint:
+        return [*run, "--standalone", "-m", module, *argv]
+    rendezvous = ["--rdzv-backend=c10d", f"--rdzv-endpoint={endpoint}",
+                  f"--rdzv-id={env.get('DUALTOKEN_RDZV_ID', 'dualtoken')}"]
+    return [*shlex.split(env.get("DUALTOKEN_NODE_LAUNCHER", "")), *run, f"--nnodes={nodes(env)}", *rendezvous,
+            "-m", module, *argv]
+
+
+def nodes(env: Mapping[str, str] | None = None) -> int:
+    return int((os.environ if env is None else env).get("DUALTOKEN_NNODES", "1"))
+
+
+def needs_torchrun(nproc: int) -> bool:
+    """Whether a stage must relaunch itself: several processes here or several nodes, and not yet a worker."""
+    return (nproc > 1 or nodes() > 1) and not under_torchrun()
+
+
+def relaunch_under_torchrun(module: str, nproc: int, argv: list[str]) -> int:
+    """Run ``python -m module argv`` under torchrun (see ``torchrun_command``); returns its exit status.
+
+    Lets a DVC stage command stay ``python -m stages.x`` whatever the process and node count: the stage calls
+    this when ``needs_torchrun``.
+    """
+    return subprocess.call(torchrun_command(module, nproc, argv))
 
 
 def under_torchrun() -> bool:

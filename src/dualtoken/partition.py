@@ -1,7 +1,8 @@
-"""Which shards this process tokenises: a strided, deterministic slice chosen by rank and world size.
+"""Which input shards this process works on (curation, tokenisation): a strided, deterministic slice chosen
+by rank and world size.
 
-The same rule serves every launcher: ``torchrun`` ranks, a Slurm job array (one task per slice) and a
-Kubernetes indexed job. Shard ``i`` of the ordered list belongs to rank ``i % world``, so every shard is
+The same rule serves every launcher: ``torchrun`` ranks, a job array of any backend (one task per slice) and
+a Kubernetes indexed job. Shard ``i`` of the ordered list belongs to rank ``i % world``, so every shard is
 taken exactly once and the slices differ in size by at most one shard.
 """
 
@@ -44,20 +45,22 @@ class WorkSlice:
 def slice_from_env(env: Mapping[str, str] | None = None) -> WorkSlice:
     """This process's slice from its launcher's environment; the whole list when there is none.
 
-    torchrun sets ``RANK``/``WORLD_SIZE``; a Slurm array task has ``SLURM_ARRAY_TASK_ID`` counted from
-    ``SLURM_ARRAY_TASK_MIN`` out of ``SLURM_ARRAY_TASK_COUNT``; a Kubernetes indexed job has
-    ``JOB_COMPLETION_INDEX`` and needs ``DUALTOKEN_WORLD_SIZE`` (its completions) set in the manifest.
+    torchrun sets ``RANK``/``WORLD_SIZE``; the ``dualtoken.launch`` backends give each array task
+    ``DUALTOKEN_ARRAY_INDEX`` of ``DUALTOKEN_ARRAY_SIZE``; a Slurm array submitted by hand has
+    ``SLURM_ARRAY_TASK_ID`` counted from ``SLURM_ARRAY_TASK_MIN`` out of ``SLURM_ARRAY_TASK_COUNT``; a
+    Kubernetes indexed job has ``JOB_COMPLETION_INDEX`` and needs ``DUALTOKEN_ARRAY_SIZE`` (its completions).
     """
     env = os.environ if env is None else env
     if "WORLD_SIZE" in env:
         return WorkSlice(int(env.get("RANK", "0")), int(env["WORLD_SIZE"]))
+    if "DUALTOKEN_ARRAY_INDEX" in env or "JOB_COMPLETION_INDEX" in env:
+        if "DUALTOKEN_ARRAY_SIZE" not in env:
+            raise SliceError("an array index is set (DUALTOKEN_ARRAY_INDEX or JOB_COMPLETION_INDEX) but "
+                             "DUALTOKEN_ARRAY_SIZE is not: set it to the array's size so each task knows its share")
+        index = env.get("DUALTOKEN_ARRAY_INDEX", env.get("JOB_COMPLETION_INDEX", "0"))
+        return WorkSlice(int(index), int(env["DUALTOKEN_ARRAY_SIZE"]))
     if "SLURM_ARRAY_TASK_ID" in env and "SLURM_ARRAY_TASK_COUNT" in env:
         task, first = int(env["SLURM_ARRAY_TASK_ID"]), int(env.get("SLURM_ARRAY_TASK_MIN", "0"))
         step = int(env.get("SLURM_ARRAY_TASK_STEP", "1"))
         return WorkSlice((task - first) // step, int(env["SLURM_ARRAY_TASK_COUNT"]))
-    if "JOB_COMPLETION_INDEX" in env:
-        if "DUALTOKEN_WORLD_SIZE" not in env:
-            raise SliceError("JOB_COMPLETION_INDEX is set but DUALTOKEN_WORLD_SIZE is not: set it to the "
-                             "indexed job's completions so each pod knows its share")
-        return WorkSlice(int(env["JOB_COMPLETION_INDEX"]), int(env["DUALTOKEN_WORLD_SIZE"]))
     return WorkSlice()

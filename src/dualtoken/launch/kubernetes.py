@@ -1,0 +1,326 @@
+"""The Kubernetes backend: render a job's manifests (``manifests``), check them against the policy, create them
+with the ``kubernetes`` client, follow the job's conditions while streaming its pods' logs, map its end to a
+state and exit code, clean up. One stage is a batch/v1 Job; a sharded stage's slices an indexed Job (one pod
+per slice, ``JOB_COMPLETION_INDEX`` + ``DUALTOKEN_ARRAY_SIZE``); a multi-node stage an indexed Job plus a headless
+Service, or a JobSet, with one pod per node: pod 0 runs the job's command (``dvc repro``), the others its
+worker command, and every pod starts its own torchrun at the c10d rendezvous on pod 0.
+
+A finished job's objects are deleted when it succeeded and kept (``ttl_after_finished_s``) when it did not, for
+``kubectl describe``; its pods' logs are copied to ``log_dir`` either way. Logs are re-read whole at each poll
+(simple and exact; for very chatty jobs raise ``poll_s``).
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+import re
+import shlex
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path, PurePosixPath
+from typing import Any
+
+from dualtoken.launch.job import JobResult, JobSpec, JobState, LaunchError, LogSink
+from dualtoken.launch.manifests import policy_problems, render_template
+
+JOBSET = ("jobset.x-k8s.io", "v1alpha2", "jobsets")
+INDEX_ANNOTATION = "batch.kubernetes.io/job-completion-index"
+
+
+@dataclass(frozen=True)
+class KubernetesSettings:
+    """Site settings (``launch.kubernetes``) and this job's resources (``launch.stages.<stage>``)."""
+
+    templates: Path
+    namespace: str = "default"
+    context: str | None = None
+    image: str = "dualtoken:latest"
+    image_pull_policy: str = "IfNotPresent"
+    service_account: str | None = None
+    workspace_claim: str | None = None
+    workspace_path: str = "/workspace"
+    shm_size: str = "16Gi"
+    node_selector: Mapping[str, str] = field(default_factory=dict)
+    tolerations: tuple[Mapping[str, Any], ...] = ()
+    env_from_secrets: tuple[str, ...] = ()
+    secret_env: Mapping[str, tuple[str, str]] = field(default_factory=dict)  # variable -> (secret, key)
+    multi_node: str = "indexed-job"  # or "jobset"
+    rdzv_port: int = 29500
+    ttl_after_finished_s: int = 86_400
+    poll_s: float = 10.0
+    nodes: int = 1
+    gpus_per_node: int = 0
+    cpus_per_task: int = 1
+    mem: str | None = None  # Slurm's notation (64G = 64 GiB), translated to Kubernetes quantities
+
+
+def k8s_memory(mem: str) -> str:
+    """Slurm's binary units to Kubernetes' (``64G`` -> ``64Gi``); a bare number is MiB, as in Slurm."""
+    number, unit = re.fullmatch(r"([0-9]+)([KMGT]?)", mem).groups()  # type: ignore[union-attr]
+    return f"{number}{unit or 'M'}i"
+
+
+def _conditions(status: Any) -> list[tuple[str, str, str]]:
+    """(type, status, reason) of a typed Job status or a JobSet's status mapping."""
+    if status is None:
+        return []
+    if isinstance(status, dict):
+        return [(c.get("type", ""), c.get("status", ""), c.get("reason") or "") for c in status.get("conditions") or []]
+    return [(c.type, c.status, c.reason or "") for c in status.conditions or []]
+
+
+def end_state(conditions: list[tuple[str, str, str]]) -> JobState | None:
+    """A Job's or JobSet's end from its conditions; None while it has not ended."""
+    for kind, status, reason in conditions:
+        if status != "True":
+            continue
+        if kind in ("Complete", "Completed"):
+            return JobState.SUCCEEDED
+        if kind == "Failed":
+            return JobState.TIMED_OUT if reason == "DeadlineExceeded" else JobState.FAILED
+    return None
+
+
+@dataclass
+class _Tracked:
+    objects: list[dict[str, Any]]
+    log_dir: Path
+    started: float
+    cancelled: bool = False
+    seen: dict[str, int] = field(default_factory=dict)  # pod -> log lines already delivered
+    logs: dict[str, Path] = field(default_factory=dict)  # pod -> its copy under log_dir
+
+
+class KubernetesBackend:
+    def __init__(self, settings: KubernetesSettings, log_dir: str | Path, api_client: Any = None) -> None:
+        self.settings = settings
+        self.log_dir = Path(log_dir)
+        self._api = api_client  # tests pass one pointed at an emulator; else from kubeconfig / in-cluster
+        self._jobs: dict[str, _Tracked] = {}
+        self._ids = itertools.count()
+
+    # ------------------------------------------------------------------------------------- manifests
+    def job_name(self, stage: str) -> str:
+        """A DNS-1123 name, unique per submission and short enough for pod host names."""
+        base = re.sub(r"[^a-z0-9]+", "-", stage.lower()).strip("-")[:24] or "job"
+        return f"dt-{base}-{time.strftime('%m%d%H%M%S')}-{next(self._ids)}"
+
+    def manifests(self, spec: JobSpec, name: str) -> list[dict[str, Any]]:
+        """The objects to create, in order (headless Service first for a multi-node indexed Job)."""
+        s = self.settings
+        multi = s.nodes > 1
+        if multi and spec.worker_command is None:
+            raise LaunchError(f"job {spec.name!r} cannot span {s.nodes} nodes on Kubernetes: it has no worker "
+                              "command for the other pods (the ablation stage, for one, runs on one node)")
+        if multi and spec.array:
+            raise LaunchError(f"job {spec.name!r}: an array's tasks run one pod each; nodes must be 1")
+        workdir = str(spec.workdir)
+        if s.workspace_claim and not PurePosixPath(workdir).is_relative_to(s.workspace_path):
+            raise LaunchError(f"the workspace {workdir} is not under launch.kubernetes.workspace_path "
+                              f"({s.workspace_path}), where the pods mount {s.workspace_claim}: run the flow where the "
+                              "claim is mounted at the same path")
+        env: list[dict[str, Any]] = [{"name": k, "value": str(v)} for k, v in spec.env.items()]
+        if spec.array:
+            env.append({"name": "DUALTOKEN_ARRAY_SIZE", "value": str(spec.array)})
+        command = list(spec.command)
+        if multi:
+            first = f"{name}-0" if s.multi_node == "indexed-job" else f"{name}-node-0-0"
+            env += [{"name": "DUALTOKEN_NNODES", "value": str(s.nodes)},
+                    {"name": "DUALTOKEN_RDZV_ENDPOINT", "value": f"{first}.{name}:{s.rdzv_port}"},
+                    {"name": "DUALTOKEN_RDZV_ID", "value": name}]
+            first_pod, other_pods = shlex.join(spec.command), shlex.join(spec.worker_command or ())
+            command = ["/bin/sh", "-c", f'if [ "${{JOB_COMPLETION_INDEX:-0}}" = 0 ]; then exec {first_pod}; '
+                                        f"else exec {other_pods}; fi"]
+        env += [{"name": var, "valueFrom": {"secretKeyRef": {"name": secret, "key": key}}}
+                for var, (secret, key) in s.secret_env.items()]
+        resources = {"cpu": str(s.cpus_per_task)}
+        if s.mem:
+            resources["memory"] = k8s_memory(s.mem)
+        if s.gpus_per_node:
+            resources["nvidia.com/gpu"] = str(s.gpus_per_node)
+        volumes = [{"name": "shm", "emptyDir": {"medium": "Memory", "sizeLimit": s.shm_size}}]
+        mounts = [{"name": "shm", "mountPath": "/dev/shm"}]
+        if s.workspace_claim:
+            volumes.append({"name": "workspace", "persistentVolumeClaim": {"claimName": s.workspace_claim}})
+            mounts.append({"name": "workspace", "mountPath": s.workspace_path})
+        values = {
+            "name": name, "namespace": s.namespace, "component": re.sub(r"[^A-Za-z0-9_.-]+", "-", spec.name)[:63],
+            "completions": s.nodes if multi else spec.tasks,
+            "completion_mode": "Indexed" if multi or spec.array else "NonIndexed",
+            "time_limit_s": math.ceil(spec.time_limit_s) if spec.time_limit_s else None,
+            "ttl_after_finished_s": s.ttl_after_finished_s,
+            "subdomain": name if multi and s.multi_node == "indexed-job" else None,
+            "service_account": s.service_account, "node_selector": dict(s.node_selector) or None,
+            "tolerations": [dict(t) for t in s.tolerations] or None, "image": s.image,
+            "image_pull_policy": s.image_pull_policy, "workdir": workdir, "command": command, "env": env,
+            "env_from": [{"secretRef": {"name": n}} for n in s.env_from_secrets] or None,
+            "resources": resources, "volume_mounts": mounts, "volumes": volumes, "rdzv_port": s.rdzv_port}
+        job = render_template(s.templates / "job.yaml", values)
+        if not multi:
+            return [job]
+        if s.multi_node == "indexed-job":
+            return [render_template(s.templates / "service.yaml", values), job]
+        return [render_template(s.templates / "jobset.yaml", {**values, "job_spec": job["spec"]})]
+
+    # ------------------------------------------------------------------------------------- the cluster
+    def _client(self) -> Any:
+        if self._api is None:
+            from kubernetes import client, config
+
+            try:
+                if self.settings.context is not None:
+                    raise config.ConfigException("a context is named")
+                config.load_incluster_config()
+            except config.ConfigException:
+                try:
+                    config.load_kube_config(context=self.settings.context)
+                except (config.ConfigException, OSError) as err:
+                    raise LaunchError(f"no Kubernetes configuration ({err}): run inside the cluster with a service "
+                                      "account, or point KUBECONFIG / launch.kubernetes.context at one") from None
+            self._api = client.ApiClient()
+        return self._api
+
+    def _call(self, what: str, fn: Any, *args: Any, **kwargs: Any) -> Any:
+        from kubernetes.client.exceptions import ApiException
+
+        try:
+            return fn(*args, **kwargs)
+        except ApiException as err:
+            raise LaunchError(f"Kubernetes API: {what}: {err.status} {err.reason} {err.body or ''}".rstrip()) from err
+
+    def submit(self, spec: JobSpec) -> str:
+        from kubernetes import client
+        from pydantic import ValidationError
+
+        name = self.job_name(spec.name)
+        objects = self.manifests(spec, name)
+        problems = [problem for obj in objects for problem in policy_problems(obj)]
+        if problems:
+            raise LaunchError(f"job {spec.name!r}: its manifest breaks the pod policy:\n  " + "\n  ".join(problems))
+        api, ns = self._client(), self.settings.namespace
+        created: list[dict[str, Any]] = []
+        try:
+            for obj in objects:
+                if obj["kind"] == "Service":
+                    self._call(f"create Service {name}", client.CoreV1Api(api).create_namespaced_service, ns, obj)
+                elif obj["kind"] == "Job":
+                    self._call(f"create Job {name}", client.BatchV1Api(api).create_namespaced_job, ns, obj)
+                else:
+                    self._call(f"create JobSet {name} (are the JobSet CRDs installed?)",
+                               client.CustomObjectsApi(api).create_namespaced_custom_object, *JOBSET[:2], ns,
+                               JOBSET[2], obj)
+                created.append(obj)
+        except ValidationError as err:  # the client checks every field before sending
+            self._delete(name, created)
+            raise LaunchError(f"job {spec.name!r}: the manifest is not a valid {objects[len(created)]['kind']}: "
+                              f"{err}") from None
+        except LaunchError:
+            self._delete(name, created)
+            raise
+        self._jobs[name] = _Tracked(objects, self.log_dir, time.monotonic())
+        return name
+
+    def _tracked(self, job_id: str) -> _Tracked:
+        if job_id not in self._jobs:
+            raise LaunchError(f"no job {job_id!r} was submitted through this backend")
+        return self._jobs[job_id]
+
+    def _pods(self, name: str) -> list[Any]:
+        from kubernetes import client
+
+        pods = self._call(f"list pods of {name}", client.CoreV1Api(self._client()).list_namespaced_pod,
+                          self.settings.namespace, label_selector=f"dualtoken.job={name}").items
+        mine = [p for p in pods if (p.metadata.labels or {}).get("dualtoken.job") == name]
+        return sorted(mine, key=lambda p: (int((p.metadata.annotations or {}).get(INDEX_ANNOTATION, 0)),
+                                           p.metadata.name))
+
+    def state(self, job_id: str) -> tuple[JobState, int | None, list[Any]]:
+        """(state, exit code, pods) of a submitted job."""
+        from kubernetes import client
+        from kubernetes.client.exceptions import ApiException
+
+        tracked, api, ns = self._tracked(job_id), self._client(), self.settings.namespace
+        try:
+            if tracked.objects[-1]["kind"] == "Job":
+                status = client.BatchV1Api(api).read_namespaced_job_status(job_id, ns).status
+            else:
+                status = client.CustomObjectsApi(api).get_namespaced_custom_object_status(
+                    *JOBSET[:2], ns, JOBSET[2], job_id).get("status")
+        except ApiException as err:
+            if err.status == 404 and tracked.cancelled:
+                return JobState.CANCELLED, None, []
+            if err.status == 404:
+                raise LaunchError(f"Kubernetes job {job_id} is gone (deleted from outside?)") from None
+            raise LaunchError(f"Kubernetes API: read {job_id}: {err.status} {err.reason}") from err
+        pods = self._pods(job_id)
+        if tracked.cancelled:
+            return JobState.CANCELLED, None, pods
+        ended = end_state(_conditions(status))
+        if ended is None:
+            running = any(p.status and p.status.phase in ("Running", "Succeeded", "Failed") for p in pods)
+            return (JobState.RUNNING if running else JobState.PENDING), None, pods
+        codes = [c.state.terminated.exit_code for p in pods for c in (p.status.container_statuses or [])
+                 if p.status and c.state and c.state.terminated]
+        code = next((c for c in codes if c != 0), 0 if ended is JobState.SUCCEEDED else None)
+        return ended, code if ended in (JobState.SUCCEEDED, JobState.FAILED) else None, pods
+
+    def _follow_logs(self, tracked: _Tracked, pods: list[Any], on_log: LogSink | None) -> None:
+        from kubernetes import client
+        from kubernetes.client.exceptions import ApiException
+
+        core = client.CoreV1Api(self._client())
+        several = len(tracked.objects[-1].get("spec", {}).get("replicatedJobs", [])) > 0 or len(pods) > 1
+        for i, pod in enumerate(pods):
+            pod_name = pod.metadata.name
+            try:
+                text = core.read_namespaced_pod_log(pod_name, self.settings.namespace, container="stage")
+            except ApiException:  # not started yet (ContainerCreating) or already gone
+                continue
+            lines = text.splitlines()
+            path = tracked.logs.setdefault(pod_name, tracked.log_dir / f"{pod_name}.log")
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(text)
+            index = (pod.metadata.annotations or {}).get(INDEX_ANNOTATION, str(i))
+            for line in lines[tracked.seen.get(pod_name, 0):]:
+                if on_log is not None:
+                    on_log(f"[pod {index}] {line}" if several else line)
+            tracked.seen[pod_name] = len(lines)
+
+    def wait(self, job_id: str, on_log: LogSink | None = None) -> JobResult:
+        tracked = self._tracked(job_id)
+        while True:
+            state, code, pods = self.state(job_id)
+            self._follow_logs(tracked, pods, on_log)
+            if state.finished:
+                if state is JobState.SUCCEEDED:
+                    self._delete(job_id, tracked.objects)
+                logs = tuple(tracked.logs.values()) or (tracked.log_dir / f"{job_id}.log",)
+                return JobResult(job_id, state, code, logs, time.monotonic() - tracked.started)
+            time.sleep(self.settings.poll_s)
+
+    def cancel(self, job_id: str) -> None:
+        tracked = self._tracked(job_id)
+        tracked.cancelled = True
+        self._delete(job_id, tracked.objects)
+
+    def _delete(self, name: str, objects: list[dict[str, Any]]) -> None:
+        """Delete what was created (pods go with their Job: background propagation); already gone is fine."""
+        from kubernetes import client
+        from kubernetes.client.exceptions import ApiException
+
+        api, ns = self._client(), self.settings.namespace
+        for obj in reversed(objects):
+            try:
+                if obj["kind"] == "Service":
+                    client.CoreV1Api(api).delete_namespaced_service(name, ns)
+                elif obj["kind"] == "Job":
+                    client.BatchV1Api(api).delete_namespaced_job(name, ns, propagation_policy="Background")
+                else:
+                    client.CustomObjectsApi(api).delete_namespaced_custom_object(
+                        *JOBSET[:2], ns, JOBSET[2], name, propagation_policy="Background")
+            except ApiException as err:
+                if err.status != 404:
+                    raise LaunchError(f"Kubernetes API: delete {obj['kind']} {name}: {err.status} "
+                                      f"{err.reason}") from err
