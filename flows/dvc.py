@@ -103,6 +103,6 @@ def repro(stage: str, workspace: Path, env: Mapping[str, str], log: Callable[[st
         workers = ("python", "-m", f"stages.{stage}", "--params", params) if want.nodes > 1 else None
         result = _run(backend, JobSpec(stage, ("dvc", "repro", stage), workspace, env, limit,
                                        worker_command=workers), watch)
+        digest = lock_hash(stage, workspace)  # under the lock: this run's entry, not a later flow's
     where = "here" if want.backend == "local" else f"{want.backend} job {result.job_id}"
-    status = "restored" if restored else "ran"
-    return StageOutcome(stage, status, time.perf_counter() - t0, lock_hash(stage, workspace), where)
+    return StageOutcome(stage, "restored" if restored else "ran", time.perf_counter() - t0, digest, where)

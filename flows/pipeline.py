@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
 import sys
 from pathlib import Path
 
@@ -138,6 +139,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--launch", help="a YAML file whose `launch:` section says where stages run "
                                          "(default: params.yaml's), e.g. infra/slurm/launch.yaml")
     args = parser.parse_args(argv)
+    # Terminated (a scheduler's time limit, `kill`): Prefect's own handler cancels the running stage's job and
+    # then re-delivers the signal to the handler it found. Exit through Python rather than dying by the signal,
+    # so that exit handlers run and the ephemeral Prefect API server goes down with this process.
+    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
     try:
         dualtoken_pipeline(params=args.params, workspace=args.workspace, launch=args.launch)
     except (ConfigError, TrackingError) as err:

@@ -1,6 +1,6 @@
 """What every torch stage entry does: parse ``--params`` (and a stage's own positional arguments), relaunch
-under torchrun for ``runtime.nproc > 1``, run the application, turn known failures into exit status 2 with
-one line."""
+under torchrun for ``runtime.nproc > 1`` or a multi-node job (``needs_torchrun``), run the application, turn
+known failures into exit status 2 with one line."""
 
 from __future__ import annotations
 

@@ -28,8 +28,9 @@ def s3_env(s3_server, monkeypatch):
 
 
 @pytest.fixture(scope="session")
-def mlflow_server(tmp_path_factory):
-    server = start_mlflow(tmp_path_factory.mktemp("mlflow"))
+def mlflow_server(tmp_path_factory, s3_server):
+    """A team-style MLflow server: SQLite store, artifacts proxied into the S3 server's ``mlflow`` bucket."""
+    server = start_mlflow(tmp_path_factory.mktemp("mlflow"), s3_server)
     yield server
     server.stop()
 
@@ -43,10 +44,12 @@ def prefect_server(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def slurm_cluster(tmp_path_factory):
-    """A single-node Slurm started by infra/local/slurm.sh (Debian's slurmctld/slurmd/munge must be installed)."""
+    """A single-node Slurm with accounting (sacct) started by infra/local/slurm.sh (Debian's slurmctld, slurmd,
+    slurm-client, munge, slurmdbd and mariadb-server must be installed; .ci/run installs them)."""
     root = tmp_path_factory.mktemp("slurm")
     script = Path(__file__).resolve().parents[1] / "infra" / "local" / "slurm.sh"
-    started = subprocess.run(["bash", str(script), "start", str(root)], capture_output=True, text=True, timeout=120)
+    started = subprocess.run(["bash", str(script), "start", "--accounting", str(root)], capture_output=True,
+                             text=True, timeout=120)
     if started.returncode != 0:
         raise RuntimeError(f"could not start the local Slurm: {started.stderr[-2000:]}")
     yield root / "slurm.conf"

@@ -225,19 +225,27 @@ class MlflowServer:
         _stop(self.process)
 
 
-def start_mlflow(workdir: Path, timeout: float = 120.0) -> MlflowServer:
-    """Start `mlflow server` with one worker and wait for /health.
+MLFLOW_BUCKET = "mlflow"
+
+
+def start_mlflow(workdir: Path, s3: S3Server | None = None, timeout: float = 120.0) -> MlflowServer:
+    """Start `mlflow server` with one worker and wait for /health. Artifacts are proxied through the server
+    (clients need no storage credentials) into ``s3://mlflow/`` on ``s3`` when given, else a local folder.
 
     Job execution is off: by default the server also forks a job runner and seven huey consumers (~700 MiB more,
     twice the start-up time) for GenAI jobs the pipeline never submits.
     """
     workdir.mkdir(parents=True, exist_ok=True)
     port = free_port()
+    destination, env = str(workdir / "artifacts"), {"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
+    if s3 is not None:
+        destination = f"s3://{s3.make_bucket(MLFLOW_BUCKET)}/artifacts"
+        env.update(s3.env(), MLFLOW_S3_ENDPOINT_URL=s3.endpoint_url)
     cmd = [_tool("mlflow"), "server", "--backend-store-uri", f"sqlite:///{workdir / 'mlflow.db'}",
-           "--serve-artifacts", "--artifacts-destination", str(workdir / "artifacts"),
+           "--serve-artifacts", "--artifacts-destination", destination,
            "--host", LOOPBACK, "--port", str(port), "--workers", "1"]
     log_path = workdir / "mlflow.log"
-    proc = _spawn(cmd, log_path, {"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"})
+    proc = _spawn(cmd, log_path, env)
     uri = f"http://{LOOPBACK}:{port}"
     _wait(lambda: _http_ok(f"{uri}/health"), proc, log_path, "MLflow server", timeout)
     return MlflowServer(uri, proc, log_path)

@@ -504,14 +504,18 @@ class StageLaunch(_Strict):
     cpus_per_task: int = Field(1, ge=1, le=1024, description="CPUs per node for the stage's processes")
     mem: str | None = Field(None, pattern=r"^[0-9]+[KMGT]?$", description="memory per node, e.g. 64G")
     time_limit_min: int | None = Field(None, ge=1, description="the job is stopped (timed out) after this long")
-    array: int = Field(0, ge=0, le=10_000, description="curate/tokenize: split the input shards over this many "
-                                                        "array tasks that run before the stage itself")
+    array: int = Field(0, ge=0, le=1000, description="curate/tokenize: split the input shards over this many "
+                                                      "array tasks that run before the stage itself")
 
     @model_validator(mode="after")
-    def _local_is_one_node(self) -> StageLaunch:
+    def _fits_the_backend(self) -> StageLaunch:
         if self.backend == "local" and self.nodes > 1:
             raise ValueError(f"nodes: the local backend runs on this machine; nodes={self.nodes} needs a scheduler "
-                             "(backend: slurm)")
+                             "(backend: slurm or kubernetes)")
+        if self.array and self.nodes > 1:
+            raise ValueError("array: each array task runs on one node; set nodes: 1")
+        if self.backend == "kubernetes" and self.mem is None:
+            raise ValueError("mem: a Kubernetes job needs a memory limit (e.g. mem: 64G)")
         return self
 
 
@@ -579,6 +583,9 @@ class LaunchConfig(_Strict):
             if launch.nodes > 1 and stage not in _STAGE_PROCESSES:
                 raise ValueError(f"stages.{stage}.nodes: {stage} runs in one process; only "
                                  f"{', '.join(_STAGE_PROCESSES)} span nodes")
+            if launch.backend == "kubernetes" and not self.kubernetes.workspace_claim:
+                raise ValueError(f"stages.{stage}: a Kubernetes job needs the workspace: set "
+                                 "kubernetes.workspace_claim (a PersistentVolumeClaim the flow's pod mounts too)")
             if launch.nodes > 1 and launch.backend == "kubernetes" and stage == "ablation":
                 raise ValueError("stages.ablation.nodes: on Kubernetes every pod runs its own command, and the "
                                  "ablation's variants run one after another in pod 0: use one node (or Slurm)")

@@ -14,10 +14,13 @@ from workspace import SMALL_PARAMS, make_workspace, workspace_env
 pytestmark = [pytest.mark.e2e, pytest.mark.integration]
 
 # Curation on this machine in two slices (a local array), every torch stage a Slurm job, tokenisation's two
-# slices a Slurm array: the demo pipeline as a cluster would run it.
+# slices a Slurm array; shards published to S3 and tokenised from there, MLflow artifacts on S3 behind the
+# tracking server: the demo pipeline as a team's cluster would run it.
 ON_SLURM = {**SMALL_PARAMS, "launch.slurm.poll_s": 0.5, "launch.stages": {
     "curate": {"array": 2}, "tokenize": {"backend": "slurm", "array": 2},
-    **{stage: {"backend": "slurm"} for stage in ("teacher", "tokenizer", "mllm", "ablation", "evaluate")}}}
+    **{stage: {"backend": "slurm"} for stage in ("teacher", "tokenizer", "mllm", "ablation", "evaluate")}},
+    "curate.publish_uri": "s3://flow/curated", "tokenize.input": "s3://flow/curated",
+    "tokenize.publish_uri": "s3://flow/tokens"}
 
 
 def _flow(ws, env):
@@ -25,14 +28,17 @@ def _flow(ws, env):
                           text=True, timeout=600)
 
 
-def test_flow_runs_stages_as_jobs_through_dvc_and_records_lineage(tmp_path, mlflow_server, slurm_env, monkeypatch):
+def test_flow_runs_stages_as_jobs_through_dvc_and_records_lineage(tmp_path, mlflow_server, prefect_server, slurm_env,
+                                                                  s3_env, monkeypatch):
+    """The team set-up: Prefect server, MLflow server with artifacts on S3, corpora on S3, stages on Slurm."""
     monkeypatch.setenv("MLFLOW_TRACKING_URI", mlflow_server.uri)  # undone after the test (set_tracking_uri sets it)
+    s3_env.make_bucket("flow")
     ws = make_workspace(tmp_path / "ws", ON_SLURM)
-    env = workspace_env(MLFLOW_TRACKING_URI=mlflow_server.uri, PREFECT_HOME=str(tmp_path / "prefect"),
-                        PREFECT_SERVER_ANALYTICS_ENABLED="false")
+    env = workspace_env(MLFLOW_TRACKING_URI=mlflow_server.uri, **prefect_server.env())
     first = _flow(ws, env)
     assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
     _check_jobs(first.stdout + first.stderr, ws)
+    _check_s3(s3_env, ws)
 
     client = MlflowClient(mlflow_server.uri)
     exp = client.get_experiment_by_name("dualtoken")
@@ -54,6 +60,7 @@ def test_flow_runs_stages_as_jobs_through_dvc_and_records_lineage(tmp_path, mlfl
     inputs = {d.dataset.name: d for d in stage.inputs.dataset_inputs}
     assert {"shapes", "mnist", "curated"} <= set(inputs)
     assert client.download_artifacts(parent.info.run_id, "pipeline_summary.md", str(tmp_path))
+    _check_prefect(prefect_server, parent.data.tags["prefect.flow_run_id"])
 
     _check_training_stages(client, runs, parent, ws, tmp_path, mlflow_server.uri)
     _check_tokenize(client, runs, parent, ws)
@@ -67,6 +74,53 @@ def test_flow_runs_stages_as_jobs_through_dvc_and_records_lineage(tmp_path, mlfl
     for name in ("curate", "teacher", "tokenizer", "tokenize", "mllm", "ablation@d_dualtoken", "evaluate"):
         assert sum(r.data.tags.get("dualtoken.stage") == name for r in runs) == 1  # DVC skipped them
     assert sum(r.data.tags.get("dualtoken.stage") == "pipeline" for r in runs) == 2
+    _check_dvc_remote(ws, env, s3_env, tmp_path)
+
+
+def _check_s3(s3, ws):
+    """Both corpora were published (the token index last, after its shards) and tokenised from S3."""
+    keys = {o["Key"] for o in s3.client().list_objects_v2(Bucket="flow")["Contents"]}
+    assert {"curated/manifest.parquet", "curated/shards.json", "tokens/shards.json"} <= keys
+    local = {p.relative_to(ws / "data/tokens").as_posix() for p in (ws / "data/tokens").rglob("*") if p.is_file()}
+    assert {f"tokens/{name}" for name in local} <= keys
+    index = json.loads((ws / "data/tokens/shards.json").read_text())
+    assert index["corpus"]["path"] == "s3://flow/curated"
+
+
+def _check_dvc_remote(ws, env, s3, tmp_path):
+    """What a job on a machine without the shared workspace does: `dvc push` here, clone + `dvc pull` there,
+    and every output is back, byte for byte, with nothing for DVC to redo."""
+    def dvc(*args, cwd):
+        out = subprocess.run(["dvc", *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=600)
+        assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-2000:]
+        return out.stdout
+
+    dvc("remote", "add", "-d", "store", "s3://flow/dvc", cwd=ws)
+    dvc("remote", "modify", "store", "endpointurl", s3.endpoint_url, cwd=ws)
+    git = ["git", "-c", "user.email=t@example.invalid", "-c", "user.name=test"]
+    subprocess.run(["git", "add", "-A"], cwd=ws, check=True)
+    subprocess.run([*git, "commit", "-qm", "pipeline run"], cwd=ws, check=True)
+    dvc("push", cwd=ws)
+    elsewhere = tmp_path / "elsewhere"
+    subprocess.run(["git", "clone", "-q", str(ws), str(elsewhere)], check=True)
+    dvc("pull", cwd=elsewhere)
+    for out in ("data/tokens/shards.json", "models/mllm/config.json", "models/tokenizer/model.safetensors",
+                "reports/report.html"):
+        assert (elsewhere / out).read_bytes() == (ws / out).read_bytes(), out
+    assert json.loads(dvc("status", "--json", cwd=elsewhere)) == {}
+
+
+def _check_prefect(server, flow_run_id):
+    """The run is on the team's Prefect server, completed, with its summary and the evaluation as artifacts."""
+    import urllib.request
+
+    with urllib.request.urlopen(f"{server.api_url}/flow_runs/{flow_run_id}", timeout=10) as response:
+        assert json.loads(response.read())["state_type"] == "COMPLETED"
+    request = urllib.request.Request(f"{server.api_url}/artifacts/filter", method="POST", data=json.dumps(
+        {"artifacts": {"flow_run_id": {"any_": [flow_run_id]}}}).encode(), headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(request, timeout=10) as response:
+        keys = {a["key"] for a in json.loads(response.read())}
+    assert {"dualtoken-pipeline-summary", "dualtoken-evaluation"} <= keys
 
 
 def _check_jobs(log, ws):
@@ -178,3 +232,29 @@ def test_failing_stage_job_is_retried_and_the_run_marked_failed(tmp_path, slurm_
     pipeline = [r for r in runs if r.data.tags.get("dualtoken.stage") == "pipeline"]
     assert [r.info.status for r in pipeline] == ["FAILED"]
     assert sorted(r.info.status for r in runs if r.data.tags.get("dualtoken.stage") == "curate") == ["FAILED"] * 2
+
+
+def test_a_terminated_flow_cancels_its_running_slurm_job(tmp_path, slurm_env):
+    """What a cancelled Prefect run does to the flow's process (SIGTERM, Prefect's bridge raises in the flow):
+    the stage's Slurm job is scancelled, not left running unowned."""
+    import signal
+
+    params = {**SMALL_PARAMS, "pipeline.stages": ["curate"], "pipeline.retries": 0, "launch.slurm.poll_s": 0.5,
+              "launch.stages": {"curate": {"backend": "slurm"}},
+              "data.sources": [{"kind": "demo", "name": "shapes", "num_images": 50000, "images_per_shard": 500}]}
+    ws = make_workspace(tmp_path / "ws", params)
+    env = workspace_env(PREFECT_HOME=str(tmp_path / "prefect"), PREFECT_SERVER_ANALYTICS_ENABLED="false")
+    flow = subprocess.Popen([sys.executable, "-m", "flows.pipeline"], cwd=ws, env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
+    job = None
+    for line in flow.stdout:  # the job's own log, streamed: it is running once curation reports progress
+        found = re.search(r"dualtoken: job (\d+) on ", line)
+        job = found[1] if found else job
+        if job and "Running stage 'curate'" in line:
+            break
+    assert job, "the curate job never started"
+    flow.send_signal(signal.SIGTERM)
+    rest = flow.communicate(timeout=120)[0]
+    assert flow.returncode == 143 and "Stopping temporary server" in rest, rest[-2000:]  # exited, cleaned up
+    state = subprocess.run(["scontrol", "show", "job", "-o", job], capture_output=True, text=True).stdout
+    assert "JobState=CANCELLED" in state, state + rest[-2000:]

@@ -234,10 +234,15 @@ def test_a_multi_node_job_creates_its_service_and_streams_every_pods_log(cluster
     backend = KubernetesBackend(_settings(nodes=2), tmp_path / "logs", api_client=api)
     job = backend.submit(_spec("mllm", worker_command=("python", "-m", "stages.mllm")))
     assert client.CoreV1Api(api).read_namespaced_service(job, NS).spec.cluster_ip == "None"
-    controller.start(job, pods=2)
-    controller.finish(job, [0, 0])
+    pods = controller.start(job, pods=2)
+    controller.core.patch_namespaced_pod_status(pods[1], NS, {"status": {"phase": "Pending", "containerStatuses": [
+        {"name": "stage", "image": "dualtoken:latest", "imageID": "", "ready": False, "restartCount": 0,
+         "state": {"waiting": {"reason": "ImagePullBackOff", "message": "no such image"}}}]}})
     lines = []
-    assert backend.wait(job, lines.append).ok and lines == ["[pod 0] pod 0 up", "[pod 1] pod 1 up"]
+    threading.Timer(0.3, controller.finish, (job, [0, 0])).start()  # first polls: running, one pod stuck; then it ends
+    assert backend.wait(job, lines.append).ok
+    assert lines[:3] == [f"pod {pods[1]} waiting: ImagePullBackOff: no such image", "[pod 0] pod 0 up",
+                         "[pod 1] pod 1 up"]
     with pytest.raises(ApiException):  # both objects cleaned up
         client.CoreV1Api(api).read_namespaced_service(job, NS)
 
@@ -279,3 +284,14 @@ def test_the_prefect_work_pool_template_and_the_flow_rbac_are_valid(tmp_path):
     rules = {(group, resource) for rule in documents[1]["rules"] for group in rule["apiGroups"]
              for resource in rule["resources"]}
     assert {("batch", "jobs"), ("", "pods/log"), ("", "services"), ("jobset.x-k8s.io", "jobsets")} <= rules
+
+
+def test_credential_names_are_recognised_without_false_alarms():
+    from dualtoken.launch.manifests import is_secret_name
+
+    for name in ("AWS_SECRET_ACCESS_KEY", "AWS_ACCESS_KEY_ID", "MLFLOW_TRACKING_TOKEN", "PGPASSWORD", "MYSQL_PWD",
+                 "PREFECT_API_AUTH_STRING", "SENTRY_DSN", "PREFECT_API_DATABASE_CONNECTION_URL", "HF_TOKEN"):
+        assert is_secret_name(name), name
+    for name in ("DUALTOKEN_PARENT_RUN_ID", "DUALTOKEN_ARRAY_SIZE", "MLFLOW_TRACKING_URI", "AWS_ENDPOINT_URL",
+                 "DUALTOKEN_WORKSPACE", "MONKEY_PATCH"):
+        assert not is_secret_name(name), name

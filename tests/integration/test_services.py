@@ -39,7 +39,7 @@ def test_s3_refuses_wrong_credentials(s3_server, field):
         assert err.value.response["ResponseMetadata"]["HTTPStatusCode"] == 403
 
 
-def test_mlflow_server_stores_runs(mlflow_server, tmp_path):
+def test_mlflow_server_stores_runs_with_artifacts_on_s3(mlflow_server, s3_server, tmp_path):
     from mlflow.tracking import MlflowClient
 
     client = MlflowClient(mlflow_server.uri)
@@ -58,3 +58,5 @@ def test_mlflow_server_stores_runs(mlflow_server, tmp_path):
     path = client.download_artifacts(run_id, "note.txt", str(tmp_path / "dl"))
     with open(path) as handle:
         assert handle.read() == "hello"
+    keys = [o["Key"] for o in s3_server.client().list_objects_v2(Bucket="mlflow")["Contents"]]
+    assert any(key.endswith(f"{run_id}/artifacts/note.txt") for key in keys), keys  # proxied into S3

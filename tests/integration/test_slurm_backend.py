@@ -1,8 +1,10 @@
 """The Slurm backend against a real single-node Slurm on this machine: submit, stream, exit codes, cancel,
 arrays, and the template's srun + torchrun c10d path."""
 
+import subprocess
 import sys
 import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -57,6 +59,17 @@ def test_scontrol_states_and_exit_codes_map_to_job_states():
     assert parse_sacct("COMPLETED|0:0\nTIMEOUT|0:15\n") == (JobState.TIMED_OUT, None)
 
 
+def _accounted(job_id):
+    """How Slurm's accounting (slurmdbd, what ``sacct`` reads once scontrol forgets a job) says the job ended."""
+    for _ in range(100):
+        out = subprocess.run(["sacct", "-j", job_id, "-n", "-P", "-X", "-o", "State,ExitCode"], capture_output=True,
+                             text=True, check=True).stdout
+        if out.strip() and not out.startswith(("RUNNING", "PENDING", "COMPLETING")):
+            return parse_sacct(out)
+        time.sleep(0.2)  # the controller hands finished jobs to slurmdbd asynchronously
+    raise AssertionError(f"sacct has no end for job {job_id}")
+
+
 def test_a_job_runs_on_slurm_streams_its_log_and_reports_its_exit_code(slurm_env, tmp_path):
     backend = _backend(tmp_path)
     lines = []
@@ -68,6 +81,10 @@ def test_a_job_runs_on_slurm_streams_its_log_and_reports_its_exit_code(slurm_env
     assert any(line.startswith(f"dualtoken: job {job} on ") for line in lines)
     failed = backend.wait(backend.submit(JobSpec("bad", _python("import sys; print('boom'); sys.exit(3)"), tmp_path)))
     assert failed.state is JobState.FAILED and failed.exit_code == 3 and "boom" in failed.log_path.read_text()
+    # accounting, where the backend looks once scontrol has forgotten a job, tells the same ends
+    assert _accounted(result.job_id) == (JobState.SUCCEEDED, 0) and _accounted(failed.job_id) == (JobState.FAILED, 3)
+    with pytest.raises(LaunchError, match="sacct has no record"):
+        backend.state("999999")
 
 
 def test_a_cancelled_slurm_job_ends_cancelled(slurm_env, tmp_path):
@@ -83,6 +100,7 @@ def test_a_cancelled_slurm_job_ends_cancelled(slurm_env, tmp_path):
 
     result = backend.wait(job, on_log)
     assert result.state is JobState.CANCELLED and result.exit_code is None and "started" in seen
+    assert _accounted(job) == (JobState.CANCELLED, None)
     with pytest.raises(LaunchError, match="no job 'nope'"):
         backend.wait("nope")
 

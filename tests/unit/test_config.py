@@ -101,6 +101,14 @@ def test_launch_settings_are_checked_against_the_stages():
     launch({"mllm": {"backend": "slurm", "gpus_per_node": 8}}, mllm={"runtime": {"nproc": 8}})
     with pytest.raises(ConfigError, match=r"launch.stages.mllm.mem"):
         launch({"mllm": {"mem": "lots"}})
+    with pytest.raises(ConfigError, match="each array task runs on one node"):
+        launch({"tokenize": {"backend": "slurm", "array": 2, "nodes": 2}})
+    with pytest.raises(ConfigError, match="needs a memory limit"):
+        launch({"teacher": {"backend": "kubernetes"}})
+    with pytest.raises(ConfigError, match=r"stages.teacher: a Kubernetes job needs the workspace"):
+        launch({"teacher": {"backend": "kubernetes", "mem": "8G"}})
+    parse_config({**MINIMAL, "launch": {"kubernetes": {"workspace_claim": "ws"},
+                                        "stages": {"teacher": {"backend": "kubernetes", "mem": "8G"}}}})
 
 
 def test_a_launch_file_replaces_only_where_stages_run(tmp_path):

@@ -2,17 +2,22 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from enum import Enum
 from pathlib import Path
-from typing import Protocol
+from typing import Protocol, TypeVar
 
 from dualtoken.errors import DualtokenError
 
 
 class LaunchError(DualtokenError, RuntimeError):
     """A job could not be submitted, or an unknown job was asked about."""
+
+
+class TransientLaunchError(LaunchError):
+    """The scheduler or API server did not answer this time (restarting, overloaded, connection dropped)."""
 
 
 class JobState(str, Enum):
@@ -85,6 +90,8 @@ _SEVERITY = (JobState.FAILED, JobState.TIMED_OUT, JobState.CANCELLED, JobState.S
 def combine(ends: list[tuple[JobState, int | None]]) -> tuple[JobState, int | None]:
     """One (state, exit code) for a job's tasks: running while any runs, pending while any waits and none runs,
     else the most severe end, with the exit code of the first task that ended that way."""
+    if not ends:
+        raise LaunchError("the scheduler reported no tasks for the job")
     states = {state for state, _ in ends}
     for waiting in (JobState.RUNNING, JobState.PENDING):
         if waiting in states:
@@ -94,6 +101,7 @@ def combine(ends: list[tuple[JobState, int | None]]) -> tuple[JobState, int | No
 
 
 LogSink = Callable[[str], None]
+T = TypeVar("T")
 
 
 class Backend(Protocol):
@@ -113,6 +121,28 @@ def run_job(backend: Backend, spec: JobSpec, on_log: LogSink | None = None) -> J
     job_id = backend.submit(spec)
     try:
         return backend.wait(job_id, on_log)
-    except BaseException:
-        backend.cancel(job_id)
+    except BaseException as interrupt:
+        try:
+            backend.cancel(job_id)
+        except Exception as err:  # the interrupt is what the caller must see; say the job may live on
+            if on_log is not None:
+                on_log(f"could not cancel job {job_id} ({err}); cancel it by hand")
+            interrupt.add_note(f"job {job_id} may still be running: cancelling it failed ({err})")
         raise
+
+
+def patiently(check: Callable[[], T], what: str, on_log: LogSink | None, patience_s: float = 600.0) -> T:
+    """``check()``, retried with back-off while it fails transiently (a scheduler or API server restarting, a
+    dropped connection) for up to ``patience_s``: one failed poll must not cancel a job that has run for days.
+    Other errors (an unknown job) are answers and go straight up."""
+    deadline, delay = time.monotonic() + patience_s, 1.0
+    while True:
+        try:
+            return check()
+        except (TransientLaunchError, OSError) as err:
+            if time.monotonic() + delay > deadline:
+                raise LaunchError(f"{what}: still failing after {patience_s:.0f}s: {err}") from err
+            if on_log is not None:
+                on_log(f"{what} failed ({err}); retrying in {delay:.0f}s")
+            time.sleep(delay)
+            delay = min(delay * 2, 60.0)

@@ -15,6 +15,7 @@ from __future__ import annotations
 import itertools
 import math
 import re
+import secrets
 import shlex
 import time
 from collections.abc import Mapping
@@ -22,10 +23,19 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-from dualtoken.launch.job import JobResult, JobSpec, JobState, LaunchError, LogSink
+from dualtoken.launch.job import (
+    JobResult,
+    JobSpec,
+    JobState,
+    LaunchError,
+    LogSink,
+    TransientLaunchError,
+    patiently,
+)
 from dualtoken.launch.manifests import policy_problems, render_template
 
 JOBSET = ("jobset.x-k8s.io", "v1alpha2", "jobsets")
+REQUEST_TIMEOUT = (10, 60)  # seconds to connect, to read: a half-open connection must not hang the flow
 INDEX_ANNOTATION = "batch.kubernetes.io/job-completion-index"
 
 
@@ -91,6 +101,7 @@ class _Tracked:
     cancelled: bool = False
     seen: dict[str, int] = field(default_factory=dict)  # pod -> log lines already delivered
     logs: dict[str, Path] = field(default_factory=dict)  # pod -> its copy under log_dir
+    waiting: dict[str, str] = field(default_factory=dict)  # pod -> why it last said it is not running yet
 
 
 class KubernetesBackend:
@@ -103,9 +114,10 @@ class KubernetesBackend:
 
     # ------------------------------------------------------------------------------------- manifests
     def job_name(self, stage: str) -> str:
-        """A DNS-1123 name, unique per submission and short enough for pod host names."""
+        """A DNS-1123 name, unique per submission (flows on other checkouts share the namespace) and short
+        enough for pod host names."""
         base = re.sub(r"[^a-z0-9]+", "-", stage.lower()).strip("-")[:24] or "job"
-        return f"dt-{base}-{time.strftime('%m%d%H%M%S')}-{next(self._ids)}"
+        return f"dt-{base}-{time.strftime('%m%d%H%M%S')}-{next(self._ids)}{secrets.token_hex(2)}"
 
     def manifests(self, spec: JobSpec, name: str) -> list[dict[str, Any]]:
         """The objects to create, in order (headless Service first for a multi-node indexed Job)."""
@@ -183,12 +195,17 @@ class KubernetesBackend:
         return self._api
 
     def _call(self, what: str, fn: Any, *args: Any, **kwargs: Any) -> Any:
+        """An API call with a timeout; a 5xx, 429 or lost connection is transient, anything else an answer."""
         from kubernetes.client.exceptions import ApiException
+        from urllib3.exceptions import HTTPError
 
         try:
-            return fn(*args, **kwargs)
+            return fn(*args, _request_timeout=REQUEST_TIMEOUT, **kwargs)
         except ApiException as err:
-            raise LaunchError(f"Kubernetes API: {what}: {err.status} {err.reason} {err.body or ''}".rstrip()) from err
+            error = TransientLaunchError if (err.status or 0) >= 500 or err.status == 429 else LaunchError
+            raise error(f"Kubernetes API: {what}: {err.status} {err.reason} {err.body or ''}".rstrip()) from err
+        except HTTPError as err:
+            raise TransientLaunchError(f"Kubernetes API: {what}: {err}") from err
 
     def submit(self, spec: JobSpec) -> str:
         from kubernetes import client
@@ -244,16 +261,19 @@ class KubernetesBackend:
         tracked, api, ns = self._tracked(job_id), self._client(), self.settings.namespace
         try:
             if tracked.objects[-1]["kind"] == "Job":
-                status = client.BatchV1Api(api).read_namespaced_job_status(job_id, ns).status
+                status = self._call(f"read Job {job_id}", client.BatchV1Api(api).read_namespaced_job_status,
+                                    job_id, ns).status
             else:
-                status = client.CustomObjectsApi(api).get_namespaced_custom_object_status(
-                    *JOBSET[:2], ns, JOBSET[2], job_id).get("status")
-        except ApiException as err:
-            if err.status == 404 and tracked.cancelled:
+                status = self._call(f"read JobSet {job_id}",
+                                    client.CustomObjectsApi(api).get_namespaced_custom_object_status,
+                                    *JOBSET[:2], ns, JOBSET[2], job_id).get("status")
+        except LaunchError as err:
+            gone = isinstance(err.__cause__, ApiException) and err.__cause__.status == 404
+            if gone and tracked.cancelled:
                 return JobState.CANCELLED, None, []
-            if err.status == 404:
+            if gone:
                 raise LaunchError(f"Kubernetes job {job_id} is gone (deleted from outside?)") from None
-            raise LaunchError(f"Kubernetes API: read {job_id}: {err.status} {err.reason}") from err
+            raise
         pods = self._pods(job_id)
         if tracked.cancelled:
             return JobState.CANCELLED, None, pods
@@ -271,11 +291,12 @@ class KubernetesBackend:
         from kubernetes.client.exceptions import ApiException
 
         core = client.CoreV1Api(self._client())
-        several = len(tracked.objects[-1].get("spec", {}).get("replicatedJobs", [])) > 0 or len(pods) > 1
+        several = len(pods) > 1  # an array's or a multi-node job's pods: say which pod a line is from
         for i, pod in enumerate(pods):
             pod_name = pod.metadata.name
             try:
-                text = core.read_namespaced_pod_log(pod_name, self.settings.namespace, container="stage")
+                text = core.read_namespaced_pod_log(pod_name, self.settings.namespace, container="stage",
+                                                    _request_timeout=REQUEST_TIMEOUT)
             except ApiException:  # not started yet (ContainerCreating) or already gone
                 continue
             lines = text.splitlines()
@@ -291,14 +312,39 @@ class KubernetesBackend:
     def wait(self, job_id: str, on_log: LogSink | None = None) -> JobResult:
         tracked = self._tracked(job_id)
         while True:
-            state, code, pods = self.state(job_id)
+            state, code, pods = patiently(lambda: self.state(job_id), f"Kubernetes state of job {job_id}", on_log)
+            self._report_waiting(tracked, pods, on_log)
             self._follow_logs(tracked, pods, on_log)
             if state.finished:
-                if state is JobState.SUCCEEDED:
-                    self._delete(job_id, tracked.objects)
+                self._clean_up(job_id, tracked, state, on_log)
                 logs = tuple(tracked.logs.values()) or (tracked.log_dir / f"{job_id}.log",)
                 return JobResult(job_id, state, code, logs, time.monotonic() - tracked.started)
             time.sleep(self.settings.poll_s)
+
+    def _clean_up(self, job_id: str, tracked: _Tracked, state: JobState, on_log: LogSink | None) -> None:
+        """A succeeded job goes; a failed one stays for ``kubectl describe`` (its TTL removes it) but its
+        Service goes now, having no TTL of its own. Best effort: the job's end is the answer either way."""
+        keep = [] if state is JobState.SUCCEEDED else [o for o in tracked.objects if o["kind"] != "Service"]
+        try:
+            self._delete(job_id, [o for o in tracked.objects if o not in keep])
+        except LaunchError as err:
+            if on_log is not None:
+                on_log(f"clean-up of {job_id} failed ({err}); delete it with kubectl")
+
+    @staticmethod
+    def _report_waiting(tracked: _Tracked, pods: list[Any], on_log: LogSink | None) -> None:
+        """Why a pod is not running yet (Unschedulable, ImagePullBackOff, a missing Secret), once per change:
+        otherwise a stuck job looks merely pending."""
+        for pod in pods:
+            status = pod.status
+            reasons = [f"{c.reason}: {c.message}" for c in (status.conditions or [])
+                       if c.status == "False" and c.reason] if status else []
+            reasons += [f"{c.state.waiting.reason}: {c.state.waiting.message or ''}".rstrip(": ")
+                        for c in (status.container_statuses or []) if c.state and c.state.waiting] if status else []
+            why = "; ".join(reasons)
+            if why and why != tracked.waiting.get(pod.metadata.name) and on_log is not None:
+                on_log(f"pod {pod.metadata.name} waiting: {why}")
+            tracked.waiting[pod.metadata.name] = why
 
     def cancel(self, job_id: str) -> None:
         tracked = self._tracked(job_id)

@@ -28,6 +28,7 @@ class _Running:
     started: float
     lines: queue.Queue = field(default_factory=queue.Queue)
     state: JobState = JobState.RUNNING  # until wait sees the end, or a cancel / the time limit stops it
+    timer: threading.Timer | None = None
 
 
 class LocalBackend:
@@ -63,20 +64,26 @@ class LocalBackend:
             prefix = f"[task {i}] " if spec.array else ""
             threading.Thread(target=self._read, args=(process, log, job.lines, prefix), daemon=True).start()
         if spec.time_limit_s is not None:
-            timer = threading.Timer(spec.time_limit_s, self._stop, (job_id, JobState.TIMED_OUT))
-            timer.daemon = True
-            timer.start()
+            job.timer = threading.Timer(spec.time_limit_s, self._stop, (job_id, JobState.TIMED_OUT))
+            job.timer.daemon = True
+            job.timer.start()
         return job_id
 
     @staticmethod
     def _read(process: subprocess.Popen, log_path: Path, lines: queue.Queue, prefix: str) -> None:
         assert process.stdout is not None
-        with open(log_path, "w", encoding="utf-8") as log:
+        try:
+            with open(log_path, "w", encoding="utf-8") as log:
+                for line in process.stdout:
+                    log.write(line)
+                    log.flush()
+                    lines.put(prefix + line.rstrip("\n"))
+        except OSError as err:  # the log cannot be written (disk full): keep draining, so the task never blocks
+            lines.put(f"{prefix}[log file {log_path} failed: {err}; output from here on is not kept]")
             for line in process.stdout:
-                log.write(line)
-                log.flush()
                 lines.put(prefix + line.rstrip("\n"))
-        lines.put(_DONE)
+        finally:
+            lines.put(_DONE)
 
     def _job(self, job_id: str) -> _Running:
         if job_id not in self._jobs:
@@ -96,6 +103,8 @@ class LocalBackend:
         for _ in job.processes:
             job.lines.put(_DONE)  # a second wait returns at once
         codes = [process.wait() for process in job.processes]
+        if job.timer is not None:
+            job.timer.cancel()  # ended in time: a late timer must not call it timed out
         with self._lock:
             if job.state is JobState.RUNNING:
                 ends = [(JobState.SUCCEEDED if code == 0 else JobState.FAILED, code) for code in codes]

@@ -19,14 +19,18 @@ from dualtoken.launch.job import LaunchError
 
 PLACEHOLDER = re.compile(r"\{\{\s*(\w+)\s*\}\}")
 WHOLE = re.compile(r"^\{\{\s*(\w+)\s*\}\}$")
-# Words that make a variable a credential (AWS_SECRET_ACCESS_KEY, MLFLOW_TRACKING_TOKEN, ...): such a variable may
-# only come from a Secret (secretKeyRef / envFrom). Whole words: DUALTOKEN_PARENT_RUN_ID is no token.
-SECRET_WORDS = frozenset({"SECRET", "PASSWORD", "PASSWD", "TOKEN", "CREDENTIAL", "CREDENTIALS", "PRIVATE", "KEY",
-                          "APIKEY"})
+# What makes a variable a credential (AWS_SECRET_ACCESS_KEY, MLFLOW_TRACKING_TOKEN, PGPASSWORD, a database URL
+# with its password...): such a variable may only come from a Secret (secretKeyRef / envFrom). Some words count
+# anywhere in the name, others only whole (DUALTOKEN_PARENT_RUN_ID is no token, MONKEY no key).
+SECRET_PARTS = ("PASSWORD", "PASSWD", "SECRET", "PWD")
+SECRET_WORDS = frozenset({"TOKEN", "CREDENTIAL", "CREDENTIALS", "PRIVATE", "KEY", "APIKEY", "AUTH", "DSN"})
 
 
 def is_secret_name(name: str) -> bool:
-    return not SECRET_WORDS.isdisjoint(re.split(r"[^A-Z0-9]+", name.upper()))
+    upper = name.upper()
+    words = re.split(r"[^A-Z0-9]+", upper)
+    return (any(part in upper for part in SECRET_PARTS) or not SECRET_WORDS.isdisjoint(words)
+            or upper.endswith(("CONNECTION_URL", "DATABASE_URL")))
 
 
 def _fill(node: Any, values: dict[str, Any]) -> Any:
@@ -67,13 +71,20 @@ def policy_problems(manifest: dict[str, Any]) -> list[str]:
     """What keeps a manifest from being submitted: root or privileged pods, missing limits, plaintext secrets."""
     problems = []
     for pod in pod_specs(manifest):
-        if not pod.get("securityContext", {}).get("runAsNonRoot"):
-            problems.append("pod securityContext.runAsNonRoot must be true")
-        for container in pod.get("containers", []):
+        pod_context = pod.get("securityContext", {})
+        if not pod_context.get("runAsNonRoot") or pod_context.get("runAsUser") == 0:
+            problems.append("pod securityContext.runAsNonRoot must be true (and runAsUser not 0)")
+        shared = [k for k in ("hostNetwork", "hostPID", "hostIPC") if pod.get(k)]
+        shared += [f"hostPath volume {v.get('name')!r}" for v in pod.get("volumes", []) if "hostPath" in v]
+        if shared:
+            problems.append(f"pod shares the node's {', '.join(shared)}")
+        for container in pod.get("initContainers", []) + pod.get("containers", []):
             where = f"container {container.get('name')!r}"
             context = container.get("securityContext", {})
             if context.get("allowPrivilegeEscalation") is not False or context.get("privileged"):
                 problems.append(f"{where}: allowPrivilegeEscalation must be false and privileged unset or false")
+            if context.get("runAsUser") == 0 or context.get("capabilities", {}).get("add"):
+                problems.append(f"{where}: runs as root or adds capabilities")
             limits = container.get("resources", {}).get("limits", {})
             missing = [r for r in ("cpu", "memory") if r not in limits]
             if missing:

@@ -20,7 +20,16 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from dualtoken.launch.job import JobResult, JobSpec, JobState, LaunchError, LogSink, combine
+from dualtoken.launch.job import (
+    JobResult,
+    JobSpec,
+    JobState,
+    LaunchError,
+    LogSink,
+    TransientLaunchError,
+    combine,
+    patiently,
+)
 
 PLACEHOLDER = re.compile(r"\{\{\s*(\w+)\s*\}\}")
 STATES = {"PENDING": JobState.PENDING, "CONFIGURING": JobState.PENDING, "REQUEUED": JobState.PENDING,
@@ -33,6 +42,7 @@ STATES = {"PENDING": JobState.PENDING, "CONFIGURING": JobState.PENDING, "REQUEUE
           "OUT_OF_MEMORY": JobState.FAILED, "BOOT_FAIL": JobState.FAILED, "PREEMPTED": JobState.FAILED,
           "SPECIAL_EXIT": JobState.FAILED, "REVOKED": JobState.CANCELLED}
 RETRIES = 3  # a busy slurmctld answers "Socket timed out" now and then
+TRANSIENT = ("timed out", "unable to contact slurm controller", "connection refused", "slurmdbd")
 
 
 @dataclass(frozen=True)
@@ -76,16 +86,19 @@ def _run(cmd: list[str]) -> str:
         if out.returncode == 0:
             return out.stdout
         message = out.stderr.strip() or out.stdout.strip()
-        if "timed out" not in message.lower() or attempt == RETRIES - 1:
-            raise LaunchError(f"{shlex.join(cmd)} failed ({out.returncode}): {message}")
+        transient = any(word in message.lower() for word in TRANSIENT)
+        if not transient or attempt == RETRIES - 1:
+            error = TransientLaunchError if transient else LaunchError
+            raise error(f"{shlex.join(cmd)} failed ({out.returncode}): {message}")
         time.sleep(2**attempt)
     raise AssertionError("unreachable")
 
 
-def _exit_code(text: str) -> int | None:
-    """Slurm's ``code:signal``; None when the job died by a signal."""
-    code, signal_number = (int(x) for x in text.split(":"))
-    return None if signal_number else code
+def _end(state: JobState, exit_text: str) -> tuple[JobState, int | None]:
+    """A task's state with its exit code from Slurm's ``code:signal``: None when it died by a signal or was
+    stopped from outside (cancelled, timed out), where Slurm's number says nothing about the program."""
+    code, signal_number = (int(x) for x in exit_text.split(":"))
+    return state, (code if state in (JobState.SUCCEEDED, JobState.FAILED) and not signal_number else None)
 
 
 def parse_job(text: str) -> tuple[JobState, int | None]:
@@ -94,8 +107,7 @@ def parse_job(text: str) -> tuple[JobState, int | None]:
     ends = []
     for line in text.strip().splitlines():
         fields = dict(item.split("=", 1) for item in line.split() if "=" in item)
-        state = STATES.get(fields.get("JobState", ""), JobState.RUNNING)
-        ends.append((state, _exit_code(fields.get("ExitCode", "0:0"))))
+        ends.append(_end(STATES.get(fields.get("JobState", ""), JobState.RUNNING), fields.get("ExitCode", "0:0")))
     return combine(ends)
 
 
@@ -104,7 +116,7 @@ def parse_sacct(text: str) -> tuple[JobState, int | None]:
     ends = []
     for line in text.strip().splitlines():
         state_text, exit_text = line.split("|")
-        ends.append((STATES.get(state_text.split()[0], JobState.FAILED), _exit_code(exit_text)))  # "CANCELLED by 0"
+        ends.append(_end(STATES.get(state_text.split()[0], JobState.FAILED), exit_text))  # "CANCELLED by 0"
     return combine(ends)
 
 
@@ -137,8 +149,8 @@ class SlurmBackend:
         self.settings = settings
         self.log_dir = Path(log_dir).resolve()
         if not settings.template.is_file():
-            raise LaunchError(f"sbatch template {settings.template} not found (the default is "
-                              "infra/slurm/stage.sbatch)")
+            raise LaunchError(f"sbatch template {settings.template} not found: launch.slurm.template names it "
+                              "(default infra/slurm/stage.sbatch)")
         self._logs: dict[str, tuple[tuple[Path, ...], bool]] = {}  # job id -> (task logs, whether an array)
         self._ids = itertools.count()
 
@@ -180,6 +192,8 @@ class SlurmBackend:
                 raise
         try:  # finished longer than MinJobAge ago: accounting still knows how it ended
             return parse_sacct(_run(["sacct", "-j", job_id, "-n", "-P", "-X", "-o", "State,ExitCode"]))
+        except TransientLaunchError:
+            raise
         except (LaunchError, ValueError, IndexError) as err:
             raise LaunchError(f"Slurm job {job_id} is gone from scontrol and sacct has no record of it ({err}): "
                               "wait on jobs sooner than MinJobAge, or enable accounting (slurmdbd)") from None
@@ -191,15 +205,14 @@ class SlurmBackend:
         tails = [_LogTail(path, f"[task {i}] " if array else "") for i, path in enumerate(log_paths)]
         started = time.monotonic()
         while True:
-            state, code = self.state(job_id)
+            state, code = patiently(lambda: self.state(job_id), f"Slurm state of job {job_id}", on_log)
             lines = [line for tail in tails for line in tail.lines()]
             if state.finished:
                 lines += [line for tail in tails for line in tail.rest()]
             for line in lines if on_log is not None else ():
                 on_log(line)
             if state.finished:
-                return JobResult(job_id, state, code if state in (JobState.SUCCEEDED, JobState.FAILED) else None,
-                                 log_paths, time.monotonic() - started)
+                return JobResult(job_id, state, code, log_paths, time.monotonic() - started)
             time.sleep(self.settings.poll_s)
 
     def cancel(self, job_id: str) -> None:
