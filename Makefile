@@ -45,4 +45,4 @@ bench: venv
 
 clean:
 	rm -rf data/curated data/tokens data/.work models/teacher models/tokenizer models/mllm metrics plots mlflow.db mlruns \
-	  mlartifacts .prefect
+	  mlartifacts .prefect logs
