@@ -20,7 +20,7 @@ from pathlib import Path
 import yaml
 from filelock import FileLock
 
-from dualtoken.config import LaunchConfig
+from dualtoken.config import LaunchConfig, StageLaunch
 from dualtoken.launch.job import Backend, JobResult, JobSpec, run_job
 from dualtoken.launch.select import backend_for
 
@@ -77,6 +77,15 @@ def _run(backend: Backend, spec: JobSpec, log: Callable[[str], None]) -> JobResu
     return result
 
 
+def stage_commands(stage: str, want: StageLaunch, params: str) -> tuple[tuple[str, ...], tuple[str, ...] | None]:
+    """What the stage's job runs, and what its other nodes run where every node starts its own command
+    (Kubernetes): the stage itself, without DVC. There the first node must really run the stage, never restore
+    it from DVC's run cache, or the other nodes would wait at the rendezvous for a process that never comes."""
+    if want.nodes > 1 and want.backend == "kubernetes":
+        return ("dvc", "repro", "--no-run-cache", stage), ("python", "-m", f"stages.{stage}", "--params", params)
+    return ("dvc", "repro", stage), None
+
+
 def repro(stage: str, workspace: Path, env: Mapping[str, str], log: Callable[[str], None], launch: LaunchConfig,
           params: str = "params.yaml") -> StageOutcome:
     """``dvc repro stage`` as a job on the stage's backend (after its array of slices, if it has one)."""
@@ -99,10 +108,8 @@ def repro(stage: str, workspace: Path, env: Mapping[str, str], log: Callable[[st
             restored = restored or "skipping run, checking out outputs" in line
             log(line)
 
-        # Where every node runs its own command (Kubernetes), the others run the stage itself, without DVC.
-        workers = ("python", "-m", f"stages.{stage}", "--params", params) if want.nodes > 1 else None
-        result = _run(backend, JobSpec(stage, ("dvc", "repro", stage), workspace, env, limit,
-                                       worker_command=workers), watch)
+        command, workers = stage_commands(stage, want, params)
+        result = _run(backend, JobSpec(stage, command, workspace, env, limit, worker_command=workers), watch)
         digest = lock_hash(stage, workspace)  # under the lock: this run's entry, not a later flow's
     where = "here" if want.backend == "local" else f"{want.backend} job {result.job_id}"
     return StageOutcome(stage, "restored" if restored else "ran", time.perf_counter() - t0, digest, where)

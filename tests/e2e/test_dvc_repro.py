@@ -71,3 +71,16 @@ def test_flow_runner_tells_ran_restored_and_up_to_date(tmp_path, monkeypatch):
     restored = repro("curate", ws, env, lines.append, here)  # same inputs as before: DVC's run cache answers
     assert restored.status == "restored" and len(restored.lock_hash) == 32
     assert (ws / "data" / "curated" / "manifest.parquet").is_file()
+
+
+def test_stage_jobs_run_dvc_and_multi_node_kubernetes_pods_never_restore():
+    from dualtoken.config import StageLaunch
+    from flows.dvc import stage_commands
+
+    assert stage_commands("mllm", StageLaunch(), "params.yaml") == (("dvc", "repro", "mllm"), None)
+    on_slurm = StageLaunch(backend="slurm", nodes=4)  # srun starts the other nodes from the first one's command
+    assert stage_commands("mllm", on_slurm, "params.yaml") == (("dvc", "repro", "mllm"), None)
+    pods = StageLaunch(backend="kubernetes", nodes=4, mem="64G")
+    first, others = stage_commands("mllm", pods, "p.yaml")
+    assert first == ("dvc", "repro", "--no-run-cache", "mllm") and others == ("python", "-m", "stages.mllm",
+                                                                              "--params", "p.yaml")
