@@ -14,6 +14,7 @@ import argparse
 import os
 import statistics
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -40,13 +41,6 @@ def build(shape: str, tokenizer):
                                  head_heads=4,
                                  special_token_ids={t: tokenizer.convert_tokens_to_ids(t) for t in SPECIAL_TOKENS})
     return DualTokenMLLM(config)
-
-
-def batches(corpus, size: int, steps: int):
-    from dualtoken.data.sequences import global_batch
-
-    weights = {"caption": 1, "vqa": 2, "t2i": 2}
-    return [corpus.collate(global_batch(corpus, weights, size, 0, "bench", s, 0.1)) for s in range(steps)]
 
 
 def time_plain(model, data) -> list[float]:
@@ -87,20 +81,21 @@ def main() -> None:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     from rich.console import Console
 
-    from dualtoken.data.sequences import SequenceCorpus
     from dualtoken.training.distributed import DistContext
-    from tiny import tiny_text_tokenizer, tiny_token_split
+    from tiny import tiny_mllm_batches, tiny_text_tokenizer, tiny_token_columns, write_token_corpus
 
-    split = tiny_token_split(256, grid=8, depth=4, codebook=512)
-    tokenizer = tiny_text_tokenizer(split)
-    corpus = SequenceCorpus(split, tokenizer, 32)
+    with tempfile.TemporaryDirectory() as tmp:
+        root = write_token_corpus(Path(tmp), {"train": [256]}, grid=8, depth=4, codebook=512)
+        tokenizer = tiny_text_tokenizer(root)
+        columns = tiny_token_columns(root, tokenizer, 32)
     ctx = DistContext(0, 1, 0, torch.device("cpu"))
     console = Console()
     console.print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, batch {args.batch}, "
                   f"{args.steps} timed steps (median s/step)")
     for shape in args.shapes:
         steps = args.steps if shape == "demo" else max(2, args.steps // 4)
-        data = batches(corpus, args.batch if shape == "demo" else max(2, args.batch // 8), steps + 2)
+        data = tiny_mllm_batches(columns, tokenizer, {"caption": 1, "vqa": 2, "t2i": 2},
+                                 args.batch if shape == "demo" else max(2, args.batch // 8), steps + 2, 64)
         tokens = statistics.mean(b.tokens for b in data)
         model = build(shape, tokenizer)
         params = sum(p.numel() for p in model.parameters())

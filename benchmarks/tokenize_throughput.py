@@ -26,20 +26,20 @@ def write_curated_corpus(root: Path, images: int, per_shard: int, size: int) -> 
     from dualtoken.data.synthetic import generate_example
     from dualtoken.data.tarstream import RollingTarWriter
 
-    writer = RollingTarWriter(root, "train", per_shard)
+    writer = RollingTarWriter(root, "train", per_shard, index=True)
     for i in range(images):
         ex = generate_example(0, i, size)
         meta = {"captions": ex.captions, "qa": ex.qa, "attributes": ex.attributes}
         writer.add_sample(ex.key, {"png": ex.png, "txt": ex.captions[0].encode(), "json": json.dumps(meta).encode()})
     writer.close()
     index = {"splits": {"train": writer.shards, "val": [], "test": []},
-             "counts": {"train": images, "val": 0, "test": 0}}
+             "counts": {"train": images, "val": 0, "test": 0}, "shards": writer.shard_table()}
     (root / "shards.json").write_text(json.dumps(index))
 
 
 def main() -> None:
     from dualtoken.config import StorageConfig
-    from dualtoken.data.curated import load_split, to_model_input
+    from dualtoken.data.curated import read_images, to_model_input
     from dualtoken.data.tokens import TokenLayout
     from dualtoken.models.configuration import named_config
     from dualtoken.models.dualtoken import DualTokenModel
@@ -65,7 +65,7 @@ def main() -> None:
     try:
         curated = tmp / "curated"
         write_curated_corpus(curated, args.images, args.per_shard, size)
-        preloaded = load_split(curated, "train").images
+        preloaded = read_images(curated, "train", args.images).images
         with torch.no_grad():
             model.train()(to_model_input(preloaded[:256]).to(device))  # codebooks initialised from data
         model.eval()

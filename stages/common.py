@@ -1,6 +1,6 @@
 """What every torch stage entry does: parse ``--params`` (and a stage's own positional arguments), relaunch
 under torchrun for ``runtime.nproc > 1`` or a multi-node job (``needs_torchrun``), run the application, turn
-known failures into exit status 2 with one line."""
+known failures into exit status 2 with one line (also when a rank under torchrun failed: its line comes last)."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from collections.abc import Callable
 
 from dualtoken.config import Config, load_config
 from dualtoken.errors import DualtokenError
-from dualtoken.training.distributed import needs_torchrun, relaunch_under_torchrun
+from dualtoken.training.distributed import needs_torchrun, relaunch_under_torchrun, report_rank_error
 
 
 def _own_processes(stage: str) -> Callable[[Config], int]:
@@ -35,6 +35,8 @@ def run_stage(stage: str, module: str, argv: list[str], positional: tuple[str, .
             return relaunch_under_torchrun(module, processes, argv)
         importlib.import_module(f"dualtoken.apps.{stage}").main(cfg, **{n: getattr(args, n) for n in positional})
     except (DualtokenError, FileNotFoundError) as err:
-        print(f"{stage}: {err}", file=sys.stderr)
+        message = f"{stage}: {err}"
+        print(message, file=sys.stderr)
+        report_rank_error(message)
         return 2
     return 0

@@ -1,5 +1,6 @@
-"""Tiny models and data for fast training tests: 32 px images, a 3-layer width-32 SigLIP, and a
-DualToken model on it with 2-deep residual codebooks of 32 codes."""
+"""Tiny models and data for fast training tests: 32 px images, a 3-layer width-32 SigLIP, a DualToken model on
+it with 2-deep residual codebooks of 32 codes, and small corpora on disk in the stages' layouts (curated and
+token shards with their indexes) for the streaming trainers."""
 
 from __future__ import annotations
 
@@ -56,7 +57,7 @@ def tokenizer_cfg(work: Path, **overrides: Any) -> TokenizerConfig:
     base: dict[str, Any] = {"steps": 6, "batch_size": 8, "work_dir": str(work), "image_log_every": 1000,
                             "optim": {"lr": 1e-3, "warmup_steps": 1},
                             "losses": {"gan_start_step": 2, "discriminator_channels": 8, "discriminator_layers": 2},
-                            "runtime": {"log_every": 1, "checkpoint_every": 3, "device": "cpu"}}
+                            "runtime": {"log_every": 1, "checkpoint_every": 3, "device": "cpu", "loader_workers": 0}}
     for key, value in overrides.items():
         if isinstance(value, dict):
             base[key] = {**base.get(key, {}), **value}
@@ -65,27 +66,81 @@ def tokenizer_cfg(work: Path, **overrides: Any) -> TokenizerConfig:
     return TokenizerConfig.model_validate(base)
 
 
-def write_curated_corpus(root: Path, shard_sizes: dict[str, list[int]], seed: int = 0) -> Path:
-    """A corpus in the curate stage's layout: png + txt + json per key, shards.json, manifest.parquet."""
+def _examples(seed: int, size: int, distinct: int | None) -> Any:
+    """Demo scenes by index; with ``distinct``, only that many are rendered and then repeated (large corpora
+    for benchmarks, where what matters is the count, not the variety)."""
+    import functools
+
+    render = functools.lru_cache(maxsize=distinct or 1)(lambda j: generate_example(seed, j, size))
+    return (lambda i: render(i % distinct)) if distinct else (lambda i: generate_example(seed, i, size))
+
+
+def write_curated_corpus(root: Path, shard_sizes: dict[str, list[int]], seed: int = 0, size: int = SIZE,
+                         image: str = "png", distinct: int | None = None) -> Path:
+    """A corpus in the curate stage's layout: png (or jpg) + txt + json per key, each shard with its offset
+    index, shards.json with per-shard counts, manifest.parquet."""
     import pandas as pd
 
+    example = _examples(seed, size, distinct)
     root.mkdir(parents=True, exist_ok=True)
-    rows, index, i = [], {"splits": {}, "counts": {}}, 0
+    rows, index, i = [], {"splits": {}, "counts": {}, "shards": {}}, 0
     for split, sizes in shard_sizes.items():
         names = [f"{split}-{s:06d}.tar" for s in range(len(sizes))]
         for name, n in zip(names, sizes, strict=True):
-            with TarWriter(root / name) as writer:
+            with TarWriter(root / name, index=True) as writer:
                 for _ in range(n):
-                    ex = generate_example(seed, i, SIZE)
-                    meta = {"key": ex.key, "split": split, "captions": ex.captions, "qa": ex.qa,
+                    ex, key = example(i), f"{i:08d}"
+                    meta = {"key": key, "split": split, "captions": ex.captions, "qa": ex.qa,
                             "attributes": ex.attributes}
-                    writer.add_sample(ex.key, {"png": ex.png, "txt": ex.captions[0].encode(),
-                                               "json": json.dumps(meta).encode()})
-                    rows.append({"key": ex.key, "split": split, "shard": name})
+                    data = ex.png if image == "png" else _jpeg(ex.png)
+                    writer.add_sample(key, {image: data, "txt": ex.captions[0].encode(),
+                                            "json": json.dumps(meta).encode()})
+                    rows.append({"key": key, "split": split, "shard": name})
                     i += 1
+            index["shards"][name] = {"samples": n, "sha256": writer.sha256}
         index["splits"][split], index["counts"][split] = names, sum(sizes)
     (root / "shards.json").write_text(json.dumps(index))
     pd.DataFrame(rows).to_parquet(root / "manifest.parquet")
+    return root
+
+
+def _jpeg(png: bytes) -> bytes:
+    out = io.BytesIO()
+    Image.open(io.BytesIO(png)).convert("RGB").save(out, format="JPEG", quality=90)
+    return out.getvalue()
+
+
+def write_token_corpus(root: Path, shard_sizes: dict[str, list[int]], seed: int = 0, grid: int = 2, depth: int = 2,
+                       codebook: int = 32, qa_every: int = 1, distinct: int | None = None) -> Path:
+    """A token corpus in the tokenize stage's layout with random codes and the demo's texts (every
+    ``qa_every``-th sample keeps its questions), offset indexes and shards.json with text statistics."""
+    from dualtoken.data.texts import TextStats
+    from dualtoken.data.tokens import FORMAT, CodeSpec, TokenLayout, sample_parts
+
+    layout = TokenLayout((grid, grid), CodeSpec(depth, codebook), CodeSpec(depth, codebook))
+    gen, example = np.random.default_rng(seed), _examples(seed, SIZE, distinct)
+    root.mkdir(parents=True, exist_ok=True)
+    index: dict[str, Any] = {"format": FORMAT, "layout": layout.to_dict(), "splits": {}, "counts": {}, "shards": {},
+                             "texts": {}}
+    i = 0
+    for split, sizes in shard_sizes.items():
+        names, stats = [f"{split}-{s:06d}.tar" for s in range(len(sizes))], TextStats()
+        for name, n in zip(names, sizes, strict=True):
+            with TarWriter(root / name, index=True) as writer:
+                for _ in range(n):
+                    ex, key = example(i), f"{i:08d}"
+                    meta = {"key": key, "captions": ex.captions, "qa": ex.qa if i % qa_every == 0 else [],
+                            "attributes": ex.attributes}
+                    codes = [gen.integers(0, codebook, (grid, grid, depth)).astype(layout.pixel.dtype)
+                             for _ in range(2)]
+                    writer.add_sample(key, sample_parts(codes[0], codes[1], {
+                        "txt": ex.captions[0].encode(), "json": json.dumps(meta).encode()}))
+                    stats.add(meta)
+                    i += 1
+            index["shards"][name] = {"samples": n, "sha256": writer.sha256}
+        index["splits"][split], index["counts"][split] = names, sum(sizes)
+        index["texts"][split] = stats.to_dict()
+    (root / "shards.json").write_text(json.dumps(index))
     return root
 
 
@@ -113,11 +168,15 @@ def tiny_token_split(n: int, seed: int = 0, grid: int = 2, depth: int = 2, codeb
 
 
 def tiny_text_tokenizer(split: Any) -> Any:
-    from dualtoken.apps.mllm import corpus_texts
+    """A BPE on the texts of a token split (or of a token corpus folder)."""
+    from dualtoken.data.curated import iter_metas
+    from dualtoken.data.shards import shard_urls
+    from dualtoken.data.texts import corpus_texts
     from dualtoken.models.mllm import SPECIAL_TOKENS
     from dualtoken.text import train_bpe
 
-    return train_bpe(corpus_texts(split), 300, extra_special_tokens=SPECIAL_TOKENS)
+    metas = iter_metas(shard_urls(split, "train")) if isinstance(split, Path) else split.meta
+    return train_bpe(corpus_texts(metas), 300, extra_special_tokens=SPECIAL_TOKENS)
 
 
 def tiny_mllm(tokenizer: Any, grid: int = 2, depth: int = 2, codebook: int = 32, seed: int = 0) -> Any:
@@ -134,3 +193,38 @@ def tiny_mllm(tokenizer: Any, grid: int = 2, depth: int = 2, codebook: int = 32,
                                  head_heads=2, special_token_ids={t: tokenizer.convert_tokens_to_ids(t)
                                                                   for t in SPECIAL_TOKENS})
     return DualTokenMLLM(config)
+
+
+def tiny_token_columns(root: Path, tokenizer: Any, max_text_tokens: int = 16) -> dict[str, Any]:
+    """Every train sample of a token corpus decoded as the MLLM loader's workers decode them (draw = index)."""
+    from dualtoken.data.loader import RawSample
+    from dualtoken.data.sequences import TokenSampleDecoder
+    from dualtoken.data.shards import shard_urls
+    from dualtoken.data.tarstream import iter_shard_samples
+    from dualtoken.data.tokens import read_layout
+
+    raw = []
+    for url in shard_urls(root, "train"):
+        with open(url, "rb") as handle:
+            raw += [RawSample(key, parts, f"{url}: {key}", len(raw) + i)
+                    for i, (key, parts) in enumerate(iter_shard_samples(handle, url))]
+    return TokenSampleDecoder(read_layout(root), tokenizer, max_text_tokens)(raw)
+
+
+def tiny_mllm_batches(columns: dict[str, Any], tokenizer: Any, weights: dict[str, float], size: int, steps: int,
+                      positions: int) -> list[Any]:
+    """``steps`` training batches of ``size`` sequences in the mixture ``weights``, cycling through decoded
+    samples (``tiny_token_columns``) as the streams would: for benchmarks of a training step."""
+    from dualtoken.data.sequences import SequenceBuilder, task_counts
+
+    builder, rows, out = SequenceBuilder(tokenizer, positions), len(columns["key"]), []
+    for step in range(steps):
+        sequences, i = [], step * size
+        for task, n in task_counts(weights, size).items():
+            for _ in range(n):
+                while task == "vqa" and not columns["has_qa"][i % rows]:
+                    i += 1
+                sequences.append(builder.build(task, columns, i % rows, prompt_dropout=0.1))
+                i += 1
+        out.append(builder.collate(sequences))
+    return out

@@ -42,24 +42,25 @@ def tokenizer_images_per_s(smoke: bool, steps: int, batch: int, work: Path) -> f
     from transformers import SiglipVisionModel
 
     from dualtoken.config import TokenizerConfig
-    from dualtoken.data.curated import CuratedSplit
+    from dualtoken.data.shards import split_shards
     from dualtoken.models.configuration import named_config
     from dualtoken.models.dualtoken import DualTokenModel
     from dualtoken.training.distributed import init_distributed
     from dualtoken.training.tokenizer import train_tokenizer
-    from tiny import tiny_tokenizer_config
+    from tiny import tiny_tokenizer_config, write_curated_corpus
 
     config = tiny_tokenizer_config() if smoke else named_config("so400m-patch14-384")
     model = DualTokenModel(config)
     teacher = SiglipVisionModel(config.vision_config)
     size = config.vision_config.image_size
-    images = torch.randint(0, 256, (batch * 4, 3, size, size), dtype=torch.uint8)
+    # streamed as the stage streams them: JPEG shards, decoded by the loader's workers
+    corpus = write_curated_corpus(work / "curated", {"train": [batch * 2, batch * 2]}, size=size, image="jpg")
     cfg = TokenizerConfig.model_validate({
         "steps": steps, "batch_size": batch, "work_dir": str(work / "tokenizer"), "image_log_every": 10**6,
         "losses": {"gan_start_step": 0}, "runtime": {"log_every": 1, "checkpoint_every": 10**6}})
     rates: list[float] = []
     ctx = init_distributed("auto")
-    train_tokenizer(cfg, model, teacher, CuratedSplit(images, [{}] * len(images)), ctx, 0, {}, Console(),
+    train_tokenizer(cfg, model, teacher, split_shards(corpus, "train"), ctx, 0, {}, Console(),
                     sink=lambda step, row: rates.append(row["samples_per_s"]))
     return statistics.median(rates[2:] or rates)
 
@@ -68,15 +69,16 @@ def mllm_tokens_per_s(shape: str, smoke: bool, steps: int, batch: int, zero: int
     from rich.console import Console
 
     from dualtoken.config import MllmConfig
-    from dualtoken.data.sequences import SequenceCorpus
+    from dualtoken.data.shards import split_shards
+    from dualtoken.data.tokens import read_layout
     from dualtoken.models.mllm import SPECIAL_TOKENS, STREAMS, DualTokenMLLM, DualTokenMLLMConfig
     from dualtoken.training.distributed import init_distributed
-    from dualtoken.training.mllm import train_mllm
-    from tiny import tiny_text_tokenizer, tiny_token_split
+    from dualtoken.training.mllm import TokenSource, train_mllm
+    from tiny import tiny_text_tokenizer, write_token_corpus
 
     grid, depth, book, dim = (2, 2, 32, 8) if smoke else (27, 8, 16384, 32)
-    split = tiny_token_split(64, grid=grid, depth=depth, codebook=book)
-    tokenizer = tiny_text_tokenizer(split)
+    root = write_token_corpus(work / f"tokens-{shape}", {"train": [32, 32]}, grid=grid, depth=depth, codebook=book)
+    tokenizer = tiny_text_tokenizer(root)
     llm = {"model_type": "qwen2", "max_position_embeddings": 2048, "tie_word_embeddings": True, **LLM_SHAPES[shape]}
     llm["vocab_size"] = max(llm["vocab_size"], len(tokenizer))
     codes = {"grid": [grid, grid], **{s: {"depth": depth, "codebook_size": book, "dim": dim, "books": 1}
@@ -91,7 +93,8 @@ def mllm_tokens_per_s(shape: str, smoke: bool, steps: int, batch: int, zero: int
         "phases": [{"name": "bench", "steps": steps, "lr": 1e-4, "train": ["projector", "llm", "heads"],
                     "tasks": {"caption": 1, "vqa": 1, "t2i": 2}}],
         "runtime": {"log_every": 1, "checkpoint_every": 10**6, "gradient_checkpointing": "auto"}})
-    rows = train_mllm(cfg, model, SequenceCorpus(split, tokenizer, 32), init_distributed("auto"), 0, {}, Console())
+    source = TokenSource(split_shards(root, "train"), read_layout(root), tokenizer)
+    rows = train_mllm(cfg, model, source, init_distributed("auto"), 0, {}, Console())
     return statistics.median([r["tokens_per_s"] for r in rows[2:]] or [rows[-1]["tokens_per_s"]]), params
 
 

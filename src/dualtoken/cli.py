@@ -250,7 +250,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return args.func(args)
     except (DualtokenError, FileNotFoundError) as err:
+        from dualtoken.training.distributed import report_rank_error
+
         print(f"dualtoken: {err}", file=sys.stderr)
+        report_rank_error(f"dualtoken: {err}")
         return 2
 
 

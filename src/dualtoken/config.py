@@ -173,6 +173,11 @@ class CurateConfig(_Strict):
 
 
 # --------------------------------------------------------------------------------------------- training
+def _curated_input() -> Any:
+    """The ``input`` key of every stage that reads the curated corpus (``Config.curated``)."""
+    return Field(None, description="curated corpus (local or s3:// with shards.json); null: curate.output_dir")
+
+
 class OptimConfig(_Strict):
     """AdamW with linear warm-up and cosine decay to ``min_lr_ratio`` x ``lr``."""
 
@@ -198,6 +203,9 @@ class ProcessConfig(_Strict):
     device: Literal["auto", "cpu", "cuda"] = "auto"
     precision: Literal["auto", "fp32", "bf16"] = Field("auto", description="auto: bf16 autocast on CUDA, else fp32")
     threads: int | None = Field(None, ge=1, description="torch CPU threads per process; null keeps torch's choice")
+    loader_workers: int | None = Field(None, ge=0, le=64, description="DataLoader processes reading and decoding "
+                                       "shards per process; null: one per spare core, at most 8")
+    loader_prefetch: int = Field(2, ge=1, le=64, description="pieces (or batches) each loader worker keeps ready")
 
 
 class RuntimeConfig(ProcessConfig):
@@ -222,6 +230,7 @@ class TeacherTextConfig(_Strict):
 
 
 class TeacherConfig(_Strict):
+    input: str | None = _curated_input()
     pretrained: str | None = Field(None, description="local SigLIP checkpoint; null trains a tiny one from scratch")
     architecture: str = Field("demo", description="named tokenizer config whose vision tower the teacher trains")
     output_dir: str = "models/teacher"
@@ -230,7 +239,10 @@ class TeacherConfig(_Strict):
     text: TeacherTextConfig = TeacherTextConfig()
     steps: int = Field(300, ge=1)
     batch_size: int = Field(64, ge=2)
+    shuffle_buffer: int = Field(1000, ge=0, description="samples each training stream shuffles over (held decoded "
+                                                        "in memory); 0: corpus order within the shuffled shards")
     eval_batch_size: int = Field(256, ge=1)
+    eval_images: int = Field(512, ge=2, description="val images measured (the split's first N)")
     optim: OptimConfig = OptimConfig(lr=1e-3, betas=(0.9, 0.98), weight_decay=1e-4, warmup_steps=20)
     runtime: RuntimeConfig = RuntimeConfig()
 
@@ -261,6 +273,7 @@ class LossConfig(_Strict):
 
 
 class TokenizerConfig(_Strict):
+    input: str | None = _curated_input()
     architecture: str = Field("demo", description="named DualToken config (see dualtoken.models.configuration)")
     overrides: dict[str, Any] = Field(default_factory=dict, description="DualTokenConfig keys, e.g. layer_pixel")
     init_from: str | None = Field(None, description="a saved DualToken model to continue from; null: the teacher")
@@ -271,7 +284,10 @@ class TokenizerConfig(_Strict):
     work_dir: str = "data/.work/tokenizer"
     steps: int = Field(1000, ge=1)
     batch_size: int = Field(32, ge=1)
+    shuffle_buffer: int = Field(1000, ge=0, description="samples each training stream shuffles over (held decoded "
+                                                        "in memory); 0: corpus order within the shuffled shards")
     eval_batch_size: int = Field(128, ge=1)
+    eval_images: int = Field(512, ge=2, description="val images measured (the split's first N)")
     new_params_lr_scale: float = Field(1.0, gt=0.0, description="lr multiplier for parts the teacher lacks")
     optim: OptimConfig = OptimConfig()
     discriminator_optim: OptimConfig = OptimConfig()
@@ -284,8 +300,7 @@ class TokenizerConfig(_Strict):
 class TokenizeConfig(_Strict):
     """Corpus tokenisation: curated shards -> dual-code shards, one output shard per input shard."""
 
-    input: str | None = Field(None, description="curated corpus (local or s3:// with shards.json); null: "
-                                                "curate.output_dir")
+    input: str | None = _curated_input()
     tokenizer: str | None = Field(None, description="saved DualToken model; null: tokenizer.output_dir")
     output_dir: str = "data/tokens"
     metrics_path: str = "metrics/tokenize.json"
@@ -294,8 +309,6 @@ class TokenizeConfig(_Strict):
     splits: list[Literal["train", "val", "test"]] = Field(default_factory=lambda: ["train", "val", "test"],
                                                           min_length=1)
     batch_size: int = Field(128, ge=1)
-    loader_workers: int = Field(2, ge=0, le=256, description="DataLoader processes reading and decoding images")
-    prefetch_batches: int = Field(4, ge=1, description="batches each loader worker keeps ready")
     verify_images: int = Field(512, ge=0, description="val images decoded back from written codes for PSNR")
     psnr_tolerance_db: float = Field(0.1, ge=0.0)
     barrier_timeout_min: int = Field(360, ge=1, description="how long finished ranks wait for the slowest one")
@@ -378,6 +391,8 @@ class SamplingConfig(_Strict):
 
 
 class MllmEvalConfig(_Strict):
+    images: int = Field(512, ge=1, description="val images read (the split's first N); the questions and prompts "
+                                               "below come from them")
     vqa_questions: int = Field(512, ge=0, description="val questions answered greedily (exact match)")
     generated_images: int = Field(64, ge=0, description="val captions turned into images and classified")
     batch_size: int = Field(64, ge=1)
@@ -396,6 +411,8 @@ class MllmConfig(_Strict):
     phases: list[MllmPhase] = Field(default_factory=_paper_phases, min_length=1)
     run_phases: list[str] | None = Field(None, description="names of the phases to run, in order; null: all")
     batch_size: int = Field(32, ge=1, description="global batch (sequences per optimizer step)")
+    shuffle_buffer: int = Field(1000, ge=0, description="samples each task stream shuffles over (held decoded in "
+                                                        "memory); 0: corpus order within the shuffled shards")
     max_text_tokens: int = Field(48, ge=4, description="captions, questions and answers are cut to this length")
     text_loss_weight: float = Field(1.0, ge=0.0)
     visual_loss_weight: float = Field(1.0, ge=0.0, description="x (sum over depths of both streams' CE)")
@@ -426,11 +443,13 @@ class MllmConfig(_Strict):
 class EvaluateConfig(_Strict):
     """The evaluation stage: every model on a held-out split, one report."""
 
+    input: str | None = _curated_input()
     split: Literal["val", "test"] = Field("test", description="held-out split the numbers are measured on")
     output_dir: str = Field("reports", description="report.html, summary.md, ablation.md")
     metrics_path: str = "metrics/evaluate.json"
     plots_dir: str = "plots/evaluate"
-    images: int = Field(512, ge=2, description="tokenizer metrics on the split's first N images")
+    images: int = Field(512, ge=2, description="held-out images read (the split's first N): every metric is "
+                                               "measured on them or on some of them")
     batch_size: int = Field(128, ge=1)
     inception_weights: str | None = Field(
         None, description="pytorch-fid Inception-v3 weights (local .pth/.safetensors): FID; null: FD-teacher")
@@ -609,6 +628,11 @@ class Config(_Strict):
     tracking: TrackingConfig = TrackingConfig()
     pipeline: PipelineConfig = PipelineConfig()
     launch: LaunchConfig = LaunchConfig()
+
+    def curated(self, stage_input: str | None) -> str:
+        """The curated corpus a stage reads: its own ``input`` (a local folder or an s3:// prefix), else the
+        curate stage's output."""
+        return stage_input or self.curate.output_dir
 
     @model_validator(mode="after")
     def _one_process_per_gpu(self) -> Config:

@@ -71,7 +71,7 @@ def open_read(uri: str, cfg: StorageConfig) -> Iterator[IO[bytes]]:
         try:
             body = s3_client(cfg).get_object(Bucket=bucket, Key=key)["Body"]
         except Exception as err:  # botocore raises many classes; the message carries the cause
-            raise StorageError(f"cannot read {uri}: {err}") from err
+            raise StorageError(f"cannot read {uri}: {_explain(err)}") from err
         try:
             yield body
         finally:
@@ -85,6 +85,11 @@ def open_read(uri: str, cfg: StorageConfig) -> Iterator[IO[bytes]]:
         yield handle
 
 
+def location(uri: str | Path) -> str:
+    """How a path or URL is recorded (lineage, logs): an s3:// URL as is, a local path made absolute."""
+    return str(uri) if is_s3(str(uri)) else str(Path(uri).resolve())
+
+
 def join_uri(base: str | Path, name: str) -> str:
     """``base/name`` for a local folder or an ``s3://`` prefix."""
     base = str(base)
@@ -95,6 +100,30 @@ def read_bytes(uri: str, cfg: StorageConfig) -> bytes:
     """A whole (small) file or object: indexes, manifests."""
     with open_read(uri, cfg) as handle:
         return handle.read()
+
+
+def read_range(uri: str, start: int, stop: int, cfg: StorageConfig) -> bytes:
+    """Bytes ``[start, stop)`` of a file (one seek) or an object (one ranged GET); short only at the end."""
+    if stop <= start:
+        return b""
+    if is_s3(uri):
+        bucket, key = split_s3(uri)
+        try:
+            body = s3_client(cfg).get_object(Bucket=bucket, Key=key, Range=f"bytes={start}-{stop - 1}")["Body"]
+            try:
+                return body.read()
+            finally:
+                body.close()
+        except StorageError:
+            raise
+        except Exception as err:
+            raise StorageError(f"cannot read {uri}: {_explain(err)}") from err
+    try:
+        with open(uri, "rb") as handle:
+            handle.seek(start)
+            return handle.read(stop - start)
+    except OSError as err:
+        raise StorageError(f"cannot read {uri}: {err.strerror}") from err
 
 
 def _process_umask() -> int:
@@ -157,6 +186,8 @@ def _explain(err: Exception) -> str:
         if code in ("InvalidAccessKeyId", "SignatureDoesNotMatch", "AccessDenied", "403"):
             return (f"the S3 server refused the credentials ({code}): check AWS_ACCESS_KEY_ID / "
                     "AWS_SECRET_ACCESS_KEY or storage.s3_profile, and the bucket's policy")
+        if code == "NoSuchKey":
+            return f"no such object ({code}): it was never uploaded or has been deleted"
         if code in ("NoSuchBucket", "404"):
             return f"no such bucket ({code}): create it first"
         return f"{code}: {cause}"

@@ -6,7 +6,7 @@ import pytest
 from dualtoken.apps.mllm import main as mllm_main
 from dualtoken.apps.tokenize import main as tokenize_main
 from dualtoken.config import parse_config
-from dualtoken.data.curated import load_split
+from dualtoken.data.curated import read_images
 from dualtoken.text import train_bpe
 from tiny import PHASES, saved_tiny_tokenizer, tiny_teacher, write_curated_corpus
 
@@ -15,7 +15,7 @@ from tiny import PHASES, saved_tiny_tokenizer, tiny_teacher, write_curated_corpu
 def trained(tmp_path_factory):
     root = tmp_path_factory.mktemp("mllm")
     curated = write_curated_corpus(root / "curated", {"train": [6, 6], "val": [4], "test": [2]})
-    saved_tiny_tokenizer(root / "tokenizer", load_split(curated, "train").images)
+    saved_tiny_tokenizer(root / "tokenizer", read_images(curated, "train", 100).images)
     teacher_text = train_bpe(["a red circle", "a blue square"] * 4, 280)
     teacher = tiny_teacher(vocab_size=len(teacher_text), pad_token_id=teacher_text.pad_token_id)
     teacher.save_pretrained(root / "teacher")
@@ -27,7 +27,7 @@ def trained(tmp_path_factory):
         "tokenizer": {"output_dir": str(root / "tokenizer"), "metrics_path": str(root / "no-metrics.json")},
         "tokenize": {"output_dir": str(root / "tokens"), "work_dir": str(root / "tokenize-work"),
                      "metrics_path": str(root / "tokenize.json"), "plots_dir": str(root / "plots"), "batch_size": 4,
-                     "loader_workers": 0, "verify_images": 0, "runtime": {"device": "cpu"}},
+                     "verify_images": 0, "runtime": {"device": "cpu", "loader_workers": 0}},
         "mllm": {"output_dir": str(root / "mllm"), "work_dir": str(root / "mllm-work"),
                  "metrics_path": str(root / "mllm.json"),
                  "plots_path": str(root / "mllm-train.csv"), "batch_size": 4, "phases": PHASES,

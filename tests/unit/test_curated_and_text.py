@@ -6,7 +6,8 @@ from transformers import AutoTokenizer
 
 from dualtoken.config import parse_config
 from dualtoken.curation.pipeline import run_phase1, run_phase2
-from dualtoken.data.curated import EpochSampler, from_model_output, load_split, shard_urls, to_model_input
+from dualtoken.data.curated import from_model_output, read_images, to_model_input
+from dualtoken.data.shards import shard_urls, split_shards
 from dualtoken.data.synthetic import generate_example
 from dualtoken.text import train_bpe
 
@@ -19,19 +20,23 @@ def curated(tmp_path_factory):
                         "curate": {"output_dir": str(tmp / "out"), "work_dir": str(tmp / "work"), "workers": 1,
                                    "samples_per_shard": 40}})
     result = run_phase2(cfg, run_phase1(cfg))
-    (tmp / "out" / "shards.json").write_text(json.dumps({"splits": result.stats["shards_by_split"]}))
+    (tmp / "out" / "shards.json").write_text(json.dumps({"splits": result.stats["shards_by_split"],
+                                                         "shards": result.stats["shards"]}))
     return tmp / "out", result
 
 
-def test_load_split_matches_the_manifest(curated):
+def test_read_images_matches_the_manifest_and_the_index_counts_each_shard(curated):
     root, result = curated
-    train = load_split(root, "train")
+    train = read_images(root, "train", 1000)
     expected = [r for r in result.manifest_rows if r["split"] == "train"]
     assert len(train) == len(expected) and train.images.shape == (len(expected), 3, 64, 64)
     assert train.images.dtype == torch.uint8
     assert [m["key"] for m in train.meta] == [r["key"] for r in expected]
     assert {"captions", "qa", "attributes"} <= set(train.meta[0])
-    assert len(load_split(root, "train", limit=5)) == 5
+    assert len(read_images(root, "train", 5)) == 5
+    shards = split_shards(root, "train")
+    assert [s.samples for s in shards] == [sum(r["shard"] == s.name for r in expected) for s in shards]
+    assert all((root / f"{s.name}.idx").is_file() for s in shards)
     x = to_model_input(train.images[:4])
     assert x.min() >= -1 and x.max() <= 1 and torch.equal(from_model_output(x), train.images[:4])
 
@@ -41,25 +46,6 @@ def test_missing_index_and_bad_split_are_clear(tmp_path, curated):
         shard_urls(tmp_path, "train")
     with pytest.raises(ValueError, match="split must be one of"):
         shard_urls(curated[0], "dev")
-
-
-def test_sampler_partitions_ranks_and_resumes_exactly():
-    ranks = [EpochSampler(100, 8, seed=3, rank=r, world=2) for r in range(2)]
-    epoch0 = [torch.cat([s.next_batch() for _ in range(s.batches_per_epoch)]) for s in ranks]
-    assert not set(epoch0[0].tolist()) & set(epoch0[1].tolist())  # disjoint across ranks
-    assert len(epoch0[0]) == 6 * 8  # 100 // 16 full batches per rank
-    first = EpochSampler(100, 8, seed=3)
-    seen = [first.next_batch() for _ in range(17)]  # crosses into the second epoch
-    state = first.state_dict()
-    tail = [first.next_batch() for _ in range(5)]
-    resumed = EpochSampler(100, 8, seed=3)
-    resumed.load_state_dict(state)
-    assert all(torch.equal(a, b) for a, b in zip(tail, [resumed.next_batch() for _ in range(5)], strict=True))
-    assert not torch.equal(seen[0], seen[12])  # epoch 1 is a different permutation (12 batches per epoch)
-    with pytest.raises(ValueError, match="data or seed changed"):
-        EpochSampler(99, 8, seed=3).load_state_dict(state)
-    with pytest.raises(ValueError, match="cannot fill one batch"):
-        EpochSampler(10, 8, world=2)
 
 
 def test_bpe_tokenizer_round_trip_and_offline_reload(tmp_path):

@@ -5,47 +5,62 @@ import pytest
 import torch
 
 from dualtoken.config import SamplingConfig
-from dualtoken.data.sequences import IGNORE, SequenceCorpus, global_batch, micro_slice, task_counts
+from dualtoken.data.sequences import IGNORE, TASKS, SequenceBuilder, bucket, stream_task_counts, task_counts
 from dualtoken.models.depth_head import filter_logits, sample_logits
 from dualtoken.models.mllm import DualTokenMLLM
 from dualtoken.models.mllm_generation import answer, generate_codes
-from tiny import tiny_mllm, tiny_text_tokenizer, tiny_token_split
+from tiny import tiny_mllm, tiny_text_tokenizer, tiny_token_columns, write_token_corpus
 
 GRID, DEPTH, BOOK = 2, 2, 32
 
 
+class Split:
+    """The decoded samples as tensors of codes (what evaluation reads) next to their loader columns."""
+
+    def __init__(self, columns):
+        self.columns = columns
+        self.semantic, self.pixel = columns["semantic"].long(), columns["pixel"].long()
+
+
 @pytest.fixture(scope="module")
-def parts():
-    split = tiny_token_split(24, grid=GRID, depth=DEPTH, codebook=BOOK)
-    tokenizer = tiny_text_tokenizer(split)
-    return split, tokenizer, SequenceCorpus(split, tokenizer, 16)
+def parts(tmp_path_factory):
+    root = write_token_corpus(tmp_path_factory.mktemp("tokens"), {"train": [24]}, grid=GRID, depth=DEPTH,
+                              codebook=BOOK)
+    tokenizer = tiny_text_tokenizer(root)
+    columns = tiny_token_columns(root, tokenizer)
+    return Split(columns), tokenizer, SequenceBuilder(tokenizer, GRID * GRID)
+
+
+def _seq(parts, task, row, **kw):
+    split, _, builder = parts
+    return builder.build(task, split.columns, row, **kw)
 
 
 def test_sequences_put_losses_only_on_targets(parts):
-    _split, _tokenizer, corpus = parts
-    v = corpus.vocab
-    cap = corpus.build("caption", 0)
-    _image, caption = corpus.captions[0]
+    split, _tokenizer, builder = parts
+    v = builder.vocab
+    cap = _seq(parts, "caption", 0)
+    caption = split.columns["caption"][0]
     assert cap.ids == [v.bos, v.image_start, *[v.image] * GRID * GRID, v.image_end, *caption, v.eos]
     assert [t for t in cap.labels if t != IGNORE] == [*caption, v.eos]
     assert cap.labels[: 3 + GRID * GRID] == [IGNORE] * (3 + GRID * GRID) and not cap.generates
-    qa = corpus.build("vqa", 3)
-    _, question, ans = corpus.qa[3]
+    qa = _seq(parts, "vqa", 3)
+    question, ans = split.columns["question"][3], split.columns["answer"][3]
     assert [t for t in qa.labels if t != IGNORE] == [*ans, v.eos]
     assert qa.ids[-len(ans) - 1 - len(question): -len(ans) - 1] == question
-    gen = corpus.build("t2i", 0)
+    gen = _seq(parts, "t2i", 0)
     assert gen.generates and all(t == IGNORE for t in gen.labels)
     assert gen.ids[: len(caption) + 2] == [v.bos, *caption, v.gen_start]
-    assert corpus.build("t2i", 0, drop_prompt=True).ids[:3] == [v.bos, v.gen_start, v.image]
+    assert _seq(parts, "t2i", 0, prompt_dropout=1.0).ids[:3] == [v.bos, v.gen_start, v.image]
 
 
 def test_visual_sequence_length_is_the_number_of_positions_and_codes_land_in_order(parts):
-    split, tokenizer, corpus = parts
-    batch = corpus.collate([corpus.build("caption", 0), corpus.build("t2i", 5)])
-    placeholders = batch.input_ids == corpus.vocab.image
+    split, tokenizer, builder = parts
+    batch = builder.collate([_seq(parts, "caption", 0), _seq(parts, "t2i", 5)])
+    placeholders = batch.input_ids == builder.vocab.image
     assert placeholders.sum(1).tolist() == [GRID * GRID] * 2  # one token per position, not one per stream
     assert batch.visual_targets.sum() == GRID * GRID and not batch.visual_targets[0].any()
-    images = [corpus.captions[0][0], corpus.captions[5][0]]
+    images = [0, 5]
     assert torch.equal(batch.semantic, split.semantic[images].reshape(-1, DEPTH))
     model = tiny_mllm(tokenizer, GRID, DEPTH, BOOK)
     embeds = model.embed(batch.input_ids, batch.semantic, batch.pixel)
@@ -59,18 +74,23 @@ def test_visual_sequence_length_is_the_number_of_positions_and_codes_land_in_ord
 
 
 def test_loss_counts_targets_and_every_trainable_part_gets_a_gradient(parts):
-    _split, tokenizer, corpus = parts
+    _split, tokenizer, builder = parts
     model = tiny_mllm(tokenizer, GRID, DEPTH, BOOK)
-    batch = corpus.collate([corpus.build("vqa", 1), corpus.build("t2i", 2), corpus.build("caption", 4)])
+    batch = builder.collate([_seq(parts, "vqa", 1), _seq(parts, "t2i", 2), _seq(parts, "caption", 4)])
     out = model(**batch.model_inputs())
-    assert out.text_tokens == int((batch.labels != IGNORE).sum()) and out.visual_positions == GRID * GRID
+    assert out.text_tokens == int((batch.labels != IGNORE).sum()) == batch.text_targets
+    assert out.visual_positions == GRID * GRID == batch.visual_target_positions
     assert sorted(out.visual_losses) == ["pixel.d1", "pixel.d2", "semantic.d1", "semantic.d2"]
     assert torch.allclose(out.loss, out.text_loss + sum(out.visual_losses.values()))
+    # the trainer divides by the step's global counts instead: a sum over targets, not this batch's mean
+    scaled = model(**batch.model_inputs(), text_denominator=2 * out.text_tokens, visual_denominator=1.0)
+    assert torch.allclose(scaled.text_loss, out.text_loss / 2)
+    assert torch.allclose(scaled.visual_losses["pixel.d1"], out.visual_losses["pixel.d1"] * GRID * GRID)
     out.loss.backward()
     assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in model.heads.parameters())
     # a batch without generation targets still reaches the heads (zero gradients, not None): ZeRO needs them
     model.zero_grad(set_to_none=True)
-    text_only = corpus.collate([corpus.build("caption", 0)])
+    text_only = builder.collate([_seq(parts, "caption", 0)])
     model(**text_only.model_inputs()).loss.backward()
     assert all(p.grad is not None and p.grad.abs().sum() == 0 for p in model.heads.parameters())
 
@@ -130,13 +150,13 @@ def test_guidance_at_scale_one_equals_unguided_sampling_and_other_scales_differ(
 
 
 def test_kv_cached_generation_matches_a_full_forward(parts):
-    _split, tokenizer, corpus = parts
+    _split, tokenizer, builder = parts
     model = tiny_mllm(tokenizer, GRID, DEPTH, BOOK).eval()
     greedy = SamplingConfig(temperature=0.0)
     out = generate_codes(model, tokenizer, ["a red circle"], greedy, guided=False)
     # re-score the generated image with teacher forcing: greedy codes are each position's argmax
-    ids = [corpus.vocab.bos, *tokenizer("a red circle", add_special_tokens=False)["input_ids"],
-           corpus.vocab.gen_start, *[corpus.vocab.image] * GRID * GRID]
+    ids = [builder.vocab.bos, *tokenizer("a red circle", add_special_tokens=False)["input_ids"],
+           builder.vocab.gen_start, *[builder.vocab.image] * GRID * GRID]
     ids_t = torch.tensor([ids])
     sem, pix = out.semantic.reshape(-1, DEPTH), out.pixel.reshape(-1, DEPTH)
     hidden = model.hidden_states(model.embed(ids_t, sem, pix), torch.ones_like(ids_t)).last_hidden_state
@@ -146,29 +166,32 @@ def test_kv_cached_generation_matches_a_full_forward(parts):
 
 
 def test_answers_are_text_and_save_load_round_trips(parts, tmp_path):
-    split, tokenizer, corpus = parts
+    split, tokenizer, builder = parts
     model = tiny_mllm(tokenizer, GRID, DEPTH, BOOK).eval()
     replies = answer(model, tokenizer, split.semantic[:3], split.pixel[:3], ["what colour?", "how many?", "shape"], 4)
     assert len(replies) == 3 and all(isinstance(r, str) for r in replies)
     model.save_pretrained(tmp_path)
     tokenizer.save_pretrained(tmp_path)
     loaded = DualTokenMLLM.from_pretrained(tmp_path, local_files_only=True).eval()
-    batch = corpus.collate([corpus.build("vqa", 0), corpus.build("t2i", 1)])
+    batch = builder.collate([_seq(parts, "vqa", 0), _seq(parts, "t2i", 1)])
     assert torch.equal(model(**batch.model_inputs()).loss, loaded(**batch.model_inputs()).loss)
     assert loaded.config.special_token_ids == model.config.special_token_ids
     assert answer(loaded, tokenizer, split.semantic[:3], split.pixel[:3], ["what colour?", "how many?", "shape"],
                   4) == replies
 
 
-def test_global_batches_follow_the_mixture_and_are_reproducible(parts):
-    _, _, corpus = parts
+def test_step_counts_follow_the_mixture_exactly_and_bucketing_sorts_by_length(parts):
     assert task_counts({"caption": 1, "vqa": 2, "t2i": 1}, 10) == {"caption": 3, "vqa": 5, "t2i": 2}
     assert task_counts({"t2i": 1}, 7) == {"t2i": 7}
-    a = global_batch(corpus, {"caption": 1, "vqa": 3}, 16, 0, "p", 5, 0.5)
-    assert a == global_batch(corpus, {"caption": 1, "vqa": 3}, 16, 0, "p", 5, 0.5)
-    assert a != global_batch(corpus, {"caption": 1, "vqa": 3}, 16, 0, "p", 6, 0.5)
-    assert sum(not s.generates and s.labels[-1] == corpus.vocab.eos for s in a) == 16
-    lengths = [len(s.ids) for s in a]
-    assert lengths == sorted(lengths)  # bucketed: contiguous micro batches hold similar lengths
-    chunks = [micro_slice(a, m, r, 2, 4) for m in range(2) for r in range(4)]
-    assert [s for c in chunks for s in c] == a and all(len(c) == 2 for c in chunks)
+    weights = {"caption": 1, "vqa": 2, "t2i": 2}
+    for streams, per in ((1, 8), (4, 2), (3, 5)):
+        per_stream = stream_task_counts(weights, streams, per)
+        assert all(sum(c.values()) == per for c in per_stream)
+        totals = {t: sum(c.get(t, 0) for c in per_stream) for t in TASKS}
+        assert {t: n for t, n in totals.items() if n} == task_counts(weights, streams * per)  # exact globally
+    sequences = [_seq(parts, task, row) for row in range(6) for task in TASKS]
+    micro = bucket(sequences, 3)
+    assert [len(m) for m in micro] == [6, 6, 6]
+    assert sorted(id(s) for m in micro for s in m) == sorted(map(id, sequences))
+    lengths = [len(s.ids) for m in micro for s in m]
+    assert lengths == sorted(lengths)  # contiguous micro batches hold similar lengths: little padding

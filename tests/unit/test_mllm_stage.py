@@ -14,9 +14,9 @@ from dualtoken.apps.inference import load_mllm
 from dualtoken.apps.mllm import check_tasks
 from dualtoken.cli import main as cli
 from dualtoken.config import ConfigError, MllmConfig
-from dualtoken.data.sequences import SequenceCorpus
+from dualtoken.data.texts import TextStats
 from dualtoken.models.mllm import DualTokenMLLM
-from tiny import PHASES, tiny_text_tokenizer, tiny_token_split
+from tiny import PHASES
 
 
 @pytest.fixture(autouse=True)
@@ -42,15 +42,17 @@ def test_stage_trains_evaluates_saves_and_registers(trained):
     assert client.get_model_version("dualtoken-mllm", "1").status == "READY"
 
 
-def test_a_phase_asking_for_a_task_the_corpus_lacks_is_a_config_error_naming_it():
-    split = tiny_token_split(6)
-    for meta in split.meta:
-        meta["qa"] = []  # e.g. a folder corpus of captioned photos
-    corpus = SequenceCorpus(split, tiny_text_tokenizer(split), 16)
+def test_a_phase_asking_for_a_task_the_corpus_lacks_is_a_config_error_naming_it(trained):
+    root, _, _ = trained
+    recorded = json.loads((root / "tokens" / "shards.json").read_text())["texts"]["train"]
+    assert recorded["samples"] == 12 and recorded["questions"] > 0  # the tokenize stage counted them
+    texts = TextStats()
+    for _ in range(6):
+        texts.add({"captions": ["a photo"], "qa": []})  # e.g. a folder corpus of captioned photos
     cfg = MllmConfig.model_validate({"phases": PHASES})
     with pytest.raises(ConfigError, match=r"mllm\.phases\.0\.tasks\.vqa: phase 'understand' asks for vqa"):
-        check_tasks(cfg, corpus)
-    check_tasks(cfg.model_copy(update={"run_phases": ["generate"]}), corpus)  # that phase needs captions only
+        check_tasks(cfg, texts)
+    check_tasks(cfg.model_copy(update={"run_phases": ["generate"]}), texts)  # that phase needs captions only
 
 
 def test_chat_and_generate_from_the_folder_and_the_registry(trained, tmp_path, capsys):

@@ -1,5 +1,6 @@
-"""MLLM training with DeepSpeed on CPU: a killed run resumes with the same losses, two ZeRO-2 or ZeRO-3
-processes train like one process with the same global batch, phases freeze what they do not train."""
+"""MLLM training with DeepSpeed on CPU, streaming its sequences from token shards: a killed run resumes with
+the same losses, two ZeRO-2 or ZeRO-3 processes train like one process with the same global batch, phases
+freeze what they do not train, the trainer never holds its split."""
 
 import json
 import os
@@ -12,10 +13,12 @@ import torch
 from rich.console import Console
 
 from dualtoken.config import MllmConfig
-from dualtoken.data.sequences import SequenceCorpus
+from dualtoken.data import tokens as tokens_module
+from dualtoken.data.shards import split_shards
+from dualtoken.data.tokens import read_layout
 from dualtoken.training.distributed import DistContext
-from dualtoken.training.mllm import freeze_for, train_mllm
-from tiny import tiny_mllm, tiny_text_tokenizer, tiny_token_split
+from dualtoken.training.mllm import TokenSource, freeze_for, train_mllm
+from tiny import tiny_mllm, tiny_text_tokenizer, write_token_corpus
 
 REPO = Path(__file__).resolve().parents[2]
 CPU = DistContext(0, 1, 0, torch.device("cpu"))
@@ -26,26 +29,29 @@ class Killed(Exception):
     pass
 
 
+def _source(root: Path) -> TokenSource:
+    tokenizer = tiny_text_tokenizer(root)
+    return TokenSource(split_shards(root, "train"), read_layout(root), tokenizer)
+
+
 @pytest.fixture(scope="module")
-def data():
-    split = tiny_token_split(24)
-    tokenizer = tiny_text_tokenizer(split)
-    return split, tokenizer, SequenceCorpus(split, tokenizer, 16)
+def data(tmp_path_factory):
+    return _source(write_token_corpus(tmp_path_factory.mktemp("tokens"), {"train": [10, 14]}, qa_every=2))
 
 
 def _cfg(work: Path, **overrides) -> MllmConfig:
-    base = {"batch_size": 4, "work_dir": str(work), "zero_stage": 2,
+    base = {"batch_size": 4, "work_dir": str(work), "zero_stage": 2, "max_text_tokens": 16,
             "phases": [{"name": "understand", "steps": 4, "lr": 3e-3, "train": ["projector", "llm"],
                         "tasks": {"caption": 1, "vqa": 1}},
                        {"name": "generate", "steps": 4, "lr": 3e-3, "train": ["heads"], "tasks": {"t2i": 1}}],
-            "runtime": {"device": "cpu", "log_every": 1, "checkpoint_every": 2, "keep_checkpoints": 2}}
+            "runtime": {"device": "cpu", "log_every": 1, "checkpoint_every": 2, "keep_checkpoints": 2,
+                        "loader_workers": 0}}
     return MllmConfig.model_validate({**base, **overrides})
 
 
 def _train(data, work, sink=None, **overrides):
-    _split, tokenizer, corpus = data
-    model = tiny_mllm(tokenizer)
-    rows = train_mllm(_cfg(work, **overrides), model, corpus, CPU, 0, {"test": 1}, QUIET, sink=sink)
+    model = tiny_mllm(data.tokenizer)
+    rows = train_mllm(_cfg(work, **overrides), model, data, CPU, 0, {"test": 1}, QUIET, sink=sink)
     return rows, model
 
 
@@ -58,8 +64,9 @@ def test_killed_run_resumes_with_the_same_losses(data, tmp_path, zero):
         if step == 7:
             raise Killed
 
-    with pytest.raises(Killed):
-        _train(data, tmp_path / "killed", sink=kill_at_7, zero_stage=zero)
+    with pytest.raises(Killed):  # with loader workers: the same batches
+        _train(data, tmp_path / "killed", sink=kill_at_7, zero_stage=zero,
+               runtime={"device": "cpu", "log_every": 1, "checkpoint_every": 2, "loader_workers": 2})
     tags = sorted(p.name for p in (tmp_path / "killed" / "checkpoints").iterdir() if p.is_dir())
     assert tags == ["00-step00000004", "01-step00000002"]  # the newest two kept; step 7 never checkpointed
     resumed, resumed_model = _train(data, tmp_path / "killed", zero_stage=zero)
@@ -72,11 +79,10 @@ def test_killed_run_resumes_with_the_same_losses(data, tmp_path, zero):
 
 @pytest.mark.parametrize("zero", [0, 2])
 def test_each_phase_trains_only_its_parts(data, tmp_path, zero):
-    _split, tokenizer, corpus = data
-    model = tiny_mllm(tokenizer)
+    model = tiny_mllm(data.tokenizer)
     before = {k: v.clone() for k, v in model.state_dict().items()}
     cfg = _cfg(tmp_path, run_phases=["generate"], zero_stage=zero)
-    train_mllm(cfg, model, corpus, CPU, 0, {}, QUIET)
+    train_mllm(cfg, model, data, CPU, 0, {}, QUIET)
     changed = {k.split(".")[0] for k, v in model.state_dict().items() if not torch.equal(v, before[k])}
     assert changed == {"heads"}
     assert freeze_for(model, cfg.phases[0]) == sum(p.numel() for p in [*model.input_codes.parameters(),
@@ -96,13 +102,28 @@ def test_two_zero_processes_match_one_process_with_the_same_global_batch(tmp_pat
     """Two phases (the second wraps the same module in a new engine), 2 ranks x 1 micro batch under
     ZeRO-2/3 against 1 process x 2 micro batches under ZeRO-0: same losses, same final weights."""
     script = REPO / "tests" / "scripts" / "mllm_train_steps.py"
+    corpus = str(write_token_corpus(tmp_path / "tokens", {"train": [11, 14]}, qa_every=2))
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    subprocess.run([sys.executable, str(script), str(tmp_path / "one.json"), "2", str(tmp_path / "w1"), "0"],
+    subprocess.run([sys.executable, str(script), str(tmp_path / "one.json"), "2", str(tmp_path / "w1"), "0", corpus],
                    check=True, env=env, cwd=REPO, timeout=300)
     subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2",
-                    str(script), str(tmp_path / "two.json"), "1", str(tmp_path / "w2"), str(zero)],
+                    str(script), str(tmp_path / "two.json"), "1", str(tmp_path / "w2"), str(zero), corpus],
                    check=True, env=env, cwd=REPO, timeout=300)
     one, two = (json.loads((tmp_path / f"{n}.json").read_text()) for n in ("one", "two"))
     assert len(one["losses"]) == 4 and one["losses"][1] < one["losses"][0]
     assert two["losses"] == pytest.approx(one["losses"], rel=1e-4)
     assert two["weights"] == pytest.approx(one["weights"], rel=1e-5)
+
+
+def test_the_trainer_streams_its_split_instead_of_holding_it(tmp_path, monkeypatch):
+    """400 token samples, 6 steps of 4 sequences: a trainer that read its split up front would decode all 400."""
+    data = _source(write_token_corpus(tmp_path / "tokens", {"train": [200, 200]}))
+    decoded = []
+    real = tokens_module.read_codes
+    monkeypatch.setattr(tokens_module, "read_codes", lambda *a: decoded.append(a[2]) or real(*a))
+    monkeypatch.setattr("dualtoken.data.sequences.read_codes", tokens_module.read_codes)
+    rows, _ = _train(data, tmp_path / "w", shuffle_buffer=16,
+                     phases=[{"name": "all", "steps": 6, "lr": 3e-3, "train": ["projector", "llm", "heads"],
+                              "tasks": {"caption": 1, "vqa": 1, "t2i": 2}}])
+    assert len(rows) == 6
+    assert len(decoded) <= 3 * (16 + 64)  # per task stream: its window and one piece, not the corpus

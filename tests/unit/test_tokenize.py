@@ -11,12 +11,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+import webdataset as wds
 from mlflow.tracking import MlflowClient
 
 from dualtoken.apps.tokenize import main as tokenize_main
 from dualtoken.config import StorageConfig, parse_config
-from dualtoken.data.curated import from_model_output, load_split, to_model_input
-from dualtoken.data.tokens import CorruptTokens, TokenLayout, load_token_split, read_layout
+from dualtoken.data.curated import from_model_output, read_images, to_model_input
+from dualtoken.data.tokens import CorruptTokens, TokenLayout, read_layout, read_token_split
 from dualtoken.evaluation.reconstruction import psnr
 from dualtoken.models.dualtoken import DualTokenCodes
 from dualtoken.partition import WorkSlice
@@ -40,8 +41,8 @@ def _configured_tracking_store(monkeypatch):
 def corpus(tmp_path_factory):
     root = tmp_path_factory.mktemp("tokenize")
     curated = write_curated_corpus(root / "curated", SHARDS)
-    model = saved_tiny_tokenizer(root / "model", load_split(curated, "train").images)
-    val = load_split(curated, "val").images
+    model = saved_tiny_tokenizer(root / "model", read_images(curated, "train", 100).images)
+    val = read_images(curated, "val", 100).images
     with torch.no_grad():
         val_psnr = float(psnr(val, from_model_output(model.reconstruct(to_model_input(val)))).mean())
     (root / "tokenizer.json").write_text(json.dumps({"psnr": val_psnr}))  # what the tokenizer stage reports
@@ -79,7 +80,7 @@ def _cfg(corpus, name: str, **tokenize):
         "tokenizer": {"output_dir": str(root / "model"), "metrics_path": str(root / "tokenizer.json")},
         "tokenize": {"output_dir": str(root / name / "tokens"), "work_dir": str(root / name / "work"),
                      "metrics_path": str(root / name / "tokenize.json"), "plots_dir": str(root / name / "plots"),
-                     "batch_size": 4, "loader_workers": 0, "runtime": {"device": "cpu"}, **tokenize},
+                     "batch_size": 4, "runtime": {"device": "cpu", "loader_workers": 0}, **tokenize},
         "tracking": {"tracking_uri": f"sqlite:///{root / 'mlflow.db'}"},
     })
 
@@ -98,7 +99,7 @@ def test_stage_round_trips_codes_text_and_pixels(corpus, reference):
     assert check["delta_tokenizer_stage_db"] <= 0.1  # the tokenizer stage's own val PSNR, reproduced
     assert read_layout(out).pixel.dtype == np.uint16
     for split in SPLITS:
-        tokens, images = load_token_split(out, split), load_split(curated, split)
+        tokens, images = read_token_split(out, split, 100), read_images(curated, split, 100)
         codes = model.encode(to_model_input(images.images))
         assert torch.equal(tokens.pixel, codes.pixel) and torch.equal(tokens.semantic, codes.semantic)
         assert tokens.meta == images.meta and tokens.keys == [m["key"] for m in images.meta]
@@ -107,6 +108,15 @@ def test_stage_round_trips_codes_text_and_pixels(corpus, reference):
     umask = os.umask(0)
     os.umask(umask)
     assert stat.S_IMODE((out / "train-000000.tar").stat().st_mode) == 0o666 & ~umask  # readable by the team
+    index = json.loads((out / "shards.json").read_text())
+    texts = index["texts"]["train"]
+    curated_metas = read_images(curated, "train", 100).meta
+    assert texts["samples"] == 13 and texts["questions"] == sum(len(m["qa"]) for m in curated_metas)
+    assert texts["captions"] == sum(len(m["captions"]) for m in curated_metas) and texts["answers"]
+    assert all((out / f"{name}.idx").is_file() for name in index["shards"])  # the loaders' offset indexes
+    streamed = list(wds.WebDataset(str(out / "train-{000000..000002}.tar"), shardshuffle=False).decode())
+    assert [s["__key__"] for s in streamed] == [m["key"] for m in curated_metas]  # any WebDataset reader
+    assert streamed[0]["pixel.npy"].shape == (4, 4, 2)
     saved = json.loads(Path(cfg.tokenize.metrics_path).read_text())
     assert saved["codes"]["pixel"]["usage"]["d1"] > 0 and saved["codes"]["pixel"]["codebook_size"] == 32
     assert (Path(cfg.tokenize.plots_dir) / "code_usage.png").read_bytes()[:4] == b"\x89PNG"

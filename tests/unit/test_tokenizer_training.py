@@ -1,18 +1,21 @@
 """Tokenizer training: losses fall when overfitting one batch, freezing schedules, a killed run resumes with
-the uninterrupted losses, SigLIP initialisation from a saved checkpoint, metrics on known inputs."""
+the uninterrupted losses (through the streaming loader, with workers), the trainer streams rather than holds
+its split, SigLIP initialisation from a saved checkpoint, metrics on known inputs."""
 
 import pytest
 import torch
 from rich.console import Console
 
+from dualtoken.data import curated as curated_module
 from dualtoken.data.curated import to_model_input
+from dualtoken.data.shards import split_shards
 from dualtoken.evaluation.reconstruction import psnr, ssim
 from dualtoken.evaluation.tokenizer import codebook_usage
 from dualtoken.models.dualtoken import DualTokenModel
 from dualtoken.training.distributed import DistContext
 from dualtoken.training.tokenizer import train_tokenizer
 from dualtoken.training.tokenizer_losses import apply_stage, stage_plan, teacher_feature_distance
-from tiny import TOKENIZER, tiny_split, tiny_teacher, tiny_tokenizer_config, tokenizer_cfg
+from tiny import TOKENIZER, tiny_split, tiny_teacher, tiny_tokenizer_config, tokenizer_cfg, write_curated_corpus
 
 CPU = DistContext(0, 1, 0, torch.device("cpu"))
 QUIET = Console(quiet=True)
@@ -25,6 +28,10 @@ class Killed(Exception):
 def _model(teacher):
     torch.manual_seed(1)
     return DualTokenModel.from_siglip(teacher.vision_model, tiny_tokenizer_config())
+
+
+def _shards(tmp_path, sizes):
+    return split_shards(write_curated_corpus(tmp_path / "corpus", {"train": sizes}), "train")
 
 
 def test_from_siglip_loads_a_locally_saved_checkpoint(tmp_path):
@@ -42,7 +49,7 @@ def test_from_siglip_loads_a_locally_saved_checkpoint(tmp_path):
 
 def test_overfitting_one_batch_lowers_every_loss(tmp_path):
     teacher = tiny_teacher()
-    data = tiny_split(8)
+    data = _shards(tmp_path, [8])  # every step: these 8 images, in another order
     seen: list[dict] = []
     cfg = tokenizer_cfg(tmp_path, steps=60, losses={"gan_start_step": 1000}, runtime={"checkpoint_every": 1000})
     train_tokenizer(cfg, _model(teacher), teacher.vision_model, data, CPU, 0, {}, QUIET,
@@ -54,15 +61,15 @@ def test_overfitting_one_batch_lowers_every_loss(tmp_path):
 
 def test_killed_run_resumes_with_the_same_losses(tmp_path):
     teacher = tiny_teacher()
-    data = tiny_split(24)
-    full = train_tokenizer(tokenizer_cfg(tmp_path / "a"), _model(teacher), teacher.vision_model, data, CPU, 0, {},
-                           QUIET)
+    data = _shards(tmp_path, [10, 7, 9])  # 26 samples: steps of 8 cross shard and epoch boundaries
+    full = train_tokenizer(tokenizer_cfg(tmp_path / "a", shuffle_buffer=8, runtime={"loader_workers": 2}),
+                           _model(teacher), teacher.vision_model, data, CPU, 0, {}, QUIET)
 
     def kill_at_step_5(step, metrics):
         if step == 5:
             raise Killed
 
-    cfg = tokenizer_cfg(tmp_path / "b")
+    cfg = tokenizer_cfg(tmp_path / "b", shuffle_buffer=8)  # 0 workers: the same batches
     with pytest.raises(Killed):  # dies after step 5, the last checkpoint being step 3
         train_tokenizer(cfg, _model(teacher), teacher.vision_model, data, CPU, 0, {}, QUIET, sink=kill_at_step_5)
     torch.manual_seed(99)  # a new process starts from other RNG state and other weights
@@ -71,7 +78,7 @@ def test_killed_run_resumes_with_the_same_losses(tmp_path):
     assert len(full) == 6 and len(rest) == 3
     assert rest == full[3:]  # bit-identical: weights, both optimizers, EMA codebooks, sampler and RNG restored
 
-    changed = tokenizer_cfg(tmp_path / "b", steps=7)  # another configuration: its checkpoints are set aside
+    changed = tokenizer_cfg(tmp_path / "b", shuffle_buffer=8, steps=7)  # another configuration: set aside
     again = train_tokenizer(changed, _model(teacher), teacher.vision_model, data, CPU, 0, {"other": 1}, QUIET)
     assert len(again) == 7 and any((tmp_path / "b").glob("checkpoints.stale-*"))
 
@@ -157,7 +164,7 @@ def test_gpu_code_paths_bf16_autocast_and_gradient_checkpointing_run_on_cpu(tmp_
     model = _model(teacher)
     cfg = tokenizer_cfg(tmp_path, steps=3, losses={"gan_start_step": 1},
                         runtime={"precision": "bf16", "gradient_checkpointing": "on", "checkpoint_every": 1000})
-    losses = train_tokenizer(cfg, model, teacher.vision_model, tiny_split(16), CPU, 0, {}, QUIET)
+    losses = train_tokenizer(cfg, model, teacher.vision_model, _shards(tmp_path, [16]), CPU, 0, {}, QUIET)
     assert len(losses) == 3 and all(torch.isfinite(torch.tensor(losses)))
     assert all(layer.gradient_checkpointing for layer in model.layers)
     assert all(p.dtype == torch.float32 for p in model.parameters())  # autocast: fp32 master weights
@@ -171,3 +178,15 @@ def test_logging_a_grid_keeps_a_frozen_quantizer_frozen(tmp_path):
     grid = reconstruction_grid(model, tiny_split(3).images, torch.device("cpu"))
     assert grid.shape == (2 * 32, 3 * 32, 3) and grid.dtype == torch.uint8
     assert model.training and model.semantic_quantizer.training and not model.pixel_quantizer.training
+
+
+def test_the_trainer_streams_its_split_instead_of_holding_it(tmp_path, monkeypatch):
+    """600 images, 10 steps of 8: a trainer that read its split up front would decode all 600."""
+    data = _shards(tmp_path, [200, 200, 200])
+    decoded = []
+    real = curated_module.decode_image
+    monkeypatch.setattr(curated_module, "decode_image", lambda data, where: decoded.append(where) or real(data, where))
+    teacher = tiny_teacher()
+    cfg = tokenizer_cfg(tmp_path / "w", steps=10, shuffle_buffer=32, runtime={"loader_workers": 0})
+    train_tokenizer(cfg, _model(teacher), teacher.vision_model, data, CPU, 0, {}, QUIET)
+    assert 80 <= len(decoded) <= 80 + 32 + 64  # the batches, the shuffle window, one piece ahead

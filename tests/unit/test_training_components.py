@@ -5,7 +5,7 @@ import itertools
 import pytest
 import torch
 
-from dualtoken.data.curated import EpochSampler
+from dualtoken.data.stream import Emitter, StreamOrder
 from dualtoken.training.checkpoint import Checkpointer
 from dualtoken.training.schedule import warmup_cosine, warmup_cosine_scheduler
 
@@ -18,13 +18,13 @@ def _setup():
     model = torch.nn.Sequential(torch.nn.Linear(8, 16), torch.nn.Dropout(0.3), torch.nn.Linear(16, 1))
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-2)
     scheduler = warmup_cosine_scheduler(optimizer, warmup_steps=3, total_steps=12)
-    return model, optimizer, scheduler, EpochSampler(64, 8, seed=5)
+    return model, optimizer, scheduler, Emitter(StreamOrder([64], 1, seed=5, shuffle_buffer=16), 0)
 
 
 def _train(model, optimizer, scheduler, sampler, steps, start=0, ckpt=None, save_at=None):
     losses = []
     for step in range(start, steps):
-        idx = sampler.next_batch()
+        _, idx = sampler.take(8)
         loss = torch.nn.functional.mse_loss(model(DATA[idx]), TARGET[idx])  # dropout draws from the RNG
         optimizer.zero_grad()
         loss.backward()
@@ -33,7 +33,7 @@ def _train(model, optimizer, scheduler, sampler, steps, start=0, ckpt=None, save
         losses.append(loss.item())
         if ckpt is not None and step + 1 == save_at:
             ckpt.save(step + 1, {"model": model}, {"optimizer": optimizer}, {"scheduler": scheduler},
-                      {"sampler": sampler.state_dict()})
+                      {"position": sampler.position})
             return losses
     return losses
 
@@ -45,7 +45,7 @@ def test_resume_after_kill_reproduces_the_losses(tmp_path):
     torch.manual_seed(123)  # the new process starts from some other RNG state
     model, optimizer, scheduler, sampler = _setup()
     step, state = ckpt.load(ckpt.latest(), {"model": model}, {"optimizer": optimizer}, {"scheduler": scheduler})
-    sampler.load_state_dict(state["sampler"])
+    sampler = Emitter(sampler.order, 0, state["position"])
     rest = _train(model, optimizer, scheduler, sampler, steps=12, start=step)
     assert step == 5 and first + rest == full
 

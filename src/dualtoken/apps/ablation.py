@@ -19,7 +19,8 @@ from rich.console import Console
 from dualtoken.apps.tokenizer import build_model
 from dualtoken.apps.training import CurveLog, log_final_metrics, setup_process, tracked, write_metrics
 from dualtoken.config import Config, ConfigError
-from dualtoken.data.curated import corpus_digest, load_split
+from dualtoken.data.curated import corpus_digest, read_images
+from dualtoken.data.shards import split_shards
 from dualtoken.evaluation.ablation import VARIANTS, variant_config
 from dualtoken.evaluation.features import feature_extractor
 from dualtoken.evaluation.reconstruction import image_grid
@@ -51,18 +52,19 @@ def main(cfg: Config, variant: str, console: Console | None = None) -> dict[str,
             raise FileNotFoundError(f"no teacher in {cfg.teacher.output_dir}: run the teacher stage first")
         teacher, text_tokenizer = load_teacher(cfg.teacher.output_dir)
         model = build_model(cfg_v, teacher.vision_model)
-        data = corpus_digest(cfg.curate.output_dir)
+        curated = cfg.curated(t.input)
+        data = corpus_digest(curated, cfg.storage)
         identity = {"tokenizer": t.model_dump(mode="json", exclude={"runtime", "plots_path"}), "seed": cfg.seed,
                     "data": data, "teacher": checkpoint_digest(cfg.teacher.output_dir), "variant": variant}
-        train = load_split(cfg.curate.output_dir, "train")
-        held_out = load_split(cfg.curate.output_dir, cfg.evaluate.split, limit=cfg.evaluate.images)
+        train = split_shards(curated, "train", cfg.storage)
+        held_out = read_images(curated, cfg.evaluate.split, cfg.evaluate.images, cfg.storage)
         with tracked(f"ablation@{variant}", cfg_v, ("seed", "tokenizer", "ablation"), ctx):
             console.print(f"\\[ablation] {VARIANTS[variant].row}: {t.steps} steps of {t.batch_size}, overrides "
                           f"{t.overrides or '{}'}, semantic losses x{t.losses.semantic_tap}/{t.losses.semantic_pooled}")
             t0 = time.perf_counter()
             curve = CurveLog("train")
             train_tokenizer(t, model, teacher.vision_model, train, ctx, cfg.seed, identity, console,
-                            sink=curve if ctx.is_main else None)
+                            sink=curve if ctx.is_main else None, storage=cfg.storage)
             train_seconds = time.perf_counter() - t0
             if not ctx.is_main:
                 return {}

@@ -25,8 +25,8 @@ from dualtoken.apps.inference import load_mllm
 from dualtoken.apps.mllm import check_layout
 from dualtoken.apps.training import log_final_metrics, setup_process, tracked, write_metrics
 from dualtoken.config import Config, ConfigError, ProcessConfig
-from dualtoken.data.curated import CuratedSplit, from_model_output, load_split
-from dualtoken.data.tokens import load_token_split
+from dualtoken.data.curated import from_model_output, read_images
+from dualtoken.data.tokens import read_text_stats, read_token_split
 from dualtoken.evaluation.ablation import ablation_table, table_markdown
 from dualtoken.evaluation.features import feature_extractor
 from dualtoken.evaluation.mllm import caption_quality, generation_quality, generation_rows, vqa_accuracy
@@ -91,8 +91,7 @@ def measure(cfg: Config, device: torch.device, console: Console) -> tuple[dict[s
     teacher = teacher.to(device).eval()
     extractor = feature_extractor(e.inception_weights, teacher, device)
     lpips = LPIPS.from_file(e.lpips_weights).to(device) if e.lpips_weights else None
-    curated = load_split(cfg.curate.output_dir, e.split)
-    held_out = CuratedSplit(curated.images[: e.images], curated.meta[: e.images], curated.keys[: e.images])
+    held_out = read_images(cfg.curated(e.input), e.split, e.images, cfg.storage)
     visual_path = cfg.mllm.tokenizer or cfg.tokenizer.output_dir  # the tokenizer the MLLM trained with
     loaded = load_mllm(cfg.mllm.output_dir, visual_path, device.type)
     visual = loaded.visual
@@ -100,26 +99,27 @@ def measure(cfg: Config, device: torch.device, console: Console) -> tuple[dict[s
         raise ConfigError(f"mllm.tokenizer: {visual_path} is not the DualToken tokenizer {cfg.mllm.output_dir} was "
                           "trained with (SHA-256 differs): rerun the mllm stage or point mllm.tokenizer at it")
     tokens_root = cfg.mllm.tokens or cfg.tokenize.output_dir
-    check_layout(tokens_root, visual)
-    console.print(f"\\[evaluate] {e.split} split: {len(curated)} images; tokenizer metrics on {len(held_out)}, "
-                  f"features for Fréchet distances: {extractor.name}")
+    check_layout(tokens_root, visual, cfg.storage)
+    console.print(f"\\[evaluate] the first {len(held_out)} images of the {e.split} split; features for Fréchet "
+                  f"distances: {extractor.name}")
     r = reconstruct_split(visual, held_out.images, e.batch_size, device)
     tokenizer_metrics = {"reconstruction": reconstruction_quality(r, extractor, e.batch_size, lpips),
                          "zero_shot": zero_shot_paths(visual, teacher, teacher_tokenizer, held_out, e.batch_size,
                                                       device),
                          "codes": code_usage(visual, r), "images": len(held_out)}
     console.print("\\[evaluate] tokenizer measured; now the MLLM")
-    split = load_token_split(tokens_root, e.split)
-    train_meta = load_token_split(tokens_root, "train").meta
+    split = read_token_split(tokens_root, e.split, e.images, cfg.storage)
+    majority = read_text_stats(tokens_root, "train", cfg.storage).majority()
     model, tokenizer = loaded.model, loaded.tokenizer
-    vqa = vqa_accuracy(model, tokenizer, split, train_meta, e.vqa_questions, e.batch_size)
+    vqa = vqa_accuracy(model, tokenizer, split, majority, e.vqa_questions, e.batch_size)
     captions = caption_quality(model, tokenizer, split, e.caption_images, e.batch_size)
     rows = generation_rows(split, e.generated_images)
-    by_key = {k: i for i, k in enumerate(curated.keys)}
+    by_key = {k: i for i, k in enumerate(held_out.keys)}
     missing = [split.keys[i] for i in rows if split.keys[i] not in by_key]
     if missing:
-        raise ValueError(f"token samples {missing[:3]} are not in the curated {e.split} split: rerun tokenize")
-    real = curated.images[[by_key[split.keys[i]] for i in rows]]
+        raise ValueError(f"token samples {missing[:3]} are not among the first {len(held_out)} curated {e.split} "
+                         "samples: the token corpus is not this curated corpus's; rerun tokenize")
+    real = held_out.images[[by_key[split.keys[i]] for i in rows]]
     generation, pictures = generation_quality(model, tokenizer, visual, teacher, teacher_tokenizer, split, rows,
                                               e.batch_size, e.sampling, e.seed, extractor, real)
     per_prompt = prompt_samples(cfg, loaded, generation.get("prompts", []))

@@ -19,39 +19,34 @@ from rich.console import Console
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PreTrainedModel
 
 from dualtoken.apps.training import CurveLog, log_final_metrics, setup_process, tracked, write_metrics
-from dualtoken.config import Config, ConfigError, MllmConfig
-from dualtoken.data.curated import read_shard_index
-from dualtoken.data.sequences import SequenceCorpus
-from dualtoken.data.tokens import TokenSplit, load_token_split, read_layout
+from dualtoken.config import Config, ConfigError, MllmConfig, StorageConfig
+from dualtoken.data.curated import iter_metas
+from dualtoken.data.shards import read_shard_index, split_shards
+from dualtoken.data.texts import TextStats, corpus_texts
+from dualtoken.data.tokens import TokenSplit, read_layout, read_text_stats, read_token_split
 from dualtoken.evaluation.mllm import generation_quality, generation_rows, vqa_accuracy
 from dualtoken.models.dualtoken import DualTokenModel
 from dualtoken.models.mllm import SPECIAL_TOKENS, STREAMS, DualTokenMLLM, DualTokenMLLMConfig
 from dualtoken.models.teacher import checkpoint_digest, load_teacher
+from dualtoken.storage import location
 from dualtoken.text import train_bpe
 from dualtoken.tracking import log_dataset, run_url
 from dualtoken.training.distributed import shutdown_distributed
-from dualtoken.training.mllm import train_mllm
+from dualtoken.training.mllm import TokenSource, train_mllm
 from dualtoken.training.run import save_folder_atomically
 
 STAGE = "mllm"
 
 
-def corpus_texts(split: TokenSplit) -> list[str]:
-    """Every caption, question and answer, in corpus order (the demo BPE is trained on them)."""
-    out = []
-    for meta in split.meta:
-        out += meta.get("captions", [])
-        for qa in meta.get("qa", []):
-            out += [qa["question"], qa["answer"]]
-    return out
-
-
-def text_tokenizer(cfg: MllmConfig, train: TokenSplit) -> Any:
+def text_tokenizer(cfg: MllmConfig, train_urls: list[str], storage: StorageConfig | None = None) -> Any:
+    """The pretrained LM's tokenizer with the special tokens added, or a BPE trained on every caption, question
+    and answer of the training shards (one streaming pass over their texts; no codes are decoded)."""
     if cfg.llm.pretrained:
         tokenizer = AutoTokenizer.from_pretrained(cfg.llm.pretrained, local_files_only=True)
         tokenizer.add_special_tokens({"additional_special_tokens": list(SPECIAL_TOKENS)})
         return tokenizer
-    return train_bpe(corpus_texts(train), cfg.llm.vocab_size, extra_special_tokens=SPECIAL_TOKENS)
+    return train_bpe(corpus_texts(iter_metas(train_urls, storage)), cfg.llm.vocab_size,
+                     extra_special_tokens=SPECIAL_TOKENS)
 
 
 def language_model(cfg: MllmConfig, vocab_size: int) -> PreTrainedModel:
@@ -82,8 +77,8 @@ def build_model(cfg: MllmConfig, tokenizer: Any, visual: DualTokenModel, tokeniz
     return DualTokenMLLM.from_parts(llm, config, {s: quantizers[s].codebooks.detach().float() for s in STREAMS})
 
 
-def check_layout(root: str, visual: DualTokenModel) -> None:
-    layout = read_layout(root)
+def check_layout(root: str, visual: DualTokenModel, storage: StorageConfig | None = None) -> None:
+    layout = read_layout(root, storage)
     expected = {"grid": [visual.config.grid_size] * 2, "pixel": visual.config.pixel_depth,
                 "semantic": visual.config.semantic_depth}
     found = {"grid": list(layout.grid), "pixel": layout.pixel.depth, "semantic": layout.semantic.depth}
@@ -92,14 +87,15 @@ def check_layout(root: str, visual: DualTokenModel) -> None:
                           "rerun the tokenize stage or point mllm.tokens / mllm.tokenizer at a matching pair")
 
 
-def check_tasks(cfg: MllmConfig, corpus: SequenceCorpus) -> None:
-    """Every task a selected phase asks for has items in the corpus (your own data may have no QA)."""
+def check_tasks(cfg: MllmConfig, texts: TextStats) -> None:
+    """Every task a selected phase asks for has items in the training split (your own data may have no QA)."""
     selected = {p.name for p in cfg.selected_phases()}
+    items = {"caption": texts.captions, "t2i": texts.captions, "vqa": texts.questions}
     for i, phase in enumerate(cfg.phases):
         if phase.name not in selected:
             continue
         for task, weight in phase.tasks.items():
-            if weight > 0 and corpus.items(task) == 0:
+            if weight > 0 and items[task] == 0:
                 raise ConfigError(f"mllm.phases.{i}.tasks.{task}: phase {phase.name!r} asks for {task} sequences but "
                                   f"the training split has none; give it weight 0 or add them to the corpus")
 
@@ -115,33 +111,34 @@ def main(cfg: Config, console: Console | None = None) -> dict[str, Any]:
             raise FileNotFoundError(f"no DualToken tokenizer in {visual_path}: run the tokenizer stage first "
                                     "(dvc repro tokenizer) or set mllm.tokenizer")
         visual = DualTokenModel.from_pretrained(visual_path, local_files_only=True).eval()
-        check_layout(tokens_root, visual)
-        train = load_token_split(tokens_root, "train")
-        val = load_token_split(tokens_root, "val")
-        tokenizer = text_tokenizer(m, train)
+        check_layout(tokens_root, visual, cfg.storage)
+        train = split_shards(tokens_root, "train", cfg.storage)
+        texts = read_text_stats(tokens_root, "train", cfg.storage)
+        check_tasks(m, texts)
+        val = read_token_split(tokens_root, "val", m.eval.images, cfg.storage)
+        tokenizer = text_tokenizer(m, [s.url for s in train], cfg.storage)
         model = build_model(m, tokenizer, visual, visual_path)
-        corpus = SequenceCorpus(train, tokenizer, m.max_text_tokens)
-        check_tasks(m, corpus)
-        index_digest = hashlib.sha256(str(read_shard_index(tokens_root)).encode()).hexdigest()[:16]
+        source = TokenSource(train, read_layout(tokens_root, cfg.storage), tokenizer, cfg.storage)
+        index_digest = hashlib.sha256(str(read_shard_index(tokens_root, cfg.storage)).encode()).hexdigest()[:16]
         identity = {"seed": cfg.seed, "tokens": index_digest, "tokenizer": model.config.tokenizer_sha256,
                     "llm": m.llm.pretrained and checkpoint_digest(m.llm.pretrained)}
         with tracked(STAGE, cfg, ("seed", "mllm"), ctx) as run:
             if run is not None:
                 import mlflow
 
-                log_dataset("tokens", str(Path(tokens_root).resolve()), index_digest, context="training")
+                log_dataset("tokens", location(tokens_root), index_digest, context="training")
                 mlflow.set_tag("dualtoken.tokenizer_sha256", model.config.tokenizer_sha256)
             params = sum(p.numel() for p in model.parameters())
             console.print(f"\\[mllm] {params:,} parameters (LM {sum(p.numel() for p in model.llm.parameters()):,}), "
-                          f"{len(train)} train images -> {len(corpus.captions)} captions, {len(corpus.qa)} questions; "
-                          f"text vocabulary {len(tokenizer)}")
+                          f"{texts.samples} train images in {len(train)} shards -> {texts.captions} captions, "
+                          f"{texts.questions} questions; text vocabulary {len(tokenizer)}")
             t0 = time.perf_counter()
             curve = CurveLog("train")
-            rows = train_mllm(m, model, corpus, ctx, cfg.seed, identity, console, sink=curve if ctx.is_main else None)
+            rows = train_mllm(m, model, source, ctx, cfg.seed, identity, console, sink=curve if ctx.is_main else None)
             train_seconds = time.perf_counter() - t0
             if not ctx.is_main:
                 return {}
-            metrics = evaluate(cfg, model.eval(), tokenizer, visual.to(ctx.device), train, val, console)
+            metrics = evaluate(cfg, model.eval(), tokenizer, visual.to(ctx.device), texts.majority(), val, console)
             metrics.update({"train_seconds": round(train_seconds, 1), "final": rows[-1] if rows else None,
                             "steps": sum(p.steps for p in m.selected_phases()), "parameters": params})
 
@@ -175,11 +172,13 @@ def main(cfg: Config, console: Console | None = None) -> dict[str, Any]:
         shutdown_distributed()
 
 
-def evaluate(cfg: Config, model: DualTokenMLLM, tokenizer: Any, visual: DualTokenModel, train: TokenSplit,
+def evaluate(cfg: Config, model: DualTokenMLLM, tokenizer: Any, visual: DualTokenModel, majority: dict[str, str],
              val: TokenSplit, console: Console) -> dict[str, Any]:
+    """VQA and generation on the first ``mllm.eval.images`` val samples; the majority answers are the train
+    split's (counted by the tokenize stage)."""
     e = cfg.mllm.eval
     t0 = time.perf_counter()
-    metrics: dict[str, Any] = {"vqa": vqa_accuracy(model, tokenizer, val, train.meta, e.vqa_questions, e.batch_size)}
+    metrics: dict[str, Any] = {"vqa": vqa_accuracy(model, tokenizer, val, majority, e.vqa_questions, e.batch_size)}
     if e.generated_images and Path(cfg.teacher.output_dir, "config.json").is_file():
         teacher, teacher_tokenizer = load_teacher(cfg.teacher.output_dir)
         generation, pictures = generation_quality(model, tokenizer, visual, teacher.to(model.device).eval(),

@@ -15,8 +15,10 @@ from rich.console import Console
 
 from dualtoken.apps.training import CurveLog, log_final_metrics, setup_process, tracked, write_metrics
 from dualtoken.config import Config, ConfigError
-from dualtoken.data.curated import corpus_digest, load_split
+from dualtoken.data.curated import corpus_digest, iter_metas, read_images
+from dualtoken.data.shards import split_shards
 from dualtoken.models.teacher import checkpoint_digest, load_teacher, new_teacher, scratch_config, vision_config_of
+from dualtoken.storage import location
 from dualtoken.text import train_bpe
 from dualtoken.tracking import log_dataset, run_url
 from dualtoken.training.distributed import shutdown_distributed
@@ -28,8 +30,9 @@ STAGE = "teacher"
 
 def _scratch(cfg: Config, console: Console, ctx: Any, identity: dict[str, Any]) -> tuple[Any, Any, dict[str, Any]]:
     t = cfg.teacher
-    train = load_split(cfg.curate.output_dir, "train")
-    tokenizer = train_bpe((c for m in train.meta for c in m["captions"]), vocab_size=t.text.vocab_size)
+    train = split_shards(cfg.curated(t.input), "train", cfg.storage)
+    captions = (c for m in iter_metas([s.url for s in train], cfg.storage) for c in m["captions"])
+    tokenizer = train_bpe(captions, vocab_size=t.text.vocab_size)
     try:
         config = scratch_config(vision_config_of(t.architecture), len(tokenizer), t.text.max_length, t.text.hidden_size,
                                 t.text.intermediate_size, t.text.layers, t.text.heads, tokenizer.pad_token_id)
@@ -37,10 +40,10 @@ def _scratch(cfg: Config, console: Console, ctx: Any, identity: dict[str, Any]) 
         raise ConfigError(f"teacher.architecture: {err}") from None
     model = new_teacher(config, t.batch_size // ctx.world)
     console.print(f"\\[teacher] training a SigLIP from scratch: {sum(p.numel() for p in model.parameters()):,} "
-                  f"parameters, {len(train)} images, {t.steps} steps of {t.batch_size}")
+                  f"parameters, {sum(s.samples for s in train)} images, {t.steps} steps of {t.batch_size}")
     t0 = time.perf_counter()
-    losses = train_teacher(t, model, tokenizer, train, ctx, cfg.seed, identity, console, CurveLog("train")
-                           if ctx.is_main else None)
+    losses = train_teacher(t, model, tokenizer, train, ctx, cfg.seed, identity, console,
+                           CurveLog("train") if ctx.is_main else None, storage=cfg.storage)
     info = {"source": "scratch", "train_seconds": round(time.perf_counter() - t0, 1), "steps": t.steps,
             "final_loss": losses[-1] if losses else None}
     return model, tokenizer, info
@@ -51,12 +54,13 @@ def main(cfg: Config, console: Console | None = None) -> dict[str, Any]:
     t = cfg.teacher
     ctx = setup_process(t.runtime, cfg.seed)
     try:
-        data = corpus_digest(cfg.curate.output_dir)
+        curated = cfg.curated(t.input)
+        data = corpus_digest(curated, cfg.storage)
         identity = {"teacher": t.model_dump(mode="json", exclude={"runtime"}), "seed": cfg.seed, "data": data,
                     "grad_accum": t.runtime.grad_accum}
         with tracked(STAGE, cfg, ("seed", "teacher"), ctx) as run:
             if run is not None:
-                log_dataset("curated", str(Path(cfg.curate.output_dir).resolve()), data, context="training")
+                log_dataset("curated", location(curated), data, context="training")
             if t.pretrained:
                 model, tokenizer = load_teacher(t.pretrained)
                 info = {"source": "pretrained", "path": str(Path(t.pretrained).resolve()),
@@ -66,7 +70,7 @@ def main(cfg: Config, console: Console | None = None) -> dict[str, Any]:
                 model, tokenizer, info = _scratch(cfg, console, ctx, identity)
             if not ctx.is_main:
                 return info
-            val = load_split(cfg.curate.output_dir, "val")
+            val = read_images(curated, "val", t.eval_images, cfg.storage)
             max_length = model.config.text_config.max_position_embeddings
             metrics = {**evaluate_teacher(model, tokenizer, val, max_length, t.eval_batch_size, ctx.device), **info}
 

@@ -25,11 +25,13 @@ from rich.console import Console
 from dualtoken.apps.training import log_final_metrics, setup_process, tracked, write_metrics
 from dualtoken.config import Config
 from dualtoken.data.curated import corpus_digest
+from dualtoken.data.loader import default_workers
+from dualtoken.data.shards import OFFSETS_SUFFIX
 from dualtoken.data.tokens import STREAMS, TokenLayout
 from dualtoken.models.dualtoken import DualTokenModel
 from dualtoken.models.teacher import checkpoint_digest
 from dualtoken.partition import WorkSlice, slice_from_env
-from dualtoken.storage import publish_dir, upload_file
+from dualtoken.storage import location, publish_dir, upload_file
 from dualtoken.tokenization.job import (
     Plan,
     Settings,
@@ -66,10 +68,11 @@ def main(cfg: Config, console: Console | None = None, work: WorkSlice | None = N
     ctx = setup_process(t.runtime, cfg.seed, timeout_s=t.barrier_timeout_min * 60)
     try:
         model_dir = t.tokenizer or cfg.tokenizer.output_dir
-        curated = t.input or cfg.curate.output_dir
+        curated = cfg.curated(t.input)
         model = load_tokenizer(model_dir).to(ctx.device).eval()
+        workers = t.runtime.loader_workers
         settings = Settings(t.batch_size, ctx.device, resolve_precision(t.runtime.precision, ctx.device),
-                            t.loader_workers, t.prefetch_batches)
+                            default_workers(ctx.local_world) if workers is None else workers, t.runtime.loader_prefetch)
         plan = make_plan(curated, t.splits, TokenLayout.of_model(model.config), cfg.storage)
         tokenizer_sha = checkpoint_digest(model_dir)
         corpus = corpus_digest(curated, cfg.storage)
@@ -186,17 +189,13 @@ def _log_run(cfg: Config, tokens: TokenCorpus, metrics: dict[str, Any], plots: l
     import mlflow
 
     t = cfg.tokenize
-    log_dataset("curated", _location(t.input or cfg.curate.output_dir), corpus, context="input")
+    log_dataset("curated", location(cfg.curated(t.input)), corpus, context="input")
     index_digest = hashlib.sha256(json.dumps(tokens.index["shards"], sort_keys=True).encode()).hexdigest()[:16]
-    log_dataset("tokens", str(tokens.root.resolve()), index_digest, context="tokenized")
+    log_dataset("tokens", location(tokens.root), index_digest, context="tokenized")
     mlflow.set_tag("dualtoken.tokenizer_sha256", tokenizer_sha)
     log_final_metrics(metrics, step=0)
     for path in (Path(t.metrics_path), tokens.root / "shards.json", *plots):
         mlflow.log_artifact(str(path), artifact_path="tokenize")
-
-
-def _location(uri: str) -> str:
-    return uri if uri.startswith("s3://") else str(Path(uri).resolve())
 
 
 def _publish(cfg: Config, tokens: TokenCorpus) -> list[str]:
@@ -205,6 +204,7 @@ def _publish(cfg: Config, tokens: TokenCorpus) -> list[str]:
     if not prefix:
         return []
     urls = publish_dir(tokens.root, prefix, cfg.storage, pattern="*.tar")
+    urls += publish_dir(tokens.root, prefix, cfg.storage, pattern=f"*.tar{OFFSETS_SUFFIX}")
     index = prefix.rstrip("/") + "/shards.json"
     upload_file(tokens.root / "shards.json", index, cfg.storage)
     return [*urls, index]

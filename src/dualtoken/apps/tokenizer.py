@@ -18,11 +18,13 @@ from rich.console import Console
 
 from dualtoken.apps.training import CurveLog, log_final_metrics, setup_process, tracked, write_metrics
 from dualtoken.config import Config, ConfigError
-from dualtoken.data.curated import corpus_digest, load_split
+from dualtoken.data.curated import corpus_digest, read_images
+from dualtoken.data.shards import split_shards
 from dualtoken.evaluation.tokenizer import evaluate_tokenizer
 from dualtoken.models.configuration import DualTokenConfig, named_config
 from dualtoken.models.dualtoken import DualTokenModel
 from dualtoken.models.teacher import checkpoint_digest, load_teacher
+from dualtoken.storage import location
 from dualtoken.tracking import log_dataset, run_url
 from dualtoken.training.distributed import shutdown_distributed
 from dualtoken.training.run import save_folder_atomically
@@ -63,26 +65,27 @@ def main(cfg: Config, console: Console | None = None) -> dict[str, Any]:
                                     "(dvc repro teacher)")
         teacher, text_tokenizer = load_teacher(cfg.teacher.output_dir)
         model = build_model(cfg, teacher.vision_model)
-        data = corpus_digest(cfg.curate.output_dir)
+        curated = cfg.curated(t.input)
+        data = corpus_digest(curated, cfg.storage)
         identity = {"tokenizer": t.model_dump(mode="json", exclude={"runtime", "register_as", "image_log_every",
                                                                   "plots_path"}),
                     "seed": cfg.seed, "data": data, "teacher": checkpoint_digest(cfg.teacher.output_dir),
                     "grad_accum": t.runtime.grad_accum}
-        train = load_split(cfg.curate.output_dir, "train")
-        val = load_split(cfg.curate.output_dir, "val")
+        train = split_shards(curated, "train", cfg.storage)
+        val = read_images(curated, "val", t.eval_images, cfg.storage)
         preview = val.images[:PREVIEW_IMAGES]
         with tracked(STAGE, cfg, ("seed", "tokenizer"), ctx) as run:
             if run is not None:
                 import mlflow
 
-                log_dataset("curated", str(Path(cfg.curate.output_dir).resolve()), data, context="training")
+                log_dataset("curated", location(curated), data, context="training")
                 mlflow.set_tag("dualtoken.teacher_sha256", identity["teacher"])
                 mlflow.log_dict(model.config.to_dict(), "tokenizer/config.json")
             sizes = {name: sum(p.numel() for p in module.parameters()) for name, module in
                      (("tower", model.vision), ("decoder", model.decoder), ("all", model))}
             console.print(f"\\[tokenizer] stage {t.stage}, {sizes['all']:,} parameters (tower {sizes['tower']:,}, "
-                          f"decoder {sizes['decoder']:,}), {len(train)} images, {t.steps} steps of {t.batch_size}, "
-                          f"{ctx.world} process(es) on {ctx.device}")
+                          f"decoder {sizes['decoder']:,}), {sum(s.samples for s in train)} images in {len(train)} "
+                          f"shards, {t.steps} steps of {t.batch_size}, {ctx.world} process(es) on {ctx.device}")
 
             def log_grid(step: int, grid: torch.Tensor) -> None:
                 import mlflow
@@ -93,7 +96,7 @@ def main(cfg: Config, console: Console | None = None) -> dict[str, Any]:
             curve = CurveLog("train")
             losses = train_tokenizer(t, model, teacher.vision_model, train, ctx, cfg.seed, identity, console,
                                      sink=curve if ctx.is_main else None, preview=preview,
-                                     on_images=log_grid if ctx.is_main else None)
+                                     on_images=log_grid if ctx.is_main else None, storage=cfg.storage)
             train_seconds = time.perf_counter() - t0
             if not ctx.is_main:
                 return {}

@@ -149,7 +149,7 @@ def run_curation(cfg: Config, console: Console | None = None) -> CurateOutputs:
     }
     with atomic_write(out / "shards.json", "w") as handle:
         json.dump({"splits": {s: stats["shards_by_split"][s] for s in SPLITS},
-                   "counts": stats["accepted_by_split"]}, handle, indent=1)
+                   "counts": stats["accepted_by_split"], "shards": stats.pop("shards")}, handle, indent=1)
     stats_path = Path(cfg.curate.metrics_path)
     with atomic_write(stats_path, "w") as handle:
         json.dump(stats, handle, indent=1, sort_keys=True)

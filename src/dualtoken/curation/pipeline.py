@@ -232,7 +232,7 @@ def run_phase2(cfg: Config, units: list[tuple[InputShard, UnitSummary]]) -> Cura
     for unit_id, rec, verdict, detail in verdicts:
         by_unit.setdefault(unit_id, []).append((rec, verdict, detail))
 
-    writers = {split: RollingTarWriter(out, split, cfg.curate.samples_per_shard) for split in SPLITS}
+    writers = {split: RollingTarWriter(out, split, cfg.curate.samples_per_shard, index=True) for split in SPLITS}
     quarantine = RollingTarWriter(out / "rejects", "rejects", cfg.curate.samples_per_shard)
     fractions = cfg.curate.split.as_dict()
     manifest: list[dict] = []
@@ -310,6 +310,7 @@ def _stats(units: list[tuple[InputShard, UnitSummary]], manifest: list[dict], re
         "accounting_ok": True,
         "accepted_by_split": {s: accepted_by_split.get(s, 0) for s in SPLITS},
         "shards_by_split": {s: writers[s].shards for s in SPLITS},
+        "shards": {name: entry for s in SPLITS for name, entry in writers[s].shard_table().items()},
         "inputs_by_source": dict(sorted(inputs_by_source.items())),
         "accepted_by_source": dict(sorted(accepted_by_source.items())),
         "rejected_by_source": dict(sorted(rejected_by_source.items())),

@@ -1,9 +1,9 @@
-"""Reading the curated corpus back for training: WebDataset shards -> tensors, with resumable order.
+"""Reading the curated corpus: WebDataset shards of image + txt + json per sample (local or S3).
 
-Two ways in: ``iter_samples`` streams shards (local or S3) one sample at a time (any corpus size), and
-``load_split`` holds a split in memory (the demo's few thousand 64 px images are ~50 MB). ``EpochSampler``
-gives every rank its slice of a seeded per-epoch permutation and can be checkpointed mid-epoch, so a
-resumed run sees exactly the batches the uninterrupted run would have seen.
+Training streams its split through ``dualtoken.data.loader`` with ``CuratedDecoder`` (images, and one
+caption per sample tokenised in the worker); evaluations read the first ``limit`` held-out images in order
+(``read_images``); ``iter_samples`` and ``iter_metas`` walk shards front to back (tokenisation, the BPE
+trained on the captions). Nothing here holds more of a split than it is asked for.
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
-from collections.abc import Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -21,25 +21,43 @@ import torch
 from PIL import Image
 
 from dualtoken.config import StorageConfig
+from dualtoken.data.loader import RawSample
+from dualtoken.data.shards import shard_urls
 from dualtoken.data.tarstream import iter_shard_samples
-from dualtoken.storage import is_s3, join_uri, open_read, read_bytes
+from dualtoken.errors import DualtokenError
+from dualtoken.storage import is_s3, join_uri, open_read
 
-SPLITS = ("train", "val", "test")
-
-
-def read_shard_index(root: str | Path, storage: StorageConfig | None = None) -> dict[str, Any]:
-    """``shards.json`` of a shard folder (local or ``s3://``): split -> shard names, counts, and format facts."""
-    uri = join_uri(root, "shards.json")
-    if not is_s3(uri) and not Path(uri).is_file():
-        raise FileNotFoundError(f"{uri} not found: run the stage that writes {root} first (dvc repro)")
-    return json.loads(read_bytes(uri, storage or StorageConfig()))
+IMAGE_EXTENSIONS = ("png", "jpg", "jpeg", "webp")
 
 
-def shard_urls(root: str | Path, split: str, storage: StorageConfig | None = None) -> list[str]:
-    """The split's shards in order, as local paths or ``s3://`` URLs beside the index."""
-    if split not in SPLITS:
-        raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
-    return [join_uri(root, name) for name in read_shard_index(root, storage)["splits"][split]]
+class UnreadableSample(DualtokenError, ValueError):
+    """A curated sample lacks a part or holds one that does not decode; the message names shard and key."""
+
+
+def image_bytes(parts: dict[str, bytes], where: str) -> bytes:
+    for ext in IMAGE_EXTENSIONS:
+        if ext in parts:
+            return parts[ext]
+    raise UnreadableSample(f"{where}: no image member ({'/'.join(IMAGE_EXTENSIONS)}), found {sorted(parts)}; rerun "
+                           "the curate stage")
+
+
+def decode_image(data: bytes, where: str) -> np.ndarray:
+    """uint8 (H, W, 3) RGB."""
+    try:
+        with Image.open(io.BytesIO(data)) as image:
+            return np.asarray(image if image.mode == "RGB" else image.convert("RGB"))
+    except (OSError, ValueError, Image.DecompressionBombError) as err:
+        raise UnreadableSample(f"{where}: the image does not decode ({err})") from None
+
+
+def sample_meta(parts: dict[str, bytes], where: str) -> dict[str, Any]:
+    if "json" not in parts:
+        raise UnreadableSample(f"{where}: no json member; rerun the curate stage")
+    try:
+        return json.loads(parts["json"])
+    except ValueError as err:
+        raise UnreadableSample(f"{where}: the json member does not parse ({err})") from None
 
 
 @dataclass
@@ -54,32 +72,43 @@ class CuratedSample:
 
 
 def iter_samples(urls: list[str], storage: StorageConfig | None = None) -> Iterator[CuratedSample]:
-    """Stream samples shard by shard; curated shards hold exactly png + txt + json per key."""
+    """Stream samples shard by shard, front to back."""
     for url in urls:
         with open_read(url, storage or StorageConfig()) as handle:
             for key, parts in iter_shard_samples(handle, url):
-                if not {"png", "json"} <= parts.keys():
-                    raise ValueError(f"{url}: sample {key!r} lacks {sorted({'png', 'json'} - parts.keys())}; "
-                                     "rerun the curate stage")
-                image = Image.open(io.BytesIO(parts.pop("png")))
-                image = np.asarray(image if image.mode == "RGB" else image.convert("RGB"))
-                yield CuratedSample(key, image, parts)
+                where = f"{url}: sample {key!r}"
+                data = image_bytes(parts, where)
+                if "json" not in parts:
+                    raise UnreadableSample(f"{where}: no json member; rerun the curate stage")
+                parts = {k: v for k, v in parts.items() if k not in IMAGE_EXTENSIONS}
+                yield CuratedSample(key, decode_image(data, where), parts)
+
+
+def iter_metas(urls: Iterable[str], storage: StorageConfig | None = None) -> Iterator[dict[str, Any]]:
+    """Each sample's json (captions, QA, attributes), front to back; no image is decoded."""
+    for url in urls:
+        with open_read(url, storage or StorageConfig()) as handle:
+            for key, parts in iter_shard_samples(handle, url):
+                yield sample_meta(parts, f"{url}: sample {key!r}")
 
 
 @dataclass
 class CuratedSplit:
+    """A bounded set of samples in memory (an evaluation set): images and their metadata."""
+
     images: torch.Tensor  # uint8 (N, 3, H, W)
     meta: list[dict[str, Any]]
-    keys: list[str] = field(default_factory=list)  # sample keys when read from shards
+    keys: list[str] = field(default_factory=list)
 
     def __len__(self) -> int:
         return len(self.meta)
 
 
-def load_split(root: str | Path, split: str, limit: int | None = None) -> CuratedSplit:
+def read_images(root: str | Path, split: str, limit: int, storage: StorageConfig | None = None) -> CuratedSplit:
+    """The first ``limit`` samples of ``split`` in corpus order; only the shards they are in are read."""
     images, meta, keys = [], [], []
-    for sample in iter_samples(shard_urls(root, split)):
-        if limit is not None and len(meta) >= limit:
+    for sample in iter_samples(shard_urls(root, split, storage), storage):
+        if len(meta) >= limit:
             break
         images.append(sample.image)
         meta.append(sample.meta)
@@ -87,6 +116,32 @@ def load_split(root: str | Path, split: str, limit: int | None = None) -> Curate
     if not images:
         raise ValueError(f"split {split!r} under {root} is empty")
     return CuratedSplit(torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2).contiguous(), meta, keys)
+
+
+class CuratedDecoder:
+    """Curated samples -> columns for training: ``image`` uint8 (n, 3, H, W) and ``key``; with ``caption_ids``
+    (texts -> (n, L) token ids) also ``caption_ids`` of one caption per sample, chosen by its draw."""
+
+    def __init__(self, caption_ids: Callable[[list[str]], torch.Tensor] | None = None) -> None:
+        self.caption_ids = caption_ids
+
+    def __call__(self, samples: list[RawSample]) -> dict[str, Any]:
+        images = [decode_image(image_bytes(s.parts, s.where), s.where) for s in samples]
+        for sample, image in zip(samples, images, strict=True):
+            if image.shape != images[0].shape:
+                raise UnreadableSample(f"{sample.where}: image is {image.shape[1]}x{image.shape[0]}, the others "
+                                       f"{images[0].shape[1]}x{images[0].shape[0]}: curate to one resolution")
+        columns: dict[str, Any] = {"image": torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2).contiguous(),
+                                   "key": [s.key for s in samples]}
+        if self.caption_ids is not None:
+            chosen = []
+            for sample in samples:
+                captions = sample_meta(sample.parts, sample.where).get("captions") or []
+                if not captions:
+                    raise UnreadableSample(f"{sample.where}: no captions in its json")
+                chosen.append(captions[sample.draw % len(captions)])
+            columns["caption_ids"] = self.caption_ids(chosen)
+        return columns
 
 
 def to_model_input(images: torch.Tensor) -> torch.Tensor:
@@ -99,44 +154,6 @@ def from_model_output(images: torch.Tensor) -> torch.Tensor:
     return images.add(1.0).mul(127.5).round().clamp(0, 255).to(torch.uint8)
 
 
-class EpochSampler:
-    """Batches of indices from a seeded permutation per epoch; this rank takes every ``world``-th batch.
-
-    ``state_dict`` records (epoch, batches already taken), which is all a resume needs: the permutation
-    is a pure function of (seed, epoch). Incomplete final batches are dropped so every rank steps equally.
-    """
-
-    def __init__(self, size: int, batch_size: int, seed: int = 0, rank: int = 0, world: int = 1) -> None:
-        if size < batch_size * world:
-            raise ValueError(f"{size} samples cannot fill one batch of {batch_size} on each of {world} rank(s)")
-        self.size, self.batch_size, self.seed, self.rank, self.world = size, batch_size, seed, rank, world
-        self.epoch, self.position = 0, 0
-
-    @property
-    def batches_per_epoch(self) -> int:
-        return self.size // (self.batch_size * self.world)
-
-    def _order(self, epoch: int) -> torch.Tensor:
-        return torch.randperm(self.size, generator=torch.Generator().manual_seed(self.seed * 100_003 + epoch))
-
-    def next_batch(self) -> torch.Tensor:
-        if self.position >= self.batches_per_epoch:
-            self.epoch, self.position = self.epoch + 1, 0
-        order = self._order(self.epoch)
-        start = (self.position * self.world + self.rank) * self.batch_size
-        self.position += 1
-        return order[start : start + self.batch_size]
-
-    def state_dict(self) -> dict[str, int]:
-        return {"epoch": self.epoch, "position": self.position, "seed": self.seed, "size": self.size}
-
-    def load_state_dict(self, state: dict[str, int]) -> None:
-        if (state["seed"], state["size"]) != (self.seed, self.size):
-            raise ValueError(f"sampler state is for seed {state['seed']} / {state['size']} samples, "
-                             f"not {self.seed} / {self.size}: the data or seed changed since the checkpoint")
-        self.epoch, self.position = state["epoch"], state["position"]
-
-
 def corpus_digest(root: str | Path, storage: StorageConfig | None = None) -> str:
     """Identity of a curated corpus: the shard index and the manifest (which holds every pixel hash)."""
     digest = hashlib.sha256()
@@ -144,5 +161,7 @@ def corpus_digest(root: str | Path, storage: StorageConfig | None = None) -> str
         uri = join_uri(root, name)
         if not is_s3(uri) and not Path(uri).is_file():
             raise FileNotFoundError(f"{uri} not found: run the curate stage first (dvc repro curate)")
-        digest.update(read_bytes(uri, storage or StorageConfig()))
+        with open_read(uri, storage or StorageConfig()) as handle:
+            for block in iter(lambda h=handle: h.read(1 << 20), b""):
+                digest.update(block)
     return digest.hexdigest()[:16]

@@ -1,18 +1,22 @@
-"""Training sequences for the MLLM, cut from a token split: captioning, VQA and text-to-image.
+"""Training sequences for the MLLM, built on the fly from streamed token samples: captioning, VQA, text-to-image.
 
     caption: <s> <image> [codes x N] </image> CAPTION </s>                 loss on CAPTION </s>
     vqa:     <s> <image> [codes x N] </image> QUESTION ANSWER </s>         loss on ANSWER </s>
     t2i:     <s> CAPTION <image_gen_start> [codes x N] <image_gen_end> </s>   loss on the N positions' codes
 
-Texts are tokenised once up front. A global batch is a pure function of (seed, phase, step): the task
-counts follow the mixture weights exactly (largest remainder), items are drawn with a seeded generator, and
-a resumed run sees the same batches. The batch is sorted by length and cut into contiguous micro batches
-(length bucketing: little padding), one per (micro step, rank).
+Each task reads its own streams of the token corpus (``dualtoken.data.stream``: one per data-parallel
+stream, a seed per phase and task), so every task sees every sample once per epoch of that task; VQA streams
+pass over samples without questions. A worker decodes the codes and tokenises one caption and one question
+of each sample, chosen by the sample's draw (``TokenSampleDecoder``); the main process builds the sequences.
+
+A step's global batch holds exactly ``task_counts(weights, batch)`` sequences of each task, spread over the
+streams by ``stream_task_counts``. Each rank sorts the sequences of its streams by length and cuts them into
+its micro batches (length bucketing: little padding); the trainer normalises losses by the step's global
+target counts, so how sequences are grouped into micro batches and ranks does not change the update.
 """
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -20,7 +24,9 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from dualtoken.data.tokens import TokenSplit
+from dualtoken.data.curated import sample_meta
+from dualtoken.data.loader import RawSample
+from dualtoken.data.tokens import TokenLayout, read_codes
 from dualtoken.models.mllm import GEN_END, GEN_START, IMAGE_END, IMAGE_START, IMAGE_TOKEN
 
 TASKS = ("caption", "vqa", "t2i")
@@ -52,12 +58,53 @@ class Vocab:
                    ids[GEN_END], ids[IMAGE_TOKEN])
 
 
+class TokenSampleDecoder:
+    """Token samples -> columns: ``pixel``/``semantic`` codes (n, h, w, depth) int32, token ids of one caption
+    (``caption``) and of one question and its answer (``question``, ``answer``: None without QA), ``has_qa``,
+    ``drop`` (a uniform number: the t2i prompt is dropped below ``prompt_dropout``) and ``key``."""
+
+    def __init__(self, layout: TokenLayout, tokenizer: Any, max_text_tokens: int) -> None:
+        self.layout, self.tokenizer, self.max_text_tokens = layout, tokenizer, max_text_tokens
+
+    def _encode(self, texts: list[str]) -> list[list[int]]:
+        if not texts:
+            return []
+        return [ids[: self.max_text_tokens] for ids in self.tokenizer(texts, add_special_tokens=False)["input_ids"]]
+
+    def __call__(self, samples: list[RawSample]) -> dict[str, Any]:
+        codes = {"pixel": [], "semantic": []}
+        captions, questions, answers, has_qa, drop = [], [], [], [], []
+        for s in samples:
+            for stream, array in read_codes(s.parts, self.layout, s.where).items():
+                codes[stream].append(torch.from_numpy(array.astype("int32")))
+            meta = sample_meta(s.parts, s.where)
+            options = meta.get("captions") or []
+            if not options:
+                raise ValueError(f"{s.where}: no captions in its json")
+            captions.append(options[s.draw % len(options)])
+            qa = meta.get("qa") or []
+            chosen = qa[(s.draw >> 20) % len(qa)] if qa else None
+            has_qa.append(chosen is not None)
+            if chosen is not None:
+                questions.append(chosen["question"])
+                answers.append(chosen["answer"])
+            drop.append(((s.draw >> 40) & 0xFFFFFF) / 2**24)
+        caption_ids, question_ids, answer_ids = (iter(self._encode(t)) for t in (captions, questions, answers))
+        return {"pixel": torch.stack(codes["pixel"]), "semantic": torch.stack(codes["semantic"]),
+                "caption": list(caption_ids), "question": [next(question_ids) if q else None for q in has_qa],
+                "answer": [next(answer_ids) if q else None for q in has_qa], "has_qa": has_qa, "drop": drop,
+                "key": [s.key for s in samples]}
+
+
 @dataclass(frozen=True)
 class Sequence:
     ids: list[int]
     labels: list[int]  # next-token target at each position's *own* index (IGNORE where none)
     generates: bool  # its image is a generation target (t2i) rather than an input
-    image: int  # row of the token split
+    semantic: Tensor  # (positions, depth) codes of its image, reading order
+    pixel: Tensor
+    task: str = "caption"
+    key: str = ""
 
 
 @dataclass
@@ -82,6 +129,15 @@ class Batch:
     def tokens(self) -> int:
         return int(self.attention_mask.sum())
 
+    @property
+    def text_targets(self) -> int:
+        """Label tokens the text loss counts (the next-token targets of positions 0..L-2)."""
+        return int((self.labels[:, 1:] != IGNORE).sum())
+
+    @property
+    def visual_target_positions(self) -> int:
+        return int(self.visual_targets.sum())
+
 
 def image_prefix(vocab: Vocab, positions: int) -> list[int]:
     """<s> <image> [placeholder x positions] </image>: what precedes a question or a caption."""
@@ -93,46 +149,33 @@ def generation_prefix(vocab: Vocab, prompt: list[int]) -> list[int]:
     return [vocab.bos, *prompt, vocab.gen_start]
 
 
-class SequenceCorpus:
-    """A token split with its captions, questions and answers tokenised, ready to build sequences from."""
+class SequenceBuilder:
+    """Sequences of every task from decoded token samples (``TokenSampleDecoder`` columns), and batches of them."""
 
-    def __init__(self, split: TokenSplit, tokenizer: Any, max_text_tokens: int) -> None:
-        self.split, self.vocab = split, Vocab.of(tokenizer)
-        self.positions = int(split.pixel.shape[1] * split.pixel.shape[2])
-        captions = [(i, c) for i, m in enumerate(split.meta) for c in m.get("captions", [])]
-        qa = [(i, q["question"], q["answer"]) for i, m in enumerate(split.meta) for q in m.get("qa", [])]
-        if not captions:
-            raise ValueError("the token split has no captions: nothing to train on")
+    def __init__(self, tokenizer: Any, positions: int) -> None:
+        self.vocab, self.positions = Vocab.of(tokenizer), positions
 
-        def encode(texts: list[str]) -> list[list[int]]:
-            if not texts:
-                return []
-            return [ids[:max_text_tokens] for ids in tokenizer(texts, add_special_tokens=False)["input_ids"]]
-
-        self.captions = list(zip([i for i, _ in captions], encode([c for _, c in captions]), strict=True))
-        self.qa = list(zip([i for i, _, _ in qa], encode([q for _, q, _ in qa]), encode([a for _, _, a in qa]),
-                           strict=True))
-
-    def items(self, task: str) -> int:
-        return len(self.qa) if task == "vqa" else len(self.captions)
-
-    def build(self, task: str, item: int, drop_prompt: bool = False) -> Sequence:
+    def build(self, task: str, samples: dict[str, Any], row: int, prompt_dropout: float = 0.0) -> Sequence:
         v = self.vocab
+        depth_s, depth_p = samples["semantic"].shape[-1], samples["pixel"].shape[-1]
+        semantic = samples["semantic"][row].reshape(-1, depth_s).long()
+        pixel = samples["pixel"][row].reshape(-1, depth_p).long()
+        key = samples["key"][row]
         if task == "t2i":
-            image, caption = self.captions[item]
-            prefix = generation_prefix(v, [] if drop_prompt else caption)
-            ids = [*prefix, *[v.image] * self.positions, v.gen_end, v.eos]
-            return Sequence(ids, [IGNORE] * len(ids), True, image)
+            prompt = [] if samples["drop"][row] < prompt_dropout else samples["caption"][row]
+            ids = [*generation_prefix(v, prompt), *[v.image] * self.positions, v.gen_end, v.eos]
+            return Sequence(ids, [IGNORE] * len(ids), True, semantic, pixel, task, key)
         if task == "caption":
-            image, caption = self.captions[item]
-            prompt, target = [], caption
+            prompt, target = [], samples["caption"][row]
         elif task == "vqa":
-            image, prompt, target = self.qa[item]
+            if not samples["has_qa"][row]:
+                raise ValueError(f"sample {key!r} has no question for a vqa sequence")
+            prompt, target = samples["question"][row], samples["answer"][row]
         else:
             raise ValueError(f"unknown task {task!r}; tasks are {TASKS}")
         prefix = [*image_prefix(v, self.positions), *prompt]
         ids = [*prefix, *target, v.eos]
-        return Sequence(ids, [IGNORE] * len(prefix) + [*target, v.eos], False, image)
+        return Sequence(ids, [IGNORE] * len(prefix) + [*target, v.eos], False, semantic, pixel, task, key)
 
     def collate(self, sequences: list[Sequence]) -> Batch:
         """Right-padded tensors; codes of every sequence's image in reading order."""
@@ -147,10 +190,8 @@ class SequenceCorpus:
             mask[row, : len(s.ids)] = 1
         placeholders = input_ids == self.vocab.image
         generates = torch.tensor([s.generates for s in sequences])
-        images = torch.tensor([s.image for s in sequences])
         return Batch(input_ids, mask, labels, placeholders & generates[:, None],
-                     self.split.semantic[images].reshape(-1, self.split.semantic.shape[-1]),
-                     self.split.pixel[images].reshape(-1, self.split.pixel.shape[-1]))
+                     torch.cat([s.semantic for s in sequences]), torch.cat([s.pixel for s in sequences]))
 
 
 def task_counts(weights: Mapping[str, float], total: int) -> dict[str, int]:
@@ -164,28 +205,22 @@ def task_counts(weights: Mapping[str, float], total: int) -> dict[str, int]:
     return counts
 
 
-def step_generator(seed: int, phase: str, step: int) -> torch.Generator:
-    digest = hashlib.sha256(f"{seed}/{phase}/{step}".encode()).digest()
-    return torch.Generator().manual_seed(int.from_bytes(digest[:8], "little") & (2**63 - 1))
-
-
-def global_batch(corpus: SequenceCorpus, weights: Mapping[str, float], size: int, seed: int, phase: str, step: int,
-                 prompt_dropout: float) -> list[Sequence]:
-    """The step's global batch, sorted by length (then task and item, so the order is total)."""
-    gen = step_generator(seed, phase, step)
+def stream_task_counts(weights: Mapping[str, float], streams: int, per_stream: int) -> list[dict[str, int]]:
+    """How many sequences of each task stream ``k`` contributes per step: the global counts
+    ``task_counts(weights, streams * per_stream)`` laid out evenly over the batch, cut into the streams."""
+    counts = task_counts(weights, streams * per_stream)
+    slots = sorted(((i + 0.5) / n, TASKS.index(t), t) for t, n in counts.items() for i in range(n))
+    labels = [t for *_, t in slots]
     out = []
-    for task, count in task_counts(weights, size).items():
-        if corpus.items(task) == 0:
-            raise ValueError(f"task {task!r} has a positive weight but the corpus has no {task} items")
-        items = torch.randint(corpus.items(task), (count,), generator=gen).tolist()
-        drops = (torch.rand(count, generator=gen) < prompt_dropout).tolist()
-        out.extend((len(seq.ids), TASKS.index(task), item, seq) for item, drop in zip(items, drops, strict=True)
-                   for seq in [corpus.build(task, item, drop)])
-    return [seq for *_, seq in sorted(out, key=lambda row: row[:3])]
+    for k in range(streams):
+        mine = labels[k * per_stream : (k + 1) * per_stream]
+        out.append({t: mine.count(t) for t in counts if mine.count(t)})
+    return out
 
 
-def micro_slice(batch: list[Sequence], micro: int, rank: int, micro_steps: int, world: int) -> list[Sequence]:
-    """Contiguous chunk ``micro * world + rank`` of ``micro_steps * world`` equal chunks."""
-    per = len(batch) // (micro_steps * world)
-    start = (micro * world + rank) * per
-    return batch[start : start + per]
+def bucket(sequences: list[Sequence], micro_batches: int) -> list[list[Sequence]]:
+    """Sorted by length (then task and key, so the order is total), cut into equal contiguous micro batches."""
+    ordered = sorted(enumerate(sequences), key=lambda item: (len(item[1].ids), TASKS.index(item[1].task),
+                                                             item[1].key, item[0]))
+    per = len(ordered) // micro_batches
+    return [[s for _, s in ordered[m * per : (m + 1) * per]] for m in range(micro_batches)]

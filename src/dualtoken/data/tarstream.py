@@ -5,7 +5,9 @@ that could escape a folder (absolute paths, ``..``), links and special files, ov
 truncated or corrupt containers come back as rejects with a reason, so the caller can quarantine them.
 
 Writing produces byte-identical archives for identical content (fixed mtime, owner and mode), which
-keeps DVC hashes and reruns stable, and renames the finished file into place atomically.
+keeps DVC hashes and reruns stable, and renames the finished file into place atomically. A writer asked for
+an index also writes ``<shard>.idx`` beside the shard: the byte offset where each sample starts, and the end
+(``dualtoken.data.shards``), so a reader can start at any sample with one seek or one ranged GET.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO
 
+from dualtoken.data.shards import write_offsets
 from dualtoken.storage import atomic_write
 
 
@@ -117,6 +120,18 @@ def _read_exact(stream: IO[bytes], size: int) -> bytes:
     return chunks[0] if len(chunks) == 1 else b"".join(chunks)
 
 
+def _parse_header(header: bytes, where: str, offset: int) -> tuple[str, int]:
+    """(member name, data size) of a plain ustar regular-file header; anything else is a ValueError."""
+    if not _valid_ustar_header(header):
+        raise ValueError(f"{where}: no valid ustar header at byte {offset}: not a shard written by dualtoken "
+                         "(or damaged)")
+    if header[156:157] not in (b"0", b"\0"):
+        raise ValueError(f"{where}: member type {header[156:157]!r} at byte {offset} is not a regular file")
+    size = int(header[124:136].strip(b"\0 ") or b"0", 8)
+    name, prefix = header[0:100].split(b"\0", 1)[0], header[345:500].split(b"\0", 1)[0]
+    return (prefix + b"/" + name if prefix else name).decode(errors="replace"), size
+
+
 def _iter_ustar_members(stream: IO[bytes], where: str) -> Iterator[tuple[str, bytes]]:
     offset = 0
     while True:
@@ -125,19 +140,47 @@ def _iter_ustar_members(stream: IO[bytes], where: str) -> Iterator[tuple[str, by
             raise ValueError(f"{where}: truncated at byte {offset + len(header)} (no end-of-archive marker)")
         if header == _ZERO_BLOCK:
             return
-        if not _valid_ustar_header(header):
-            raise ValueError(f"{where}: no valid ustar header at byte {offset}: not a shard written by dualtoken "
-                             "(or damaged)")
-        if header[156:157] not in (b"0", b"\0"):
-            raise ValueError(f"{where}: member type {header[156:157]!r} at byte {offset} is not a regular file")
-        size = int(header[124:136].strip(b"\0 ") or b"0", 8)
-        name, prefix = header[0:100].split(b"\0", 1)[0], header[345:500].split(b"\0", 1)[0]
+        name, size = _parse_header(header, where, offset)
         padded = size + (-size % 512)
         data = _read_exact(stream, padded)
         if len(data) < padded:
-            raise ValueError(f"{where}: truncated inside member {name.decode(errors='replace')!r}")
-        yield (prefix + b"/" + name if prefix else name).decode(), data[:size]
+            raise ValueError(f"{where}: truncated inside member {name!r}")
+        yield name, data[:size]
         offset += 512 + padded
+
+
+def _group_by_key(members: Iterator[tuple[str, bytes]], where: str) -> Iterator[tuple[str, dict[str, bytes]]]:
+    """Consecutive members sharing a WebDataset key, as (key, {extension: bytes})."""
+    key: str | None = None
+    parts: dict[str, bytes] = {}
+    for name, data in members:
+        member_key, ext = split_member_name(name)
+        if member_key != key:
+            if key is not None:
+                yield key, parts
+            key, parts = member_key, {}
+        if ext in parts:
+            raise ValueError(f"{where}: {name} repeats within sample {member_key!r}")
+        parts[ext] = data
+    if key is not None:
+        yield key, parts
+
+
+def _iter_buffer_members(data: bytes, where: str, base: int) -> Iterator[tuple[str, bytes]]:
+    """Members of a byte range that starts and ends on member boundaries (``base``: its offset in the shard)."""
+    view, offset = memoryview(data), 0
+    while offset < len(view):
+        header = bytes(view[offset : offset + 512])
+        if len(header) < 512:
+            raise ValueError(f"{where}: truncated at byte {base + offset + len(header)}")
+        name, size = _parse_header(header, where, base + offset)
+        end = offset + 512 + size
+        if end > len(view):
+            raise ValueError(f"{where}: truncated inside member {name!r} (byte {base + len(view)})")
+        yield name, bytes(view[offset + 512 : end])
+        offset = end + (-size % 512)
+    if offset != len(view):
+        raise ValueError(f"{where}: the sample range ends inside a member (byte {base + len(view)})")
 
 
 _ZERO_BLOCK = bytes(512)
@@ -158,19 +201,12 @@ def iter_shard_samples(stream: IO[bytes], where: str) -> Iterator[tuple[str, dic
     headers, links, truncation, a bad checksum) is a ``ValueError`` naming the shard and offset;
     shards from outside go through ``iter_tar_samples``.
     """
-    key: str | None = None
-    parts: dict[str, bytes] = {}
-    for name, data in _iter_ustar_members(stream, where):
-        member_key, ext = split_member_name(name)
-        if member_key != key:
-            if key is not None:
-                yield key, parts
-            key, parts = member_key, {}
-        if ext in parts:
-            raise ValueError(f"{where}: {name} repeats within sample {member_key!r}")
-        parts[ext] = data
-    if key is not None:
-        yield key, parts
+    yield from _group_by_key(_iter_ustar_members(stream, where), where)
+
+
+def iter_range_samples(data: bytes, where: str, base: int = 0) -> Iterator[tuple[str, dict[str, bytes]]]:
+    """(key, parts) of consecutive whole samples read from a shard's byte range (an offset index gives it)."""
+    yield from _group_by_key(_iter_buffer_members(data, where, base), where)
 
 
 def ustar_header(name: bytes, size: int) -> bytes:
@@ -208,14 +244,19 @@ class _HashingWriter:
 
 
 class TarWriter:
-    """Deterministic tar writer; the archive appears at ``path`` only when closed without error."""
+    """Deterministic tar writer; the archive appears at ``path`` only when closed without error.
 
-    def __init__(self, path: str | Path) -> None:
+    With ``index=True`` the offset index (``<path>.idx``) is written just before the archive appears, so a
+    shard that exists has its index.
+    """
+
+    def __init__(self, path: str | Path, index: bool = False) -> None:
         self.path = Path(path)
         self._ctx = atomic_write(self.path)
         self._file = _HashingWriter(self._ctx.__enter__())
         self._tar = tarfile.open(fileobj=self._file, mode="w", format=tarfile.USTAR_FORMAT)  # noqa: SIM115 - close()
         self.count = 0
+        self._offsets: list[int] | None = [] if index else None
 
     @property
     def sha256(self) -> str:
@@ -237,13 +278,18 @@ class TarWriter:
         self._tar.offset += 512 + len(data) + (-len(data) % 512)
 
     def add_sample(self, key: str, parts: dict[str, bytes]) -> None:
+        if self._offsets is not None:
+            self._offsets.append(self._tar.offset)
         for ext in sorted(parts):
             self.add(f"{key}.{ext}", parts[ext])
         self.count += 1
 
     def close(self, ok: bool = True) -> None:
+        end = self._tar.offset  # before the end-of-archive blocks that close() appends
         self._tar.close()
         if ok:
+            if self._offsets is not None:
+                write_offsets(self.path, [*self._offsets, end])
             self._ctx.__exit__(None, None, None)
         else:
             self._ctx.__exit__(RuntimeError, RuntimeError("aborted"), None)
@@ -258,10 +304,11 @@ class TarWriter:
 class RollingTarWriter:
     """Writes ``{prefix}-000000.tar``, ``{prefix}-000001.tar`` ... with at most ``per_shard`` samples each."""
 
-    def __init__(self, folder: str | Path, prefix: str, per_shard: int) -> None:
-        self.folder, self.prefix, self.per_shard = Path(folder), prefix, per_shard
+    def __init__(self, folder: str | Path, prefix: str, per_shard: int, index: bool = False) -> None:
+        self.folder, self.prefix, self.per_shard, self.index = Path(folder), prefix, per_shard, index
         self.shards: list[str] = []
         self.counts: list[int] = []
+        self.digests: list[str] = []  # SHA-256 of each closed shard
         self._writer: TarWriter | None = None
 
     @property
@@ -280,12 +327,20 @@ class RollingTarWriter:
     def _roll(self) -> None:
         if self._writer is not None:
             self._writer.close()
+            self.digests.append(self._writer.sha256)
         name = f"{self.prefix}-{len(self.shards):06d}.tar"
         self.shards.append(name)
         self.counts.append(0)
-        self._writer = TarWriter(self.folder / name)
+        self._writer = TarWriter(self.folder / name, index=self.index)
 
     def close(self, ok: bool = True) -> None:
         if self._writer is not None:
             self._writer.close(ok=ok)
+            if ok:
+                self.digests.append(self._writer.sha256)
             self._writer = None
+
+    def shard_table(self) -> dict[str, dict[str, int | str]]:
+        """name -> samples and SHA-256 of every shard written (for ``shards.json``), once closed."""
+        return {name: {"samples": n, "sha256": digest}
+                for name, n, digest in zip(self.shards, self.counts, self.digests, strict=True)}

@@ -2,9 +2,11 @@
 
 Per sample: ``{key}.pixel.npy`` and ``{key}.semantic.npy`` (h x w x depth codes; uint16 when the codebook has
 at most 65536 entries, else int32) and the curated ``txt`` and ``json`` parts byte for byte (captions, QA,
-attributes). ``shards.json`` beside the shards lists them per split with counts, the code layout and the
-tokenizer they came from. Any WebDataset reader opens them (``.npy`` decodes natively); ``iter_token_samples``
-also checks every array's dtype, shape and code range, so a damaged shard is an error naming the sample.
+attributes). ``shards.json`` beside the shards lists them per split with counts, the code layout, the
+tokenizer they came from and the corpus' text statistics (``dualtoken.data.texts``); each shard has its
+offset index. Any WebDataset reader opens them (``.npy`` decodes natively); ``read_codes`` checks every
+array's dtype, shape and code range, so a damaged shard is an error naming the sample. Training streams them
+(``dualtoken.data.sequences``); evaluations read the first ``limit`` samples of a split (``read_token_split``).
 """
 
 from __future__ import annotations
@@ -21,8 +23,9 @@ import numpy as np
 import torch
 
 from dualtoken.config import StorageConfig
-from dualtoken.data.curated import read_shard_index, shard_urls
+from dualtoken.data.shards import read_shard_index, shard_urls
 from dualtoken.data.tarstream import iter_shard_samples
+from dualtoken.data.texts import TextStats
 from dualtoken.errors import DualtokenError
 from dualtoken.storage import open_read
 
@@ -166,9 +169,18 @@ def read_layout(root: str | Path, storage: StorageConfig | None = None) -> Token
     return TokenLayout.from_dict(index["layout"])
 
 
+def read_text_stats(root: str | Path, split: str, storage: StorageConfig | None = None) -> TextStats:
+    """What the tokenize stage counted of a split's texts (captions, questions, answers per type)."""
+    texts = read_shard_index(root, storage).get("texts", {})
+    if split not in texts:
+        raise CorruptTokens(f"{root}/shards.json has no text statistics for {split}: it was written by an older "
+                            "dualtoken; rerun the tokenize stage (dvc repro tokenize)")
+    return TextStats.from_dict(texts[split])
+
+
 @dataclass
 class TokenSplit:
-    """A split in memory: codes as int64 tensors (N, h, w, depth) and each sample's metadata."""
+    """A bounded set of token samples in memory (an evaluation set): codes as int64 tensors (N, h, w, depth)."""
 
     keys: list[str]
     pixel: torch.Tensor
@@ -179,10 +191,13 @@ class TokenSplit:
         return len(self.keys)
 
 
-def load_token_split(root: str | Path, split: str, storage: StorageConfig | None = None) -> TokenSplit:
+def read_token_split(root: str | Path, split: str, limit: int, storage: StorageConfig | None = None) -> TokenSplit:
+    """The first ``limit`` token samples of ``split`` in corpus order; only the shards they are in are read."""
     layout = read_layout(root, storage)
     keys, pixel, semantic, meta = [], [], [], []
     for sample in iter_token_samples(shard_urls(root, split, storage), layout, storage):
+        if len(keys) >= limit:
+            break
         keys.append(sample.key)
         pixel.append(sample.pixel)
         semantic.append(sample.semantic)

@@ -6,7 +6,6 @@ tokenizer's reconstructions of the real images, its ceiling). Sampling is seeded
 
 from __future__ import annotations
 
-from collections import Counter
 from collections.abc import Sequence
 from typing import Any
 
@@ -15,6 +14,7 @@ from torch import Tensor
 
 from dualtoken.config import SamplingConfig
 from dualtoken.data.curated import from_model_output, to_model_input
+from dualtoken.data.texts import normalise
 from dualtoken.data.tokens import TokenSplit
 from dualtoken.evaluation.captioning import caption_scores
 from dualtoken.evaluation.distance import frechet_distance
@@ -27,10 +27,6 @@ from dualtoken.models.teacher import image_embedder, text_embedder
 EXAMPLES = 8
 
 
-def normalise(text: str) -> str:
-    return " ".join(text.lower().strip().rstrip(".?!").split())
-
-
 def spread(items: list[Any], n: int) -> list[Any]:
     """``n`` items evenly spaced over the list (all of them when n >= len): every kind of sample, no RNG."""
     if n <= 0:
@@ -39,15 +35,6 @@ def spread(items: list[Any], n: int) -> list[Any]:
         return list(items)
     step = len(items) / n
     return [items[int(i * step)] for i in range(n)]
-
-
-def majority_answers(metas: Sequence[dict[str, Any]]) -> dict[str, str]:
-    """Question type -> its most common (normalised) answer: the baseline that reads no image."""
-    by_type: dict[str, Counter] = {}
-    for m in metas:
-        for q in m.get("qa", []):
-            by_type.setdefault(q["type"], Counter())[normalise(q["answer"])] += 1
-    return {t: c.most_common(1)[0][0] for t, c in by_type.items()}
 
 
 def score_answers(predictions: Sequence[str], qas: Sequence[dict[str, str]], majority: dict[str, str]
@@ -66,9 +53,10 @@ def score_answers(predictions: Sequence[str], qas: Sequence[dict[str, str]], maj
 
 
 @torch.no_grad()
-def vqa_accuracy(model: DualTokenMLLM, tokenizer: Any, split: TokenSplit, train_meta: list[dict[str, Any]],
+def vqa_accuracy(model: DualTokenMLLM, tokenizer: Any, split: TokenSplit, majority: dict[str, str],
                  questions: int, batch_size: int) -> dict[str, Any]:
-    """Greedy answers to questions spread over the split; examples right and wrong (with their row) kept."""
+    """Greedy answers to questions spread over the split; ``majority``: question type -> the training split's
+    most common answer (the baseline that reads no image). Examples right and wrong (with their row) kept."""
     items = spread([(i, q) for i, m in enumerate(split.meta) for q in m.get("qa", [])], questions)
     if not items:
         return {}
@@ -78,7 +66,7 @@ def vqa_accuracy(model: DualTokenMLLM, tokenizer: Any, split: TokenSplit, train_
         rows = torch.tensor([i for i, _ in chunk])
         predictions += answer(model, tokenizer, split.semantic[rows], split.pixel[rows],
                               [q["question"] for _, q in chunk], max_new_tokens=8)
-    result = score_answers(predictions, [q for _, q in items], majority_answers(train_meta))
+    result = score_answers(predictions, [q for _, q in items], majority)
     correct = result.pop("correct")
     examples = [{"row": i, "type": q["type"], "question": q["question"], "answer": q["answer"], "predicted": p}
                 for p, (i, q) in zip(predictions, items, strict=True)]

@@ -72,10 +72,11 @@ class MLLMOutput:
     visual_positions: int
 
 
-def _mean_cross_entropy(logits: Tensor, targets: Tensor) -> Tensor:
-    """Mean over rows, 0 (still attached to the graph) when there are none: every parameter gets a gradient."""
+def _mean_cross_entropy(logits: Tensor, targets: Tensor, denominator: float | None = None) -> Tensor:
+    """Summed over rows and divided by ``denominator`` (default: the row count, a mean); 0, still attached to
+    the graph, when there are no rows: every parameter gets a gradient."""
     total = F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), targets.reshape(-1), reduction="sum")
-    return total / max(targets.numel(), 1)
+    return total / (denominator if denominator is not None else max(targets.numel(), 1))
 
 
 class DualTokenMLLM(PreTrainedModel):
@@ -156,14 +157,16 @@ class DualTokenMLLM(PreTrainedModel):
 
     # ------------------------------------------------------------------------------- training
     def forward(self, input_ids: Tensor, attention_mask: Tensor, labels: Tensor, semantic: Tensor, pixel: Tensor,
-                visual_targets: Tensor, text_weight: float = 1.0, visual_weight: float = 1.0) -> MLLMOutput:
+                visual_targets: Tensor, text_weight: float = 1.0, visual_weight: float = 1.0,
+                text_denominator: float | None = None, visual_denominator: float | None = None) -> MLLMOutput:
         """``labels``: next-token targets aligned with ``input_ids`` (-100 where no loss);
         ``visual_targets``: (B, L) True at the placeholders of generated images (their codes are predicted
-        from the hidden state one position earlier)."""
+        from the hidden state one position earlier). The losses are means over this batch's targets unless
+        a denominator is given (training divides by the step's global counts instead)."""
         hidden = self.hidden_states(self.embed(input_ids, semantic, pixel), attention_mask).last_hidden_state
         text_rows = labels[:, 1:] != -100
         text_logits = self.llm.get_output_embeddings()(hidden[:, :-1][text_rows])
-        text_loss = _mean_cross_entropy(text_logits, labels[:, 1:][text_rows])
+        text_loss = _mean_cross_entropy(text_logits, labels[:, 1:][text_rows], text_denominator)
 
         placeholders = input_ids == self.config.token_id(IMAGE_TOKEN)
         is_target = visual_targets[placeholders]  # which placeholder rows are generation targets
@@ -173,7 +176,8 @@ class DualTokenMLLM(PreTrainedModel):
             targets = codes[is_target]
             logits = self.heads[stream](before, targets)
             for d in range(targets.shape[-1]):
-                visual_losses[f"{stream}.d{d + 1}"] = _mean_cross_entropy(logits[:, d], targets[:, d])
+                visual_losses[f"{stream}.d{d + 1}"] = _mean_cross_entropy(logits[:, d], targets[:, d],
+                                                                          visual_denominator)
         loss = text_weight * text_loss + visual_weight * torch.stack(list(visual_losses.values())).sum()
         return MLLMOutput(loss, text_loss, visual_losses, int(text_rows.sum()), int(is_target.sum()))
 

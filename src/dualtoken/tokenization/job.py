@@ -26,8 +26,10 @@ import numpy as np
 import torch
 
 from dualtoken.config import StorageConfig
-from dualtoken.data.curated import read_shard_index, to_model_input
+from dualtoken.data.curated import to_model_input
+from dualtoken.data.shards import offsets_path, read_shard_index
 from dualtoken.data.tarstream import TarWriter
+from dualtoken.data.texts import TOP_ANSWERS, TextStats
 from dualtoken.data.tokens import FORMAT, STREAMS, CorruptTokens, TokenLayout, check_range, sample_parts
 from dualtoken.errors import AccountingError, DualtokenError
 from dualtoken.partition import WorkSlice
@@ -97,6 +99,7 @@ class ShardRecord:
     sha256: str
     fingerprint: str
     seconds: float
+    texts: dict[str, Any]  # TextStats of the shard's samples
 
     @classmethod
     def read(cls, path: Path) -> ShardRecord:
@@ -121,7 +124,8 @@ class ShardStore:
 
     def finished(self, name: str, fingerprint: str) -> ShardRecord | None:
         marker = self.marker(name)
-        if not (marker.is_file() and self.tar(name).is_file() and self.histogram(name).is_file()):
+        if not (marker.is_file() and self.tar(name).is_file() and offsets_path(self.tar(name)).is_file()
+                and self.histogram(name).is_file()):
             return None
         try:
             record = ShardRecord.read(marker)
@@ -149,7 +153,7 @@ class ShardStore:
         with atomic_write(self.histogram(shard.task.name)) as handle:
             np.savez(handle, **shard.histograms)
         record = ShardRecord(shard.task.name, shard.task.split, len(shard.keys), written, fingerprint,
-                             round(time.perf_counter() - shard.started, 3))
+                             round(time.perf_counter() - shard.started, 3), shard.texts.to_dict())
         with atomic_write(self.marker(shard.task.name), "w") as handle:  # the marker last: it vouches for the rest
             json.dump(record.__dict__, handle, indent=1)
         return record
@@ -184,8 +188,9 @@ class OpenShard:
     """A shard being written: its tar writer, the keys so far and the code counts per depth."""
 
     def __init__(self, task: ShardTask, path: Path, layout: TokenLayout) -> None:
-        self.task, self.layout, self.writer = task, layout, TarWriter(path)
+        self.task, self.layout, self.writer = task, layout, TarWriter(path, index=True)
         self.keys: list[str] = []
+        self.texts = TextStats()
         self.histograms = {s: np.zeros((layout.spec(s).depth, layout.spec(s).codebook_size), np.int64)
                            for s in STREAMS}
         self.started = time.perf_counter()
@@ -200,6 +205,7 @@ class OpenShard:
         for i, key in enumerate(keys):
             self.writer.add_sample(key, sample_parts(codes["pixel"][i], codes["semantic"][i], carried[i]))
             self.keys.append(key)
+            self.texts.add(json.loads(carried[i]["json"]))
 
 
 def tokenize_slice(model: Any, plan: Plan, store: ShardStore, work: WorkSlice, identity: dict[str, Any],
@@ -280,14 +286,18 @@ def assemble(plan: Plan, store: ShardStore, identity: dict[str, Any], output_dir
     for record in records:
         for stream, counts_of_record in store.histograms(record.name).items():
             histograms[stream] += counts_of_record
+    texts = {split: TextStats() for split in plan.counts}
+    for record in records:
+        texts[record.split] = texts[record.split].merge(TextStats.from_dict(record.texts))
     index = {"format": FORMAT, "layout": plan.layout.to_dict(),
              "splits": {split: [r.name for r in records if r.split == split] for split in plan.counts},
              "counts": counts, "shards": {r.name: {"samples": r.samples, "sha256": r.sha256} for r in records},
-             **provenance}
+             "texts": {split: stats.to_dict(top=TOP_ANSWERS) for split, stats in texts.items()}, **provenance}
 
     def fill(folder: Path) -> None:
         for record in records:
             _link_or_copy(store.tar(record.name), folder / record.name)
+            _link_or_copy(offsets_path(store.tar(record.name)), offsets_path(folder / record.name))
         with atomic_write(folder / "shards.json", "w") as handle:
             json.dump(index, handle, indent=1)
             handle.write("\n")

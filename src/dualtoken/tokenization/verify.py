@@ -14,7 +14,8 @@ import numpy as np
 import torch
 
 from dualtoken.config import StorageConfig
-from dualtoken.data.curated import from_model_output, iter_samples, shard_urls, to_model_input
+from dualtoken.data.curated import from_model_output, iter_samples, to_model_input
+from dualtoken.data.shards import shard_urls
 from dualtoken.data.tokens import iter_token_samples, read_layout
 from dualtoken.errors import DualtokenError
 from dualtoken.evaluation.reconstruction import psnr

@@ -6,13 +6,16 @@ process never creates a process group, so the same training code runs unchanged 
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shlex
 import subprocess
 import sys
+import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import timedelta
+from pathlib import Path
 
 import torch
 import torch.distributed as dist
@@ -32,6 +35,11 @@ class DistContext:
     @property
     def distributed(self) -> bool:
         return self.world > 1
+
+    @property
+    def local_world(self) -> int:
+        """Processes of this run on this node (torchrun's LOCAL_WORLD_SIZE)."""
+        return int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
 
     def barrier(self) -> None:
         if self.distributed:
@@ -109,13 +117,31 @@ def needs_torchrun(nproc: int) -> bool:
     return (nproc > 1 or nodes() > 1) and not under_torchrun()
 
 
+ERROR_DIR = "DUALTOKEN_ERROR_DIR"  # where the ranks of a relaunched stage leave their one-line errors
+
+
 def relaunch_under_torchrun(module: str, nproc: int, argv: list[str]) -> int:
     """Run ``python -m module argv`` under torchrun (see ``torchrun_command``); returns its exit status.
 
     Lets a DVC stage command stay ``python -m stages.x`` whatever the process and node count: the stage calls
-    this when ``needs_torchrun``.
+    this when ``needs_torchrun``. When a rank fails, torchrun stops the others (nobody waits for it); a rank that
+    failed with a one-line error (``report_rank_error``) has that line printed last and the status is 2, as if
+    the stage had run in one process.
     """
-    return subprocess.call(torchrun_command(module, nproc, argv))
+    with tempfile.TemporaryDirectory(prefix="dualtoken-errors-") as folder:
+        status = subprocess.call(torchrun_command(module, nproc, argv), env={**os.environ, ERROR_DIR: folder})
+        reports = [path.read_text().strip() for path in sorted(Path(folder).glob("rank*.txt"))]
+    for report in dict.fromkeys(reports):
+        print(report, file=sys.stderr)
+    return 2 if reports else status
+
+
+def report_rank_error(message: str) -> None:
+    """Leave a rank's error where the relaunching stage finds it (no-op outside a relaunch)."""
+    folder = os.environ.get(ERROR_DIR)
+    if folder and Path(folder).is_dir():
+        with contextlib.suppress(OSError):
+            (Path(folder) / f"rank{os.environ.get('RANK', '0')}.txt").write_text(message)
 
 
 def under_torchrun() -> bool:

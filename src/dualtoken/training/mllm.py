@@ -2,10 +2,12 @@
 
 Each phase freezes what it does not train (``projector``, ``llm``, ``heads``), builds AdamW + warm-up/cosine
 at its own learning rate and a DeepSpeed engine (ZeRO stage, micro batch, accumulation, clipping and bf16
-from params), and runs its steps. Checkpoints (DeepSpeed's own format: module, partitioned optimizer,
-scheduler) are tagged ``NN-phase-SSSSSSSS``; a rerun after a kill continues from the newest one. Batches
-are a pure function of (seed, phase, step), so the resumed run sees exactly the batches and losses the
-uninterrupted run would have.
+from params), and runs its steps on sequences streamed from the token shards (``dualtoken.data.sequences``:
+one stream per task and data-parallel stream, seeded by the phase). Losses are normalised by the step's
+global target counts (text tokens, generated positions), so the update does not depend on how the batch is
+split over ranks and accumulation steps. Checkpoints (DeepSpeed's own format: module, partitioned optimizer,
+scheduler, plus each rank's loader position) are tagged ``NN-phase-SSSSSSSS``; a rerun after a kill
+continues from the newest one with exactly the batches and losses the uninterrupted run would have had.
 
 DeepSpeed loads its checkpoints with ``torch.load`` (pickle): only point ``work_dir`` at checkpoints this
 trainer wrote.
@@ -13,6 +15,7 @@ trainer wrote.
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -22,15 +25,79 @@ from typing import Any
 import torch
 from rich.console import Console
 
-from dualtoken.config import MllmConfig, MllmPhase
-from dualtoken.data.sequences import SequenceCorpus, global_batch, micro_slice
+from dualtoken.config import MllmConfig, MllmPhase, StorageConfig
+from dualtoken.data.loader import StreamLoader, StreamSpec
+from dualtoken.data.sequences import SequenceBuilder, TokenSampleDecoder, bucket, stream_task_counts
+from dualtoken.data.shards import Shard
+from dualtoken.data.stream import StreamOrder, derived_seed, stream_ids
+from dualtoken.data.tokens import TokenLayout
 from dualtoken.models.mllm import DualTokenMLLM
+from dualtoken.storage import atomic_write
 from dualtoken.training import deepspeed_engine as ds
 from dualtoken.training.distributed import DistContext
 from dualtoken.training.engine import resolve_precision
-from dualtoken.training.run import apply_activation_checkpointing, build_optimizer, claim_checkpoint_folder, micro_batch
+from dualtoken.training.run import (
+    apply_activation_checkpointing,
+    build_optimizer,
+    claim_checkpoint_folder,
+    loader_settings,
+    micro_batch,
+)
 
 Sink = Callable[[int, dict[str, float]], None]
+
+
+@dataclass(frozen=True)
+class TokenSource:
+    """What the MLLM trains on: the token corpus' training shards, their code layout and the text tokenizer."""
+
+    shards: list[Shard]
+    layout: TokenLayout
+    tokenizer: Any
+    storage: StorageConfig | None = None
+
+    @property
+    def positions(self) -> int:
+        return self.layout.grid[0] * self.layout.grid[1]
+
+
+@dataclass
+class PhaseData:
+    """One phase's loader over the rank's task streams and how many sequences each stream gives per step."""
+
+    loader: StreamLoader
+    counts: dict[int, dict[str, int]]  # this rank's stream -> task -> sequences per step
+    builder: SequenceBuilder
+
+    @classmethod
+    def open(cls, cfg: MllmConfig, source: TokenSource, ctx: DistContext, seed: int, phase: MllmPhase
+             ) -> PhaseData:
+        accum = cfg.runtime.grad_accum
+        streams = ctx.world * accum
+        per_stream = stream_task_counts(phase.tasks, streams, micro_batch(cfg.batch_size, ctx.world, accum, "mllm"))
+        sizes = [s.samples for s in source.shards]
+        orders = {task: StreamOrder(sizes, streams, derived_seed(seed, phase.name, task), cfg.shuffle_buffer,
+                                    name=f"{phase.name}/{task}") for task in phase.tasks if phase.tasks[task] > 0}
+        mine = {k: per_stream[k] for k in stream_ids(ctx.rank, ctx.world, accum)}
+        specs = [StreamSpec(f"{task}/{k}", orders[task], k, draw_seed=orders[task].seed,
+                            require="has_qa" if task == "vqa" else None)
+                 for k, tasks in mine.items() for task in tasks]
+        decoder = TokenSampleDecoder(source.layout, source.tokenizer, cfg.max_text_tokens)
+        loader = StreamLoader(source.shards, decoder, specs, loader_settings(cfg.runtime, ctx), source.storage)
+        return cls(loader, mine, SequenceBuilder(source.tokenizer, source.positions))
+
+    def step_sequences(self, prompt_dropout: float) -> list[Any]:
+        """This rank's sequences of the next step, every stream's share of every task."""
+        out = []
+        for k, tasks in self.counts.items():
+            for task, n in tasks.items():
+                samples = self.loader.take(f"{task}/{k}", n)
+                out += [self.builder.build(task, samples, i, prompt_dropout) for i in range(n)]
+        return out
+
+
+def _loader_file(folder: Path, tag: str, rank: int) -> Path:
+    return folder / tag / f"loader-rank{rank}.json"
 
 
 @dataclass(frozen=True)
@@ -58,7 +125,7 @@ def freeze_for(model: DualTokenMLLM, phase: MllmPhase) -> int:
     return count
 
 
-def train_mllm(cfg: MllmConfig, model: DualTokenMLLM, corpus: SequenceCorpus, ctx: DistContext, seed: int,
+def train_mllm(cfg: MllmConfig, model: DualTokenMLLM, source: TokenSource, ctx: DistContext, seed: int,
                identity: dict, console: Console, sink: Sink | None = None) -> list[dict[str, float]]:
     """Run the selected phases; returns every logged row (rank 0's view, averaged over ranks).
 
@@ -86,14 +153,14 @@ def train_mllm(cfg: MllmConfig, model: DualTokenMLLM, corpus: SequenceCorpus, ct
             continue
         start = resume.step if resume and index == resume.phase else 0
         if start < phase.steps:
-            rows += _run_phase(cfg, model, corpus, ctx, seed, index, phase, start, done_before, folder, precision,
+            rows += _run_phase(cfg, model, source, ctx, seed, index, phase, start, done_before, folder, precision,
                                micro, tag if start else None, console, sink)
         done_before += phase.steps
     model.requires_grad_(True)
     return rows
 
 
-def _run_phase(cfg: MllmConfig, model: DualTokenMLLM, corpus: SequenceCorpus, ctx: DistContext, seed: int,
+def _run_phase(cfg: MllmConfig, model: DualTokenMLLM, source: TokenSource, ctx: DistContext, seed: int,
                index: int, phase: MllmPhase, start: int, offset: int, folder: Path, precision: str, micro: int,
                resume_tag: str | None, console: Console, sink: Sink | None) -> list[dict[str, float]]:
     runtime = cfg.runtime
@@ -105,15 +172,27 @@ def _run_phase(cfg: MllmConfig, model: DualTokenMLLM, corpus: SequenceCorpus, ct
                       f"{'+'.join(phase.train)} ({trainable:,} parameters), tasks {phase.tasks}, ZeRO "
                       f"{cfg.zero_stage}, {ctx.world} process(es) on {ctx.device}, {precision}")
     config = ds.engine_config(micro, runtime.grad_accum, ctx.world, optim.grad_clip, cfg.zero_stage, precision)
-    with ds.running_engine(model, optimizer, scheduler, config, ctx) as engine:
+    data = PhaseData.open(cfg, source, ctx, seed, phase)
+    with ds.running_engine(model, optimizer, scheduler, config, ctx) as engine, data.loader:
         if resume_tag:
             engine.load_checkpoint(str(folder), tag=resume_tag, load_module_strict=True)
-        return _phase_steps(cfg, engine, corpus, ctx, seed, index, phase, range(start, phase.steps), offset, folder,
-                            console, sink)
+            data.loader.load_state_dict(json.loads(_loader_file(folder, resume_tag, ctx.rank).read_text()))
+        return _phase_steps(cfg, engine, data, ctx, index, phase, range(start, phase.steps), offset, folder, console,
+                            sink)
 
 
-def _phase_steps(cfg: MllmConfig, engine: Any, corpus: SequenceCorpus, ctx: DistContext, seed: int, index: int,
-                 phase: MllmPhase, steps: range, offset: int, folder: Path, console: Console, sink: Sink | None
+def _step_denominators(ctx: DistContext, batches: list[Any]) -> tuple[float, float]:
+    """Per micro batch, what its summed losses are divided by: the step's global text-target and visual-target
+    counts over (ranks x micro batches), which DeepSpeed's averaging then undoes."""
+    local = torch.tensor([sum(b.text_targets for b in batches), sum(b.visual_target_positions for b in batches)],
+                         dtype=torch.float64, device=ctx.device)
+    total = ctx.mean(local) * ctx.world
+    share = ctx.world * len(batches)
+    return max(float(total[0]), 1.0) / share, max(float(total[1]), 1.0) / share
+
+
+def _phase_steps(cfg: MllmConfig, engine: Any, data: PhaseData, ctx: DistContext, index: int, phase: MllmPhase,
+                 steps: range, offset: int, folder: Path, console: Console, sink: Sink | None
                  ) -> list[dict[str, float]]:
     runtime = cfg.runtime
     rows, tokens, t0 = [], 0, time.perf_counter()
@@ -121,12 +200,15 @@ def _phase_steps(cfg: MllmConfig, engine: Any, corpus: SequenceCorpus, ctx: Dist
     has_text = any(phase.tasks.get(t, 0) > 0 for t in ("caption", "vqa"))
     has_visual = phase.tasks.get("t2i", 0) > 0
     for step in steps:
-        batch = global_batch(corpus, phase.tasks, cfg.batch_size, seed, phase.name, step, cfg.prompt_dropout)
+        micro_batches = [data.builder.collate(b) for b in
+                         bucket(data.step_sequences(cfg.prompt_dropout), runtime.grad_accum)]
+        text_denominator, visual_denominator = _step_denominators(ctx, micro_batches)
         sums: dict[str, float] = {}
-        for m in range(runtime.grad_accum):
-            inputs = corpus.collate(micro_slice(batch, m, ctx.rank, runtime.grad_accum, ctx.world)).to(ctx.device)
+        for batch in micro_batches:
+            inputs = batch.to(ctx.device)
             out = engine(**inputs.model_inputs(), text_weight=cfg.text_loss_weight,
-                         visual_weight=cfg.visual_loss_weight)
+                         visual_weight=cfg.visual_loss_weight, text_denominator=text_denominator,
+                         visual_denominator=visual_denominator)
             engine.backward(out.loss)
             engine.step()  # DeepSpeed applies the update at the accumulation boundary
             tokens += inputs.tokens
@@ -139,7 +221,10 @@ def _phase_steps(cfg: MllmConfig, engine: Any, corpus: SequenceCorpus, ctx: Dist
             rows.append(_log_row(ctx, sums, tokens, t0, engine, offset + done, phase, console, sink))
             tokens, t0 = 0, time.perf_counter()
         if done % runtime.checkpoint_every == 0 or done == phase.steps:
-            engine.save_checkpoint(str(folder), tag=Position(index, done).tag)
+            tag = Position(index, done).tag
+            with atomic_write(_loader_file(folder, tag, ctx.rank), "w") as handle:  # before `latest` names the tag
+                json.dump(data.loader.state_dict(), handle)
+            engine.save_checkpoint(str(folder), tag=tag)
             if ctx.is_main:
                 ds.prune_checkpoints(folder, runtime.keep_checkpoints)
             ctx.barrier()

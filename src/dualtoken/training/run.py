@@ -1,5 +1,6 @@
 """Scaffolding every training stage shares: optimizer + schedule from config, resumable checkpoint
-folders tied to a configuration fingerprint, step logging with throughput, atomic model folders."""
+folders tied to a configuration fingerprint, the streaming loader of a rank, step logging with throughput,
+atomic model folders."""
 
 from __future__ import annotations
 
@@ -14,7 +15,10 @@ from typing import Any
 import torch
 from rich.console import Console
 
-from dualtoken.config import OptimConfig, RuntimeConfig
+from dualtoken.config import OptimConfig, ProcessConfig, RuntimeConfig, StorageConfig
+from dualtoken.data.loader import Decoder, LoaderSettings, StreamLoader, StreamSpec, default_workers
+from dualtoken.data.shards import Shard
+from dualtoken.data.stream import StreamOrder, stream_ids
 from dualtoken.training.checkpoint import Checkpointer
 from dualtoken.training.distributed import DistContext
 from dualtoken.training.schedule import warmup_cosine_scheduler
@@ -142,3 +146,21 @@ def micro_batch(batch_size: int, world: int, grad_accum: int, key: str) -> int:
         raise ValueError(f"{key}.batch_size ({batch_size}) must be divisible by processes x grad_accum "
                          f"({world} x {grad_accum})")
     return batch_size // (world * grad_accum)
+
+
+def loader_settings(runtime: ProcessConfig, ctx: DistContext) -> LoaderSettings:
+    """Workers (``null``: one per spare core of this process's share of the node) and prefetch from the
+    stage's runtime; batches pinned when they go to a GPU."""
+    workers = default_workers(ctx.local_world) if runtime.loader_workers is None else runtime.loader_workers
+    return LoaderSettings(workers=workers, prefetch=runtime.loader_prefetch, pin_memory=ctx.device.type == "cuda")
+
+
+def rank_loader(shards: list[Shard], decoder: Decoder, seed: int, shuffle_buffer: int, ctx: DistContext,
+                runtime: RuntimeConfig, storage: StorageConfig | None = None, name: str = "train"
+                ) -> tuple[StreamLoader, list[str]]:
+    """This rank's loader over ``shards`` and its stream names, one per accumulation micro step: the run
+    reads ``world x grad_accum`` streams (``dualtoken.data.stream``)."""
+    order = StreamOrder([s.samples for s in shards], ctx.world * runtime.grad_accum, seed, shuffle_buffer, name=name)
+    specs = [StreamSpec(f"{name}/{k}", order, k, draw_seed=seed)
+             for k in stream_ids(ctx.rank, ctx.world, runtime.grad_accum)]
+    return StreamLoader(shards, decoder, specs, loader_settings(runtime, ctx), storage), [s.name for s in specs]

@@ -1,14 +1,15 @@
 """Training the demo teacher: a tiny SigLIP (image + text towers) from scratch with the sigmoid loss.
 
-Each step pairs every image with one of its captions, drawn from the global RNG (so a resumed run draws
-the same ones). Pairs whose captions are identical count as positives, not negatives: short template
-captions repeat across images. Each process computes the loss over its own batch.
+Each step pairs every image with one of its captions, chosen by the sample's draw (a function of seed,
+epoch and key, so a resumed run pairs the same ones) and tokenised in the loader's workers. Pairs whose
+captions are identical count as positives, not negatives: short template captions repeat across images.
+Each process computes the loss over its own batch.
 """
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -16,8 +17,9 @@ import torch.nn.functional as F
 from rich.console import Console
 from transformers import PreTrainedTokenizerBase, SiglipModel
 
-from dualtoken.config import TeacherConfig
-from dualtoken.data.curated import CuratedSplit, EpochSampler, to_model_input
+from dualtoken.config import StorageConfig, TeacherConfig
+from dualtoken.data.curated import CuratedDecoder, CuratedSplit, to_model_input
+from dualtoken.data.shards import Shard
 from dualtoken.evaluation.zeroshot import embed_in_batches, retrieval_r1, zero_shot
 from dualtoken.models.teacher import image_embedder, text_embedder, tokenize
 from dualtoken.training.distributed import DistContext
@@ -28,25 +30,8 @@ from dualtoken.training.run import (
     build_optimizer,
     micro_batch,
     open_checkpoints,
+    rank_loader,
 )
-
-
-@dataclass
-class CaptionTable:
-    ids: torch.Tensor  # (N, C, L): up to C captions per image, token ids padded to L
-    counts: torch.Tensor  # (N,): how many of the C captions are real
-
-    @classmethod
-    def build(cls, metas: list[dict[str, Any]], tokenizer: PreTrainedTokenizerBase, max_length: int) -> CaptionTable:
-        captions = [m["captions"] for m in metas]
-        width = max(len(c) for c in captions)
-        flat = [c[i] if i < len(c) else c[0] for c in captions for i in range(width)]
-        ids = tokenize(tokenizer, flat, max_length).view(len(captions), width, max_length)
-        return cls(ids, torch.tensor([len(c) for c in captions]))
-
-    def sample(self, rows: torch.Tensor) -> torch.Tensor:
-        choice = (torch.rand(len(rows)) * self.counts[rows]).long()
-        return self.ids[rows, choice]
 
 
 def sigmoid_loss(image_embeds: torch.Tensor, text_embeds: torch.Tensor, logit_scale: torch.Tensor,
@@ -74,42 +59,45 @@ def evaluate_teacher(model: SiglipModel, tokenizer: PreTrainedTokenizerBase, val
     return metrics
 
 
-def train_teacher(cfg: TeacherConfig, model: SiglipModel, tokenizer: PreTrainedTokenizerBase, train: CuratedSplit,
+def train_teacher(cfg: TeacherConfig, model: SiglipModel, tokenizer: PreTrainedTokenizerBase, train: list[Shard],
                   ctx: DistContext, seed: int, identity: dict[str, Any], console: Console,
-                  sink: Callable[[int, dict[str, float]], None] | None = None) -> list[float]:
-    """Train in place, resuming from ``cfg.work_dir`` when a matching checkpoint exists; returns step losses."""
+                  sink: Callable[[int, dict[str, float]], None] | None = None,
+                  storage: StorageConfig | None = None) -> list[float]:
+    """Train in place on the ``train`` shards, resuming from ``cfg.work_dir`` when a matching checkpoint exists;
+    returns step losses."""
     rt = cfg.runtime
     micro = micro_batch(cfg.batch_size, ctx.world, rt.grad_accum, "teacher")
     model.to(ctx.device).train()
     apply_activation_checkpointing(model, rt, ctx.device)
-    captions = CaptionTable.build(train.meta, tokenizer, cfg.text.max_length)
+    decoder = CuratedDecoder(caption_ids=functools.partial(tokenize, tokenizer, max_length=cfg.text.max_length))
+    loader, streams = rank_loader(train, decoder, seed, cfg.shuffle_buffer, ctx, rt, storage)
     optimizer, scheduler = build_optimizer([{"params": model.parameters()}], cfg.optim, cfg.steps)
     engine = Engine(model, optimizer, scheduler, ctx, rt.grad_accum, cfg.optim.grad_clip, rt.precision)
-    sampler = EpochSampler(len(train), micro, seed=seed, rank=ctx.rank, world=ctx.world)
     ckpt = open_checkpoints(cfg.work_dir, console.print, ctx, rt.keep_checkpoints, {**identity, "world": ctx.world})
     start = 0
     if (latest := ckpt.latest()) is not None:
         start, state = ckpt.load(latest, {"model": model}, {"optimizer": optimizer}, {"scheduler": scheduler})
-        sampler.load_state_dict(state["sampler"])
+        loader.load_state_dict(state["loader"])
         console.print(f"\\[teacher] resumed from {latest} (step {start}/{cfg.steps})")
     log = StepLog("teacher", cfg.steps, rt.log_every, console, ctx, sink)
     losses = []
-    for step in range(start, cfg.steps):
-        total = 0.0
-        for m in range(rt.grad_accum):
-            rows = sampler.next_batch()
-            ids = captions.sample(rows).to(ctx.device)
-            pixels = to_model_input(train.images[rows]).to(ctx.device)
-            with engine.micro_step(m), engine.autocast():
-                out = engine.model(input_ids=ids, pixel_values=pixels)
-                loss = sigmoid_loss(out.image_embeds, out.text_embeds, model.logit_scale, model.logit_bias, ids)
-                engine.backward(loss)
-            total += loss.item() / rt.grad_accum
-        grad_norm = engine.step()
-        losses.append(total)
-        log(step + 1, cfg.batch_size // ctx.world, {"loss": total, "lr": engine.lr, "grad_norm": grad_norm,
-                                                    "temperature": model.logit_scale.exp().item()})
-        if (step + 1) % rt.checkpoint_every == 0 and step + 1 < cfg.steps:
-            ckpt.save(step + 1, {"model": model}, {"optimizer": optimizer}, {"scheduler": scheduler},
-                      {"sampler": sampler.state_dict()})
+    with loader:
+        for step in range(start, cfg.steps):
+            total = 0.0
+            for m in range(rt.grad_accum):
+                batch = loader.take(streams[m], micro)
+                ids = batch["caption_ids"].to(ctx.device, non_blocking=True)
+                pixels = to_model_input(batch["image"].to(ctx.device, non_blocking=True))
+                with engine.micro_step(m), engine.autocast():
+                    out = engine.model(input_ids=ids, pixel_values=pixels)
+                    loss = sigmoid_loss(out.image_embeds, out.text_embeds, model.logit_scale, model.logit_bias, ids)
+                    engine.backward(loss)
+                total += loss.item() / rt.grad_accum
+            grad_norm = engine.step()
+            losses.append(total)
+            log(step + 1, cfg.batch_size // ctx.world, {"loss": total, "lr": engine.lr, "grad_norm": grad_norm,
+                                                        "temperature": model.logit_scale.exp().item()})
+            if (step + 1) % rt.checkpoint_every == 0 and step + 1 < cfg.steps:
+                ckpt.save(step + 1, {"model": model}, {"optimizer": optimizer}, {"scheduler": scheduler},
+                          {"loader": loader.state_dict()})
     return losses

@@ -1,8 +1,9 @@
 """Training the DualToken tokenizer against a frozen SigLIP teacher (losses in ``tokenizer_losses``).
 
-One optimizer step = ``grad_accum`` micro batches per process. With the GAN active (from
-``gan_start_step``), each micro batch also trains the PatchGAN discriminator on (image, reconstruction).
-A checkpoint holds both networks, both optimizers and schedules, the sampler position and every RNG.
+One optimizer step = ``grad_accum`` micro batches per process, each from its own stream of the training
+shards (``dualtoken.training.run.rank_loader``). With the GAN active (from ``gan_start_step``), each micro
+batch also trains the PatchGAN discriminator on (image, reconstruction). A checkpoint holds both networks,
+both optimizers and schedules, the loader's position and every RNG.
 """
 
 from __future__ import annotations
@@ -16,8 +17,9 @@ import torch.nn.functional as F
 from rich.console import Console
 from transformers import SiglipVisionModel
 
-from dualtoken.config import TokenizerConfig
-from dualtoken.data.curated import CuratedSplit, EpochSampler, from_model_output, to_model_input
+from dualtoken.config import StorageConfig, TokenizerConfig
+from dualtoken.data.curated import CuratedDecoder, from_model_output, to_model_input
+from dualtoken.data.shards import Shard
 from dualtoken.evaluation.reconstruction import image_grid
 from dualtoken.models.dualtoken import DualTokenModel
 from dualtoken.models.layers import PatchDiscriminator, adaptive_gan_weight, hinge_d_loss, hinge_g_loss
@@ -29,6 +31,7 @@ from dualtoken.training.run import (
     build_optimizer,
     micro_batch,
     open_checkpoints,
+    rank_loader,
 )
 from dualtoken.training.tokenizer_losses import (
     Perceptual,
@@ -99,12 +102,14 @@ def reconstruction_grid(model: DualTokenModel, images: torch.Tensor, device: tor
     return image_grid([images, recon])
 
 
-def train_tokenizer(cfg: TokenizerConfig, model: DualTokenModel, teacher: SiglipVisionModel, train: CuratedSplit,
+def train_tokenizer(cfg: TokenizerConfig, model: DualTokenModel, teacher: SiglipVisionModel, train: list[Shard],
                     ctx: DistContext, seed: int, identity: dict[str, Any], console: Console,
                     sink: Callable[[int, dict[str, float]], None] | None = None,
                     preview: torch.Tensor | None = None,
-                    on_images: Callable[[int, torch.Tensor], None] | None = None) -> list[float]:
-    """Train ``model`` in place (resuming from ``cfg.work_dir`` if a matching checkpoint exists)."""
+                    on_images: Callable[[int, torch.Tensor], None] | None = None,
+                    storage: StorageConfig | None = None) -> list[float]:
+    """Train ``model`` in place on the ``train`` shards (resuming from ``cfg.work_dir`` if a matching checkpoint
+    exists)."""
     rt = cfg.runtime
     micro = micro_batch(cfg.batch_size, ctx.world, rt.grad_accum, "tokenizer")
     plan = stage_plan(cfg.stage, model.config)
@@ -124,14 +129,14 @@ def train_tokenizer(cfg: TokenizerConfig, model: DualTokenModel, teacher: Siglip
     d_optimizer, d_scheduler = build_optimizer([{"params": disc.parameters()}], cfg.discriminator_optim, gan_steps)
     d_engine = Engine(disc, d_optimizer, d_scheduler, ctx, rt.grad_accum, cfg.discriminator_optim.grad_clip,
                       rt.precision)
-    sampler = EpochSampler(len(train), micro, seed=seed, rank=ctx.rank, world=ctx.world)
+    loader, streams = rank_loader(train, CuratedDecoder(), seed, cfg.shuffle_buffer, ctx, rt, storage)
     ckpt = open_checkpoints(cfg.work_dir, console.print, ctx, rt.keep_checkpoints, {**identity, "world": ctx.world})
     models, optimizers = {"model": model, "discriminator": disc}, {"optimizer": optimizer, "d_optimizer": d_optimizer}
     schedulers = {"scheduler": scheduler, "d_scheduler": d_scheduler}
     start = 0
     if (latest := ckpt.latest()) is not None:
         start, state = ckpt.load(latest, models, optimizers, schedulers)
-        sampler.load_state_dict(state["sampler"])
+        loader.load_state_dict(state["loader"])
         console.print(f"\\[tokenizer] resumed from {latest} (step {start}/{cfg.steps})")
 
     def forward(images: torch.Tensor) -> Any:
@@ -139,30 +144,40 @@ def train_tokenizer(cfg: TokenizerConfig, model: DualTokenModel, teacher: Siglip
 
     log = StepLog("tokenizer", cfg.steps, rt.log_every, console, ctx, sink)
     losses = []
-    for step in range(start, cfg.steps):
-        gan = objective.gan_active(step)
-        report: dict[str, float] = {}
-        total = 0.0
-        for m in range(rt.grad_accum):
-            images = to_model_input(train.images[sampler.next_batch()]).to(ctx.device)
-            with engine.micro_step(m), engine.autocast():
-                loss, terms, recon = objective(model, forward, images, step)
-                engine.backward(loss)
-            if gan:
-                with d_engine.micro_step(m), d_engine.autocast():
-                    d_loss = hinge_d_loss(d_engine.model(images), d_engine.model(recon))
-                    d_engine.backward(d_loss)
-                terms["gan_discriminator"] = d_loss.item()
-            total += loss.item() / rt.grad_accum
-            for k, v in terms.items():
-                report[k] = report.get(k, 0.0) + v / rt.grad_accum
-        report["grad_norm"] = engine.step()
-        if gan:
-            d_engine.step()
-        losses.append(total)
-        log(step + 1, cfg.batch_size // ctx.world, {"loss": total, "lr": engine.lr, **report})
-        if on_images is not None and preview is not None and ctx.is_main and (step + 1) % cfg.image_log_every == 0:
-            on_images(step + 1, reconstruction_grid(model, preview, ctx.device))
-        if (step + 1) % rt.checkpoint_every == 0 and step + 1 < cfg.steps:
-            ckpt.save(step + 1, models, optimizers, schedulers, {"sampler": sampler.state_dict()})
+    with loader:
+        for step in range(start, cfg.steps):
+            losses.append(_step(step, loader, streams, micro, objective, model, forward, engine, d_engine, ctx, cfg,
+                                log))
+            if on_images is not None and preview is not None and ctx.is_main and (step + 1) % cfg.image_log_every == 0:
+                on_images(step + 1, reconstruction_grid(model, preview, ctx.device))
+            if (step + 1) % rt.checkpoint_every == 0 and step + 1 < cfg.steps:
+                ckpt.save(step + 1, models, optimizers, schedulers, {"loader": loader.state_dict()})
     return losses
+
+
+def _step(step: int, loader: Any, streams: list[str], micro: int, objective: Objective, model: DualTokenModel,
+          forward: Callable[[torch.Tensor], Any], engine: Engine, d_engine: Engine, ctx: DistContext,
+          cfg: TokenizerConfig, log: StepLog) -> float:
+    """One optimizer step of both networks; returns its loss (this rank's)."""
+    rt = cfg.runtime
+    gan = objective.gan_active(step)
+    report: dict[str, float] = {}
+    total = 0.0
+    for m in range(rt.grad_accum):
+        images = to_model_input(loader.take(streams[m], micro)["image"].to(ctx.device, non_blocking=True))
+        with engine.micro_step(m), engine.autocast():
+            loss, terms, recon = objective(model, forward, images, step)
+            engine.backward(loss)
+        if gan:
+            with d_engine.micro_step(m), d_engine.autocast():
+                d_loss = hinge_d_loss(d_engine.model(images), d_engine.model(recon))
+                d_engine.backward(d_loss)
+            terms["gan_discriminator"] = d_loss.item()
+        total += loss.item() / rt.grad_accum
+        for k, v in terms.items():
+            report[k] = report.get(k, 0.0) + v / rt.grad_accum
+    report["grad_norm"] = engine.step()
+    if gan:
+        d_engine.step()
+    log(step + 1, cfg.batch_size // ctx.world, {"loss": total, "lr": engine.lr, **report})
+    return total

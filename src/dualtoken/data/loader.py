@@ -1,0 +1,362 @@
+"""Streaming a shard corpus into a trainer: DataLoader workers read and decode pieces of shards, the main
+process puts the samples in stream order and cuts batches.
+
+A piece is up to ``piece`` consecutive positions of one stream's range (``dualtoken.data.stream``): a few
+member runs of one or two shards, each read with one seek or one ranged GET through the shard's offset index
+(``dualtoken.data.shards``) and decoded by the loader's decoder in a worker process (or in-process with 0
+workers). The main process asks for pieces through the DataLoader's sampler, on demand: whichever stream is
+least far ahead gets the next request, so several streams (accumulation steps, MLLM tasks) share one pool of
+workers. Pieces come back in request order and wait until their samples are due; a sample is due when its
+stream's order reaches it. The order never depends on the number of workers, the piece size or the
+prefetch depth: those only decide how soon data arrive.
+
+Memory. The main process holds at most ``shuffle_buffer + piece`` decoded samples per stream plus the
+pieces in flight (``2 x prefetch x workers`` of them at most), whatever the corpus size.
+
+Resume. ``state_dict`` records each stream's position (samples taken or skipped); a loader given that state
+continues with exactly the same samples. It reads from the first piece that still holds an unread sample and
+tells the workers which members of it were read before: they skip those without decoding.
+
+Bad data. A worker never raises: a missing or truncated shard, a stale offset index or a member that does
+not decode comes back as a one-line message naming the shard and sample, raised here as ``CorruptSample``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import weakref
+from collections import OrderedDict
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from dualtoken.config import StorageConfig
+from dualtoken.data.shards import Shard, decode_offsets
+from dualtoken.data.stream import Emitter, StreamOrder
+from dualtoken.data.tarstream import iter_range_samples
+from dualtoken.errors import DualtokenError
+from dualtoken.storage import read_bytes, read_range
+
+
+class CorruptSample(DualtokenError, ValueError):
+    """A shard or sample the loader cannot read; the message names the shard and the sample."""
+
+
+@dataclass(frozen=True)
+class RawSample:
+    key: str
+    parts: dict[str, bytes]
+    where: str  # "<shard url>: sample '<key>'", for error messages
+    draw: int  # 64 random bits fixed by (draw seed, epoch, key): which caption, which question, ...
+
+
+Decoder = Callable[[list[RawSample]], dict[str, Any]]  # -> columns: tensors (n, ...) or lists of length n
+
+
+def default_workers(processes_per_node: int = 1) -> int:
+    """One DataLoader worker per spare core of this process's share of the node, at most 8."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return max(0, min(8, cores // max(1, processes_per_node) - 1))
+
+
+@dataclass(frozen=True)
+class LoaderSettings:
+    """How a loader runs; nothing here changes which samples come out or in what order."""
+
+    workers: int = 0
+    prefetch: int = 2  # pieces each worker keeps ready
+    piece: int = 64  # positions per read
+    pin_memory: bool = False  # batches in page-locked memory (for asynchronous copies to a GPU)
+
+
+@dataclass(frozen=True)
+class StreamSpec:
+    """One stream a loader serves: stream ``stream`` of ``order``, named ``name`` in ``take`` and the state."""
+
+    name: str
+    order: StreamOrder
+    stream: int
+    draw_seed: int = 0
+    require: str | None = None  # a boolean column a sample must have set to be used (e.g. has_qa)
+
+
+@dataclass(frozen=True)
+class Segment:
+    url: str
+    samples: int  # the shard's sample count (checks its offset index)
+    first: int  # first member sample of the run
+    count: int
+    skip: tuple[bool, ...] | None  # members read before a resume: not decoded
+
+
+@dataclass(frozen=True)
+class PieceRequest:
+    stream: str
+    piece: int  # epoch * pieces_per_epoch + piece within the epoch
+    epoch: int
+    positions: tuple[int, ...]  # the positions this request returns (those not skipped), ascending
+    segments: tuple[Segment, ...]
+    draw_seed: int
+
+
+@dataclass
+class Piece:
+    stream: str
+    piece: int
+    positions: np.ndarray
+    columns: dict[str, Any] = field(default_factory=dict)
+    error: str | None = None
+
+
+def sample_draw(draw_seed: int, epoch: int, key: str) -> int:
+    return int.from_bytes(hashlib.blake2b(f"{draw_seed}/{epoch}/{key}".encode(), digest_size=8).digest(), "little")
+
+
+class PieceReader(Dataset):
+    """What a worker runs: read a request's member runs, decode the samples it wants, never raise."""
+
+    def __init__(self, decoder: Decoder, storage: StorageConfig, cache: int = 64) -> None:
+        self.decoder, self.storage, self.cache = decoder, storage, cache
+        self._offsets: OrderedDict[str, np.ndarray] = OrderedDict()
+
+    def __len__(self) -> int:  # requests are made on demand; the DataLoader never asks
+        raise TypeError("a PieceReader is indexed by piece requests, it has no length")
+
+    def __getitem__(self, request: PieceRequest) -> Piece:
+        try:
+            samples = [s for segment in request.segments for s in self._read(segment, request)]
+            if len(samples) != len(request.positions):
+                raise CorruptSample(f"{request.segments[0].url}: {len(samples)} samples read where "
+                                    f"{len(request.positions)} were asked for")
+            columns = self.decoder(samples) if samples else {}
+            return Piece(request.stream, request.piece, np.asarray(request.positions, dtype=np.int64), columns)
+        except Exception as err:
+            message = " ".join(str(err).split()) or type(err).__name__
+            if not isinstance(err, DualtokenError | ValueError | OSError):
+                message = f"{type(err).__name__}: {message}"
+            return Piece(request.stream, request.piece, np.zeros(0, np.int64), error=message)
+
+    def _offsets_of(self, segment: Segment) -> np.ndarray:
+        found = self._offsets.get(segment.url)
+        if found is None:
+            shard = Shard(segment.url.rsplit("/", 1)[-1], segment.url, segment.samples)
+            found = decode_offsets(read_bytes(shard.offsets_url, self.storage), shard)
+            self._offsets[segment.url] = found
+            if len(self._offsets) > self.cache:
+                self._offsets.popitem(last=False)
+        else:
+            self._offsets.move_to_end(segment.url)
+        return found
+
+    def _read(self, segment: Segment, request: PieceRequest) -> Iterator[RawSample]:
+        offsets = self._offsets_of(segment)
+        start, stop = int(offsets[segment.first]), int(offsets[segment.first + segment.count])
+        data = read_range(segment.url, start, stop, self.storage)
+        if len(data) != stop - start:
+            raise CorruptSample(f"{segment.url}: truncated: {len(data)} of {stop - start} bytes at byte {start} "
+                                f"(samples {segment.first}..{segment.first + segment.count - 1})")
+        try:
+            members = list(iter_range_samples(data, segment.url, base=start))
+        except ValueError as err:
+            raise CorruptSample(str(err)) from None
+        if len(members) != segment.count:
+            raise CorruptSample(f"{segment.url}: bytes {start}..{stop} hold {len(members)} samples, the offset "
+                                f"index says {segment.count}: the index does not match the shard")
+        for i, (key, parts) in enumerate(members):
+            if segment.skip is None or not segment.skip[i]:
+                yield RawSample(key, parts, f"{segment.url}: sample {key!r}",
+                                sample_draw(request.draw_seed, request.epoch, key))
+
+
+class _Requests:
+    """The DataLoader's sampler: each ``next`` asks the loader which piece to fetch now."""
+
+    def __init__(self, loader: StreamLoader) -> None:
+        self.loader = weakref.proxy(loader)
+
+    def __iter__(self) -> Iterator[PieceRequest]:
+        while True:
+            yield self.loader._next_request()
+
+
+class _Stream:
+    """One stream's bookkeeping in the main process."""
+
+    def __init__(self, spec: StreamSpec, piece: int, position: int) -> None:
+        self.spec, self.piece = spec, piece
+        self.length = spec.order.length(spec.stream)
+        self.per_epoch = -(-self.length // piece)
+        self.emitter = Emitter(spec.order, spec.stream, position)
+        self.resume_epoch, self.resume_offset = self.emitter.resumed_at
+        first = spec.order.epoch_order(spec.stream, self.resume_epoch).first_unemitted(self.resume_offset)
+        self.next_request = self.resume_epoch * self.per_epoch + first // piece
+        self.held: dict[int, list[Any]] = {}  # piece -> [positions, columns, rows not yet taken]
+        self.rejected = 0  # consecutive samples refused by ``require``
+
+    def piece_of(self, epoch: np.ndarray, positions: np.ndarray) -> np.ndarray:
+        return epoch * self.per_epoch + positions // self.piece
+
+    def need(self) -> int:
+        """The piece holding the stream's next sample."""
+        epoch, positions = self.emitter.peek()
+        return int(self.piece_of(np.asarray([epoch]), np.asarray([positions]))[0])
+
+
+class StreamLoader:
+    """Batches from ``streams`` over ``shards`` (the corpus their orders were built for), decoded by ``decoder``."""
+
+    def __init__(self, shards: Sequence[Shard], decoder: Decoder, streams: Sequence[StreamSpec],
+                 settings: LoaderSettings, storage: StorageConfig | None = None) -> None:
+        self.shards, self.decoder, self.settings = list(shards), decoder, settings
+        self.storage = storage or StorageConfig()
+        self.specs = {s.name: s for s in streams}
+        if len(self.specs) != len(streams):
+            raise ValueError(f"stream names repeat: {[s.name for s in streams]}")
+        for spec in streams:
+            if list(spec.order.counts) != [s.samples for s in self.shards]:
+                raise ValueError(f"stream {spec.name}: its order was built for other shards")
+        self._positions = {name: 0 for name in self.specs}
+        self._streams: dict[str, _Stream] = {}
+        self._iterator: Iterator[Piece] | None = None
+        self.held_samples = self.peak_held = 0
+
+    # ------------------------------------------------------------------------------- state
+    def positions(self) -> dict[str, int]:
+        """Samples each stream has taken or skipped so far."""
+        return {n: self._streams[n].emitter.position if n in self._streams else self._positions[n]
+                for n in self.specs}
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"streams": {n: {"position": p, "stream": self.specs[n].stream, **self.specs[n].order.describe()}
+                            for n, p in self.positions().items()}}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        if self._iterator is not None:
+            raise RuntimeError("load_state_dict must come before the first take")
+        saved = state.get("streams", {})
+        if sorted(saved) != sorted(self.specs):
+            raise ValueError(f"the saved loader state has streams {sorted(saved)}, this run reads {sorted(self.specs)}")
+        for name, entry in saved.items():
+            spec = self.specs[name]
+            expected = {"stream": spec.stream, **spec.order.describe()}
+            found = {k: entry.get(k) for k in expected}
+            if found != expected:
+                raise ValueError(f"the saved position of stream {name} is for {found}, not {expected}: the corpus, "
+                                 "seed, shuffle buffer or process count changed since the checkpoint")
+            self._positions[name] = int(entry["position"])
+
+    # ------------------------------------------------------------------------------- taking samples
+    def take(self, name: str, n: int) -> dict[str, Any]:
+        """The stream's next ``n`` samples (those its ``require`` column accepts), as columns."""
+        self._start()
+        stream = self._streams[name]
+        chosen: list[tuple[dict[str, Any], int]] = []
+        while len(chosen) < n:
+            epochs, positions = stream.emitter.take(n - len(chosen))
+            for position, piece in zip(positions.tolist(), stream.piece_of(epochs, positions).tolist(), strict=True):
+                entry = self._held(stream, piece)
+                row = int(np.searchsorted(entry[0], position))
+                entry[2] -= 1
+                if entry[2] == 0:
+                    del stream.held[piece]
+                    self.held_samples -= len(entry[0])
+                columns = entry[1]
+                if stream.spec.require is not None and not columns[stream.spec.require][row]:
+                    stream.rejected += 1
+                    if stream.rejected > stream.length:
+                        raise CorruptSample(f"stream {name}: none of its {stream.length} samples has "
+                                            f"{stream.spec.require}")
+                    continue
+                stream.rejected = 0
+                chosen.append((columns, row))
+        return self._gather(chosen)
+
+    def _gather(self, chosen: list[tuple[dict[str, Any], int]]) -> dict[str, Any]:
+        batch: dict[str, Any] = {}
+        for key, first in chosen[0][0].items():
+            if isinstance(first, torch.Tensor):
+                rows = [columns[key][row] for columns, row in chosen]
+                out = None
+                if self.settings.pin_memory:
+                    out = torch.empty((len(rows), *rows[0].shape), dtype=rows[0].dtype, pin_memory=True)
+                batch[key] = torch.stack(rows, out=out)
+            else:
+                batch[key] = [columns[key][row] for columns, row in chosen]
+        return batch
+
+    def _held(self, stream: _Stream, piece: int) -> list[Any]:
+        while piece not in stream.held:
+            self._receive()
+        return stream.held[piece]
+
+    def _receive(self) -> None:
+        assert self._iterator is not None
+        piece = next(self._iterator)
+        if piece.error is not None:
+            raise CorruptSample(piece.error)
+        stream = self._streams[piece.stream]
+        if len(piece.positions):
+            stream.held[piece.piece] = [piece.positions, piece.columns, len(piece.positions)]
+            self.held_samples += len(piece.positions)
+            self.peak_held = max(self.peak_held, self.held_samples)
+
+    # ------------------------------------------------------------------------------- requests
+    def _start(self) -> None:
+        if self._iterator is not None:
+            return
+        self._streams = {n: _Stream(s, self.settings.piece, self._positions[n]) for n, s in self.specs.items()}
+        workers = self.settings.workers
+        loader = DataLoader(PieceReader(self.decoder, self.storage), sampler=_Requests(self), batch_size=None,
+                            collate_fn=_as_is, num_workers=workers,
+                            prefetch_factor=self.settings.prefetch if workers else None)
+        self._iterator = iter(loader)
+
+    def _next_request(self) -> PieceRequest:
+        """The next piece of the stream least far ahead of its need (a piece with nothing left is passed)."""
+        stream = min(self._streams.values(), key=lambda s: (s.next_request - s.need(), s.spec.name))
+        while True:
+            piece = stream.next_request
+            stream.next_request += 1
+            request = self._request(stream, piece)
+            if request is not None:
+                return request
+
+    def _request(self, stream: _Stream, piece: int) -> PieceRequest | None:
+        spec, size = stream.spec, self.settings.piece
+        epoch, index = divmod(piece, stream.per_epoch)
+        low, high = index * size, min((index + 1) * size, stream.length)
+        positions = np.arange(low, high)
+        skip = np.zeros(len(positions), dtype=bool)
+        if epoch == stream.resume_epoch and stream.resume_offset:
+            skip = spec.order.epoch_order(spec.stream, epoch).emitted_before(stream.resume_offset, positions)
+            if skip.all():
+                return None
+        segments = []
+        for loc in spec.order.locate(spec.stream, epoch, low, high):
+            shard = self.shards[loc.shard]
+            part = skip[loc.start - low : loc.start - low + loc.count]
+            segments.append(Segment(shard.url, shard.samples, loc.first, loc.count,
+                                    tuple(part.tolist()) if part.any() else None))
+        return PieceRequest(spec.name, piece, epoch, tuple(positions[~skip].tolist()), tuple(segments),
+                            spec.draw_seed)
+
+    def close(self) -> None:
+        """Stop the workers (also on garbage collection); the loader can start again from its positions."""
+        self._positions = self.positions()
+        self._iterator, self._streams = None, {}
+        self.held_samples = 0
+
+    def __enter__(self) -> StreamLoader:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def _as_is(piece: Piece) -> Piece:
+    return piece

@@ -1,0 +1,67 @@
+"""Teacher training from scratch, streaming its shards: the sigmoid loss falls, a killed run resumes with the
+uninterrupted losses (captions chosen by each sample's draw, tokenised in the workers), and the trainer
+decodes what it trains on, not its whole split."""
+
+import pytest
+import torch
+from rich.console import Console
+
+from dualtoken.config import TeacherConfig
+from dualtoken.data import curated as curated_module
+from dualtoken.data.shards import split_shards
+from dualtoken.text import train_bpe
+from dualtoken.training.distributed import DistContext
+from dualtoken.training.teacher import train_teacher
+from tiny import tiny_teacher, write_curated_corpus
+
+CPU = DistContext(0, 1, 0, torch.device("cpu"))
+QUIET = Console(quiet=True)
+
+
+class Killed(Exception):
+    pass
+
+
+def _setup(tmp_path, sizes):
+    shards = split_shards(write_curated_corpus(tmp_path / "corpus", {"train": sizes}), "train")
+    text = train_bpe([f"a {c} {s}" for c in ("red", "blue", "green") for s in ("circle", "square")] * 4, 280)
+    return shards, text
+
+
+def _model(text):
+    return tiny_teacher(vocab_size=len(text), pad_token_id=text.pad_token_id)
+
+
+def _cfg(work, **overrides):
+    base = {"steps": 6, "batch_size": 8, "work_dir": str(work), "shuffle_buffer": 8,
+            "text": {"max_length": 16}, "optim": {"lr": 1e-3, "warmup_steps": 1},
+            "runtime": {"device": "cpu", "log_every": 1, "checkpoint_every": 3, "loader_workers": 0}}
+    return TeacherConfig.model_validate({**base, **overrides})
+
+
+def test_killed_run_resumes_with_the_same_losses(tmp_path):
+    shards, text = _setup(tmp_path, [9, 8, 6])
+    full = train_teacher(_cfg(tmp_path / "a", runtime={"device": "cpu", "log_every": 1, "checkpoint_every": 3,
+                                                       "loader_workers": 2}),
+                         _model(text), text, shards, CPU, 0, {}, QUIET)
+
+    def kill_at_5(step, metrics):
+        if step == 5:
+            raise Killed
+
+    with pytest.raises(Killed):
+        train_teacher(_cfg(tmp_path / "b"), _model(text), text, shards, CPU, 0, {}, QUIET, sink=kill_at_5)
+    torch.manual_seed(7)
+    rest = train_teacher(_cfg(tmp_path / "b"), _model(text), text, shards, CPU, 0, {}, QUIET)
+    assert len(full) == 6 and rest == full[3:]
+    longer = train_teacher(_cfg(tmp_path / "c", steps=30), _model(text), text, shards, CPU, 0, {}, QUIET)
+    assert sum(longer[-5:]) < sum(longer[:5])  # it learns
+
+
+def test_the_trainer_streams_its_split_instead_of_holding_it(tmp_path, monkeypatch):
+    shards, text = _setup(tmp_path, [150, 150])
+    decoded = []
+    real = curated_module.decode_image
+    monkeypatch.setattr(curated_module, "decode_image", lambda data, where: decoded.append(where) or real(data, where))
+    train_teacher(_cfg(tmp_path / "w", steps=5), _model(text), text, shards, CPU, 0, {}, QUIET)
+    assert 40 <= len(decoded) <= 40 + 8 + 64
