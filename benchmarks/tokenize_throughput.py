@@ -83,7 +83,7 @@ def main() -> None:
 
         def stage(workers: int, run: int) -> float:
             work = tmp / f"work-{workers}-{run}"
-            settings = Settings(args.batch, device, precision, loader_workers=workers, prefetch_batches=4)
+            settings = Settings(args.batch, device, precision, loader_workers=workers, loader_prefetch=4)
             result = tokenize_slice(model, plan, ShardStore(work), WorkSlice(), {"run": run}, settings, storage)
             shutil.rmtree(work)
             return result.images / result.seconds

@@ -154,33 +154,19 @@ def saved_tiny_tokenizer(path: Path, images: torch.Tensor) -> DualTokenModel:
     return model
 
 
-def tiny_token_split(n: int, seed: int = 0, grid: int = 2, depth: int = 2, codebook: int = 32) -> Any:
-    """A token split with random codes (grid x grid x depth, both streams) and the demo's texts."""
-    from dualtoken.data.tokens import TokenSplit
-
-    gen = torch.Generator().manual_seed(seed)
-    metas = []
-    for i in range(n):
-        ex = generate_example(seed, i, SIZE)
-        metas.append({"key": ex.key, "captions": ex.captions, "qa": ex.qa, "attributes": ex.attributes})
-    codes = [torch.randint(codebook, (n, grid, grid, depth), generator=gen) for _ in range(2)]
-    return TokenSplit([m["key"] for m in metas], codes[0], codes[1], metas)
-
-
-def tiny_text_tokenizer(split: Any) -> Any:
-    """A BPE on the texts of a token split (or of a token corpus folder)."""
+def tiny_text_tokenizer(root: Path) -> Any:
+    """A BPE on the texts of a token corpus' train split."""
     from dualtoken.data.curated import iter_metas
     from dualtoken.data.shards import shard_urls
     from dualtoken.data.texts import corpus_texts
     from dualtoken.models.mllm import SPECIAL_TOKENS
     from dualtoken.text import train_bpe
 
-    metas = iter_metas(shard_urls(split, "train")) if isinstance(split, Path) else split.meta
-    return train_bpe(corpus_texts(metas), 300, extra_special_tokens=SPECIAL_TOKENS)
+    return train_bpe(corpus_texts(iter_metas(shard_urls(root, "train"))), 300, extra_special_tokens=SPECIAL_TOKENS)
 
 
 def tiny_mllm(tokenizer: Any, grid: int = 2, depth: int = 2, codebook: int = 32, seed: int = 0) -> Any:
-    """A 2-layer width-32 Qwen2 with depth heads of width 16 for codes laid out like ``tiny_token_split``."""
+    """A 2-layer width-32 Qwen2 with depth heads of width 16 for codes laid out like ``write_token_corpus``'s."""
     from dualtoken.models.mllm import SPECIAL_TOKENS, STREAMS, DualTokenMLLM, DualTokenMLLMConfig
 
     torch.manual_seed(seed)

@@ -222,6 +222,8 @@ class TeacherTextConfig(_Strict):
     """Text tower and BPE tokenizer of the from-scratch demo teacher."""
 
     vocab_size: int = Field(1024, ge=64)
+    bpe_samples: int = Field(100_000, ge=1, description="the BPE is trained on the captions of the first N train "
+                                                        "samples (only the shards they are in are read)")
     max_length: int = Field(32, ge=4, description="captions are padded/truncated to this many tokens")
     hidden_size: int = Field(128, ge=8)
     intermediate_size: int = Field(512, ge=8)
@@ -245,6 +247,12 @@ class TeacherConfig(_Strict):
     eval_images: int = Field(512, ge=2, description="val images measured (the split's first N)")
     optim: OptimConfig = OptimConfig(lr=1e-3, betas=(0.9, 0.98), weight_decay=1e-4, warmup_steps=20)
     runtime: RuntimeConfig = RuntimeConfig()
+
+    def training_identity(self) -> dict[str, Any]:
+        """What decides the training run (checkpoints of another one are not resumed): not where things go,
+        how the processes run or how much is evaluated."""
+        return self.model_dump(mode="json", exclude={"input", "output_dir", "metrics_path", "work_dir", "runtime",
+                                                     "eval_images", "eval_batch_size"})
 
 
 class LossConfig(_Strict):
@@ -296,6 +304,13 @@ class TokenizerConfig(_Strict):
     image_log_every: int = Field(200, ge=1, description="reconstruction grid to MLflow every N steps")
     register_as: str | None = Field("dualtoken-tokenizer", description="MLflow registered model; null skips")
 
+    def training_identity(self) -> dict[str, Any]:
+        """What decides the training run (checkpoints of another one are not resumed): not where things go,
+        how the processes run, what is logged or how much is evaluated."""
+        return self.model_dump(mode="json", exclude={"input", "output_dir", "metrics_path", "plots_path", "work_dir",
+                                                     "runtime", "register_as", "image_log_every", "eval_images",
+                                                     "eval_batch_size"})
+
 
 class TokenizeConfig(_Strict):
     """Corpus tokenisation: curated shards -> dual-code shards, one output shard per input shard."""
@@ -341,6 +356,8 @@ class LLMConfig(_Strict):
     intermediate_size: int = Field(704, ge=8)
     max_positions: int = Field(512, ge=16)
     vocab_size: int = Field(1024, ge=64, description="BPE vocabulary trained on the corpus text (demo only)")
+    bpe_samples: int = Field(100_000, ge=1, description="the BPE is trained on the texts of the first N train "
+                                                        "samples (only the shards they are in are read)")
 
     @model_validator(mode="after")
     def _heads_fit(self) -> LLMConfig:

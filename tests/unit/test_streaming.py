@@ -2,6 +2,7 @@
 shard count), an order that is a pure function of (seed, epoch, streams) and never of the workers, exact
 resume without decoding what was read before, bounded memory, and one-line errors for bad data."""
 
+import json
 import shutil
 
 import numpy as np
@@ -212,8 +213,6 @@ def test_out_of_range_codes_name_the_shard_and_sample(tmp_path):
 
 
 def test_an_index_without_per_shard_counts_says_what_to_do(corpus, tmp_path):
-    import json
-
     index = json.loads((corpus / "shards.json").read_text())
     del index["shards"]
     (tmp_path / "shards.json").write_text(json.dumps(index))
@@ -230,7 +229,7 @@ def test_the_loader_holds_at_most_the_buffer_and_a_few_pieces(tmp_path, monkeypa
     with loader:
         for _ in range(10):
             batch = loader.take(names[0], 8)
-            assert batch["image"].shape == (8, 3, 32, 32) and batch["image"].dtype == torch.uint8
+            assert batch["image"].shape == (8, 32, 32, 3) and batch["image"].dtype == torch.uint8  # channels last
     assert loader.peak_held <= 16 + 2 * 8
     assert len(decoded) <= 80 + 16 + 8  # what was consumed plus the window ahead, not the corpus
 
@@ -242,3 +241,58 @@ def test_window_shuffle_moves_samples_at_most_the_buffer():
     assert sorted(positions.tolist()) == list(range(1000))
     assert np.abs(positions - np.arange(1000)).max() <= 50
     assert (positions != np.arange(1000)).mean() > 0.9  # and it does shuffle
+
+
+def test_vqa_streams_find_questions_kept_in_a_few_shards(tmp_path):
+    """Questions only in one of four shards: some epochs' ranges hold none, the stream moves on to the next."""
+    root = write_token_corpus(tmp_path / "t", {"train": [10, 10, 10, 10]}, qa_every=1)
+    index = json.loads((root / "shards.json").read_text())
+    for name in index["splits"]["train"][1:]:  # strip the questions from shards 1..3, in place
+        _rewrite(root / name, lambda meta: {**meta, "qa": []})
+    shards = split_shards(root, "train")
+    order = StreamOrder([s.samples for s in shards], 2, 0, 4)
+    specs = [StreamSpec(f"vqa/{k}", order, k, require="has_qa") for k in range(2)]
+    loader = StreamLoader(shards, TokenSampleDecoder(read_layout(root), tiny_text_tokenizer(root), 8), specs,
+                          LoaderSettings(piece=4))
+    with loader:
+        for _ in range(15):
+            for k in range(2):
+                batch = loader.take(f"vqa/{k}", 3)
+                assert all(int(key) < 10 for key in batch["key"])  # all from the one shard with questions
+
+
+def _rewrite(shard, change):
+    from dualtoken.data.tarstream import TarWriter, iter_shard_samples
+
+    with open(shard, "rb") as handle:
+        samples = list(iter_shard_samples(handle, str(shard)))
+    with TarWriter(shard, index=True) as writer:
+        for key, parts in samples:
+            writer.add_sample(key, {**parts, "json": json.dumps(change(json.loads(parts["json"]))).encode()})
+
+
+def test_evaluation_reads_its_limit_and_not_one_sample_more(tmp_path):
+    from dualtoken.data.curated import UnreadableSample, iter_metas, read_images
+    from dualtoken.data.shards import shard_urls
+
+    root = write_curated_corpus(tmp_path / "c", {"train": [3, 3]})
+    (root / "train-000001.tar").write_bytes(b"not a tar at all" * 64)  # beyond the limit: never opened
+    assert len(read_images(root, "train", 3)) == 3
+    assert len(list(iter_metas(shard_urls(root, "train"), limit=3))) == 3
+    with pytest.raises(UnreadableSample, match=r"train-000001\.tar: no valid ustar header") as err:
+        read_images(root, "train", 4)
+    assert "\n" not in str(err.value)
+
+
+def test_images_of_two_sizes_in_one_batch_name_the_samples(tmp_path):
+    small = write_curated_corpus(tmp_path / "a", {"train": [4]}, size=32)
+    big = write_curated_corpus(tmp_path / "b", {"train": [4]}, size=48, seed=1)
+    (small / "train-000001.tar").write_bytes((big / "train-000000.tar").read_bytes())
+    (small / "train-000001.tar.idx").write_bytes((big / "train-000000.tar.idx").read_bytes())
+    index = json.loads((small / "shards.json").read_text())
+    index["splits"]["train"].append("train-000001.tar")
+    index["shards"]["train-000001.tar"] = {"samples": 4}
+    (small / "shards.json").write_text(json.dumps(index))
+    loader, _, names = _loader(small, buffer=0, piece=2)
+    with loader, pytest.raises(CorruptSample, match=r"have image of shapes \(32, 32, 3\) and \(48, 48, 3\)"):
+        loader.take(names[0], 8)

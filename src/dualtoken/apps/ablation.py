@@ -54,7 +54,7 @@ def main(cfg: Config, variant: str, console: Console | None = None) -> dict[str,
         model = build_model(cfg_v, teacher.vision_model)
         curated = cfg.curated(t.input)
         data = corpus_digest(curated, cfg.storage)
-        identity = {"tokenizer": t.model_dump(mode="json", exclude={"runtime", "plots_path"}), "seed": cfg.seed,
+        identity = {"tokenizer": t.training_identity(), "seed": cfg.seed,
                     "data": data, "teacher": checkpoint_digest(cfg.teacher.output_dir), "variant": variant}
         train = split_shards(curated, "train", cfg.storage)
         held_out = read_images(curated, cfg.evaluate.split, cfg.evaluate.images, cfg.storage)

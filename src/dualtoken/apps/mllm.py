@@ -39,13 +39,13 @@ STAGE = "mllm"
 
 
 def text_tokenizer(cfg: MllmConfig, train_urls: list[str], storage: StorageConfig | None = None) -> Any:
-    """The pretrained LM's tokenizer with the special tokens added, or a BPE trained on every caption, question
-    and answer of the training shards (one streaming pass over their texts; no codes are decoded)."""
+    """The pretrained LM's tokenizer with the special tokens added, or a BPE trained on the captions, questions
+    and answers of the first ``llm.bpe_samples`` training samples (their texts only; no codes are decoded)."""
     if cfg.llm.pretrained:
         tokenizer = AutoTokenizer.from_pretrained(cfg.llm.pretrained, local_files_only=True)
         tokenizer.add_special_tokens({"additional_special_tokens": list(SPECIAL_TOKENS)})
         return tokenizer
-    return train_bpe(corpus_texts(iter_metas(train_urls, storage)), cfg.llm.vocab_size,
+    return train_bpe(corpus_texts(iter_metas(train_urls, storage, cfg.llm.bpe_samples)), cfg.llm.vocab_size,
                      extra_special_tokens=SPECIAL_TOKENS)
 
 

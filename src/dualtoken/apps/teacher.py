@@ -31,7 +31,7 @@ STAGE = "teacher"
 def _scratch(cfg: Config, console: Console, ctx: Any, identity: dict[str, Any]) -> tuple[Any, Any, dict[str, Any]]:
     t = cfg.teacher
     train = split_shards(cfg.curated(t.input), "train", cfg.storage)
-    captions = (c for m in iter_metas([s.url for s in train], cfg.storage) for c in m["captions"])
+    captions = (c for m in iter_metas([s.url for s in train], cfg.storage, t.text.bpe_samples) for c in m["captions"])
     tokenizer = train_bpe(captions, vocab_size=t.text.vocab_size)
     try:
         config = scratch_config(vision_config_of(t.architecture), len(tokenizer), t.text.max_length, t.text.hidden_size,
@@ -56,7 +56,7 @@ def main(cfg: Config, console: Console | None = None) -> dict[str, Any]:
     try:
         curated = cfg.curated(t.input)
         data = corpus_digest(curated, cfg.storage)
-        identity = {"teacher": t.model_dump(mode="json", exclude={"runtime"}), "seed": cfg.seed, "data": data,
+        identity = {"teacher": t.training_identity(), "seed": cfg.seed, "data": data,
                     "grad_accum": t.runtime.grad_accum}
         with tracked(STAGE, cfg, ("seed", "teacher"), ctx) as run:
             if run is not None:

@@ -67,8 +67,7 @@ def main(cfg: Config, console: Console | None = None) -> dict[str, Any]:
         model = build_model(cfg, teacher.vision_model)
         curated = cfg.curated(t.input)
         data = corpus_digest(curated, cfg.storage)
-        identity = {"tokenizer": t.model_dump(mode="json", exclude={"runtime", "register_as", "image_log_every",
-                                                                  "plots_path"}),
+        identity = {"tokenizer": t.training_identity(),
                     "seed": cfg.seed, "data": data, "teacher": checkpoint_digest(cfg.teacher.output_dir),
                     "grad_accum": t.runtime.grad_accum}
         train = split_shards(curated, "train", cfg.storage)

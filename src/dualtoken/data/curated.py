@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import itertools
 import json
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
@@ -19,6 +20,7 @@ from typing import Any
 import numpy as np
 import torch
 from PIL import Image
+from torch.utils.data import get_worker_info
 
 from dualtoken.config import StorageConfig
 from dualtoken.data.loader import RawSample
@@ -51,11 +53,16 @@ def decode_image(data: bytes, where: str) -> np.ndarray:
         raise UnreadableSample(f"{where}: the image does not decode ({err})") from None
 
 
-def sample_meta(parts: dict[str, bytes], where: str) -> dict[str, Any]:
+def require_json(parts: dict[str, bytes], where: str) -> bytes:
     if "json" not in parts:
-        raise UnreadableSample(f"{where}: no json member; rerun the curate stage")
+        raise UnreadableSample(f"{where}: no json member; rerun the stage that wrote the shard")
+    return parts["json"]
+
+
+def sample_meta(parts: dict[str, bytes], where: str) -> dict[str, Any]:
+    raw = require_json(parts, where)
     try:
-        return json.loads(parts["json"])
+        return json.loads(raw)
     except ValueError as err:
         raise UnreadableSample(f"{where}: the json member does not parse ({err})") from None
 
@@ -71,25 +78,34 @@ class CuratedSample:
         return json.loads(self.parts["json"])
 
 
+def _members(urls: Iterable[str], storage: StorageConfig | None) -> Iterator[tuple[str, str, dict[str, bytes]]]:
+    """(url, key, parts) of every sample, shard by shard; a damaged shard is an error naming it."""
+    for url in urls:
+        with open_read(url, storage or StorageConfig()) as handle:
+            try:
+                for key, parts in iter_shard_samples(handle, url):
+                    yield url, key, parts
+            except ValueError as err:
+                raise UnreadableSample(str(err)) from None
+
+
 def iter_samples(urls: list[str], storage: StorageConfig | None = None) -> Iterator[CuratedSample]:
     """Stream samples shard by shard, front to back."""
-    for url in urls:
-        with open_read(url, storage or StorageConfig()) as handle:
-            for key, parts in iter_shard_samples(handle, url):
-                where = f"{url}: sample {key!r}"
-                data = image_bytes(parts, where)
-                if "json" not in parts:
-                    raise UnreadableSample(f"{where}: no json member; rerun the curate stage")
-                parts = {k: v for k, v in parts.items() if k not in IMAGE_EXTENSIONS}
-                yield CuratedSample(key, decode_image(data, where), parts)
+    for url, key, parts in _members(urls, storage):
+        where = f"{url}: sample {key!r}"
+        data = image_bytes(parts, where)
+        require_json(parts, where)
+        parts = {k: v for k, v in parts.items() if k not in IMAGE_EXTENSIONS}
+        yield CuratedSample(key, decode_image(data, where), parts)
 
 
-def iter_metas(urls: Iterable[str], storage: StorageConfig | None = None) -> Iterator[dict[str, Any]]:
-    """Each sample's json (captions, QA, attributes), front to back; no image is decoded."""
-    for url in urls:
-        with open_read(url, storage or StorageConfig()) as handle:
-            for key, parts in iter_shard_samples(handle, url):
-                yield sample_meta(parts, f"{url}: sample {key!r}")
+def iter_metas(urls: Iterable[str], storage: StorageConfig | None = None, limit: int | None = None
+               ) -> Iterator[dict[str, Any]]:
+    """The json (captions, QA, attributes) of the first ``limit`` samples (all when None), front to back;
+    nothing else is decoded and no shard past the limit is opened."""
+    members = _members(urls, storage)
+    for url, key, parts in itertools.islice(members, limit):
+        yield sample_meta(parts, f"{url}: sample {key!r}")
 
 
 @dataclass
@@ -107,9 +123,7 @@ class CuratedSplit:
 def read_images(root: str | Path, split: str, limit: int, storage: StorageConfig | None = None) -> CuratedSplit:
     """The first ``limit`` samples of ``split`` in corpus order; only the shards they are in are read."""
     images, meta, keys = [], [], []
-    for sample in iter_samples(shard_urls(root, split, storage), storage):
-        if len(meta) >= limit:
-            break
+    for sample in itertools.islice(iter_samples(shard_urls(root, split, storage), storage), limit):
         images.append(sample.image)
         meta.append(sample.meta)
         keys.append(sample.key)
@@ -119,27 +133,41 @@ def read_images(root: str | Path, split: str, limit: int, storage: StorageConfig
 
 
 class CuratedDecoder:
-    """Curated samples -> columns for training: ``image`` uint8 (n, 3, H, W) and ``key``; with ``caption_ids``
-    (texts -> (n, L) token ids) also ``caption_ids`` of one caption per sample, chosen by its draw."""
+    """Curated samples -> columns for training: ``image`` uint8 (n, H, W, 3) and ``key``; with ``caption_ids``
+    (texts -> (n, L) token ids) also ``caption_ids`` of one caption per sample, chosen by its draw.
+
+    Images stay channels-last: each is decoded straight into its row of one buffer (in shared memory when a
+    DataLoader worker decodes, so handing it to the trainer copies nothing); ``model_images`` makes the model's
+    channels-first view on the training device."""
+
+    pooled_column = "image"  # decoded into the loader's shared pool when it gives a buffer
 
     def __init__(self, caption_ids: Callable[[list[str]], torch.Tensor] | None = None) -> None:
         self.caption_ids = caption_ids
 
-    def __call__(self, samples: list[RawSample]) -> dict[str, Any]:
-        images = [decode_image(image_bytes(s.parts, s.where), s.where) for s in samples]
-        for sample, image in zip(samples, images, strict=True):
-            if image.shape != images[0].shape:
-                raise UnreadableSample(f"{sample.where}: image is {image.shape[1]}x{image.shape[0]}, the others "
-                                       f"{images[0].shape[1]}x{images[0].shape[0]}: curate to one resolution")
-        columns: dict[str, Any] = {"image": torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2).contiguous(),
-                                   "key": [s.key for s in samples]}
+    def __call__(self, samples: list[RawSample], out: torch.Tensor | None = None) -> dict[str, Any]:
+        """``out``: a (rows, H, W, 3) uint8 buffer to decode into (used when the images fit it)."""
+        images: torch.Tensor | None = None
+        for i, s in enumerate(samples):
+            image = decode_image(image_bytes(s.parts, s.where), s.where)
+            if images is None:
+                fits = out is not None and out.shape[1:] == image.shape and len(out) >= len(samples)
+                images = out[: len(samples)] if fits else torch.empty((len(samples), *image.shape), dtype=torch.uint8)
+                if not fits and get_worker_info() is not None:
+                    images.share_memory_()
+                pixels = images.numpy()
+            elif image.shape != images.shape[1:]:
+                raise UnreadableSample(f"{s.where}: image is {image.shape[1]}x{image.shape[0]}, the others "
+                                       f"{images.shape[2]}x{images.shape[1]}: curate to one resolution")
+            pixels[i] = image
+        columns: dict[str, Any] = {"image": images, "key": [s.key for s in samples]}
         if self.caption_ids is not None:
             chosen = []
             for sample in samples:
                 captions = sample_meta(sample.parts, sample.where).get("captions") or []
                 if not captions:
                     raise UnreadableSample(f"{sample.where}: no captions in its json")
-                chosen.append(captions[sample.draw % len(captions)])
+                chosen.append(captions[sample.choice(0, len(captions))])
             columns["caption_ids"] = self.caption_ids(chosen)
         return columns
 
@@ -147,6 +175,12 @@ class CuratedDecoder:
 def to_model_input(images: torch.Tensor) -> torch.Tensor:
     """uint8 (N, 3, H, W) -> float in [-1, 1]: SigLIP's normalisation (mean 0.5, std 0.5 per channel)."""
     return images.float().div_(127.5).sub_(1.0)
+
+
+def model_images(batch_images: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """A loader batch (uint8 (N, H, W, 3)) -> the model's input on ``device``: uint8 over the bus (a quarter of
+    float), made channels-first there, then normalised."""
+    return to_model_input(batch_images.to(device, non_blocking=True).permute(0, 3, 1, 2).contiguous())
 
 
 def from_model_output(images: torch.Tensor) -> torch.Tensor:

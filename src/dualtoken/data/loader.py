@@ -10,15 +10,23 @@ workers. Pieces come back in request order and wait until their samples are due;
 stream's order reaches it. The order never depends on the number of workers, the piece size or the
 prefetch depth: those only decide how soon data arrive.
 
-Memory. The main process holds at most ``shuffle_buffer + piece`` decoded samples per stream plus the
-pieces in flight (``2 x prefetch x workers`` of them at most), whatever the corpus size.
+Pooled columns. A decoder that names a ``pooled_column`` (the curated images) decodes it straight into a
+slot of a shared-memory pool the loader allocates once, before its workers start, and only the slot number
+travels back: no fresh shared pages and no file-descriptor hand-over per piece (measured: 0.3 ms instead of
+1.7 ms per piece of 64 images of 64 px, 5 ms instead of 26 ms at 384 px). A slot is reused once every sample
+of its piece has been taken; a piece that finds no free slot travels the ordinary way.
+
+Memory. The main process holds about ``shuffle_buffer + 2 x piece`` decoded samples per stream (the window,
+the piece being read and the next one) plus the ``prefetch x workers`` pieces in flight, whatever the corpus
+size. A rank reads one stream per accumulation step (and, for the MLLM, per task): the buffer counts for each.
 
 Resume. ``state_dict`` records each stream's position (samples taken or skipped); a loader given that state
 continues with exactly the same samples. It reads from the first piece that still holds an unread sample and
 tells the workers which members of it were read before: they skip those without decoding.
 
-Bad data. A worker never raises: a missing or truncated shard, a stale offset index or a member that does
-not decode comes back as a one-line message naming the shard and sample, raised here as ``CorruptSample``.
+Bad data. A worker does not raise for bad data: a missing or truncated shard, a stale offset index or a
+member that does not decode comes back as a one-line message naming the shard and sample, raised here as
+``CorruptSample``. Anything else (a bug) keeps its traceback.
 """
 
 from __future__ import annotations
@@ -52,10 +60,19 @@ class RawSample:
     key: str
     parts: dict[str, bytes]
     where: str  # "<shard url>: sample '<key>'", for error messages
-    draw: int  # 64 random bits fixed by (draw seed, epoch, key): which caption, which question, ...
+    draw: int  # 63 random bits fixed by (draw seed, epoch, key): which caption, which question, ...
+
+    def choice(self, part: int, n: int) -> int:
+        """An index in [0, n) from the draw's ``part``-th field of 21 bits (fields 0, 1, 2 are independent)."""
+        return ((self.draw >> (21 * part)) & 0x1FFFFF) % n
+
+    def uniform(self, part: int) -> float:
+        """A number in [0, 1) from the draw's ``part``-th field of 21 bits."""
+        return ((self.draw >> (21 * part)) & 0x1FFFFF) / 2**21
 
 
-Decoder = Callable[[list[RawSample]], dict[str, Any]]  # -> columns: tensors (n, ...) or lists of length n
+Decoder = Callable[..., dict[str, Any]]  # (samples, out=None) -> columns: tensors (n, ...) or lists of length n;
+# a decoder with a ``pooled_column`` attribute writes that column into ``out`` (a buffer of rows) when given one
 
 
 def default_workers(processes_per_node: int = 1) -> int:
@@ -102,6 +119,15 @@ class PieceRequest:
     positions: tuple[int, ...]  # the positions this request returns (those not skipped), ascending
     segments: tuple[Segment, ...]
     draw_seed: int
+    slot: int | None = None  # the pool slot to decode the pooled column into
+
+
+@dataclass(frozen=True)
+class Pooled:
+    """Stands for a column a worker wrote into pool slot ``slot`` (its first ``rows`` rows)."""
+
+    slot: int
+    rows: int
 
 
 @dataclass
@@ -114,14 +140,16 @@ class Piece:
 
 
 def sample_draw(draw_seed: int, epoch: int, key: str) -> int:
-    return int.from_bytes(hashlib.blake2b(f"{draw_seed}/{epoch}/{key}".encode(), digest_size=8).digest(), "little")
+    digest = hashlib.blake2b(f"{draw_seed}/{epoch}/{key}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "little") >> 1
 
 
 class PieceReader(Dataset):
-    """What a worker runs: read a request's member runs, decode the samples it wants, never raise."""
+    """What a worker runs: read a request's member runs, decode the samples it wants, never raise for bad data."""
 
     def __init__(self, decoder: Decoder, storage: StorageConfig, cache: int = 64) -> None:
         self.decoder, self.storage, self.cache = decoder, storage, cache
+        self.pool: torch.Tensor | None = None  # (slots, piece, ...) in shared memory, set before workers start
         self._offsets: OrderedDict[str, np.ndarray] = OrderedDict()
 
     def __len__(self) -> int:  # requests are made on demand; the DataLoader never asks
@@ -133,13 +161,24 @@ class PieceReader(Dataset):
             if len(samples) != len(request.positions):
                 raise CorruptSample(f"{request.segments[0].url}: {len(samples)} samples read where "
                                     f"{len(request.positions)} were asked for")
-            columns = self.decoder(samples) if samples else {}
+            columns = self._decode(samples, request.slot) if samples else {}
             return Piece(request.stream, request.piece, np.asarray(request.positions, dtype=np.int64), columns)
-        except Exception as err:
+        except (DualtokenError, ValueError, OSError, EOFError) as err:  # bad data: one line to the main process
             message = " ".join(str(err).split()) or type(err).__name__
-            if not isinstance(err, DualtokenError | ValueError | OSError):
-                message = f"{type(err).__name__}: {message}"
+            urls = [segment.url for segment in request.segments]
+            if not any(url in message for url in urls):
+                message = f"{' + '.join(urls)}: {message}"
             return Piece(request.stream, request.piece, np.zeros(0, np.int64), error=message)
+
+    def _decode(self, samples: list[RawSample], slot: int | None) -> dict[str, Any]:
+        name = getattr(self.decoder, "pooled_column", None)
+        if slot is None or self.pool is None or name is None:
+            return self.decoder(samples)
+        out = self.pool[slot]
+        columns = self.decoder(samples, out=out)
+        if columns[name].data_ptr() == out.data_ptr():  # written into the slot: only its number travels
+            columns[name] = Pooled(slot, len(samples))
+        return columns
 
     def _offsets_of(self, segment: Segment) -> np.ndarray:
         found = self._offsets.get(segment.url)
@@ -192,14 +231,25 @@ class _Stream:
         self.length = spec.order.length(spec.stream)
         self.per_epoch = -(-self.length // piece)
         self.emitter = Emitter(spec.order, spec.stream, position)
-        self.resume_epoch, self.resume_offset = self.emitter.resumed_at
-        first = spec.order.epoch_order(spec.stream, self.resume_epoch).first_unemitted(self.resume_offset)
+        self.resume_epoch, offset = self.emitter.resumed_at
+        self.done_low, self.done_mask = spec.order.epoch_order(spec.stream, self.resume_epoch).emitted_before(offset)
+        pending = np.flatnonzero(~self.done_mask)
+        first = self.done_low + (int(pending[0]) if len(pending) else len(self.done_mask))
         self.next_request = self.resume_epoch * self.per_epoch + first // piece
         self.held: dict[int, list[Any]] = {}  # piece -> [positions, columns, rows not yet taken]
-        self.rejected = 0  # consecutive samples refused by ``require``
+        self.rejected = 0  # consecutive samples refused by ``require`` (a stream with none loops forever)
 
     def piece_of(self, epoch: np.ndarray, positions: np.ndarray) -> np.ndarray:
         return epoch * self.per_epoch + positions // self.piece
+
+    def given_out(self, epoch: int, positions: np.ndarray) -> np.ndarray:
+        """Which positions were taken before this loader started (in the epoch it resumed in)."""
+        if epoch != self.resume_epoch:
+            return np.zeros(len(positions), dtype=bool)
+        out = positions < self.done_low
+        inside = (positions >= self.done_low) & (positions < self.done_low + len(self.done_mask))
+        out[inside] = self.done_mask[positions[inside] - self.done_low]
+        return out
 
     def need(self) -> int:
         """The piece holding the stream's next sample."""
@@ -223,6 +273,8 @@ class StreamLoader:
         self._positions = {name: 0 for name in self.specs}
         self._streams: dict[str, _Stream] = {}
         self._iterator: Iterator[Piece] | None = None
+        self._reader = PieceReader(decoder, self.storage)
+        self._free: list[int] = []  # pool slots no piece uses
         self.held_samples = self.peak_held = 0
 
     # ------------------------------------------------------------------------------- state
@@ -253,6 +305,8 @@ class StreamLoader:
     # ------------------------------------------------------------------------------- taking samples
     def take(self, name: str, n: int) -> dict[str, Any]:
         """The stream's next ``n`` samples (those its ``require`` column accepts), as columns."""
+        if n < 1:
+            raise ValueError(f"take asks for at least one sample, got {n}")
         self._start()
         stream = self._streams[name]
         chosen: list[tuple[dict[str, Any], int]] = []
@@ -265,12 +319,14 @@ class StreamLoader:
                 if entry[2] == 0:
                     del stream.held[piece]
                     self.held_samples -= len(entry[0])
+                    if entry[3] is not None:
+                        self._free.append(entry[3])  # its rows are copied into the batch below first
                 columns = entry[1]
                 if stream.spec.require is not None and not columns[stream.spec.require][row]:
                     stream.rejected += 1
-                    if stream.rejected > stream.length:
-                        raise CorruptSample(f"stream {name}: none of its {stream.length} samples has "
-                                            f"{stream.spec.require}")
+                    if stream.rejected > 50 * stream.spec.order.total:  # a last resort: callers check the counts
+                        raise CorruptSample(f"stream {name}: {stream.rejected} samples in a row without "
+                                            f"{stream.spec.require} (50 passes over the corpus)")
                     continue
                 stream.rejected = 0
                 chosen.append((columns, row))
@@ -281,6 +337,12 @@ class StreamLoader:
         for key, first in chosen[0][0].items():
             if isinstance(first, torch.Tensor):
                 rows = [columns[key][row] for columns, row in chosen]
+                odd = next((i for i, r in enumerate(rows) if r.shape != rows[0].shape), None)
+                if odd is not None:
+                    keys = [columns["key"][row] for columns, row in (chosen[0], chosen[odd])]
+                    raise CorruptSample(f"samples {keys[0]!r} and {keys[1]!r} have {key} of shapes "
+                                        f"{tuple(rows[0].shape)} and {tuple(rows[odd].shape)}: one batch needs one "
+                                        "shape (curate to one resolution)")
                 out = None
                 if self.settings.pin_memory:
                     out = torch.empty((len(rows), *rows[0].shape), dtype=rows[0].dtype, pin_memory=True)
@@ -300,8 +362,13 @@ class StreamLoader:
         if piece.error is not None:
             raise CorruptSample(piece.error)
         stream = self._streams[piece.stream]
+        slot = None
+        for name, column in piece.columns.items():
+            if isinstance(column, Pooled):
+                assert self._reader.pool is not None
+                slot, piece.columns[name] = column.slot, self._reader.pool[column.slot][: column.rows]
         if len(piece.positions):
-            stream.held[piece.piece] = [piece.positions, piece.columns, len(piece.positions)]
+            stream.held[piece.piece] = [piece.positions, piece.columns, len(piece.positions), slot]
             self.held_samples += len(piece.positions)
             self.peak_held = max(self.peak_held, self.held_samples)
 
@@ -311,10 +378,31 @@ class StreamLoader:
             return
         self._streams = {n: _Stream(s, self.settings.piece, self._positions[n]) for n, s in self.specs.items()}
         workers = self.settings.workers
-        loader = DataLoader(PieceReader(self.decoder, self.storage), sampler=_Requests(self), batch_size=None,
-                            collate_fn=_as_is, num_workers=workers,
-                            prefetch_factor=self.settings.prefetch if workers else None)
-        self._iterator = iter(loader)
+        if workers and getattr(self.decoder, "pooled_column", None) and self._reader.pool is None:
+            self._allocate_pool()
+        self._free = list(range(len(self._reader.pool))) if self._reader.pool is not None else []
+        loader = DataLoader(self._reader, sampler=_Requests(self), batch_size=None, collate_fn=_as_is,
+                            num_workers=workers, prefetch_factor=self.settings.prefetch if workers else None)
+        self._iterator = iter(loader)  # the workers start (fork) here: the pool is theirs too
+
+    def _allocate_pool(self) -> None:
+        """Enough slots for every piece a stream can hold (its window and two more) and those in flight, each
+        shaped like the pooled column of a first sample (decoded here to learn it)."""
+        first = next(iter(self._streams.values()))
+        loc = first.spec.order.locate(first.spec.stream, 0, 0, 1)[0]
+        shard = self.shards[loc.shard]
+        probe = PieceRequest("probe", 0, 0, (0,), (Segment(shard.url, shard.samples, loc.first, 1, None),), 0)
+        piece = self._reader[probe]
+        if piece.error is not None:
+            raise CorruptSample(piece.error)
+        row = piece.columns[self.decoder.pooled_column][0]
+        size = self.settings.piece
+        slots = sum(-(-min(s.spec.order.shuffle_buffer, s.length) // size) + 3 for s in self._streams.values())
+        slots += 2 * self.settings.prefetch * self.settings.workers
+        try:
+            self._reader.pool = torch.empty((slots, size, *row.shape), dtype=row.dtype).share_memory_()
+        except (RuntimeError, OSError):  # e.g. a small /dev/shm: pieces travel the ordinary way
+            self._reader.pool = None
 
     def _next_request(self) -> PieceRequest:
         """The next piece of the stream least far ahead of its need (a piece with nothing left is passed)."""
@@ -331,24 +419,24 @@ class StreamLoader:
         epoch, index = divmod(piece, stream.per_epoch)
         low, high = index * size, min((index + 1) * size, stream.length)
         positions = np.arange(low, high)
-        skip = np.zeros(len(positions), dtype=bool)
-        if epoch == stream.resume_epoch and stream.resume_offset:
-            skip = spec.order.epoch_order(spec.stream, epoch).emitted_before(stream.resume_offset, positions)
-            if skip.all():
-                return None
+        skip = stream.given_out(epoch, positions)
+        if skip.all():
+            return None
         segments = []
         for loc in spec.order.locate(spec.stream, epoch, low, high):
             shard = self.shards[loc.shard]
             part = skip[loc.start - low : loc.start - low + loc.count]
             segments.append(Segment(shard.url, shard.samples, loc.first, loc.count,
                                     tuple(part.tolist()) if part.any() else None))
+        slot = self._free.pop() if self._free else None
         return PieceRequest(spec.name, piece, epoch, tuple(positions[~skip].tolist()), tuple(segments),
-                            spec.draw_seed)
+                            spec.draw_seed, slot)
 
     def close(self) -> None:
-        """Stop the workers (also on garbage collection); the loader can start again from its positions."""
+        """Stop the workers (dropping the DataLoader iterator shuts them down); the loader can start again from
+        its positions."""
         self._positions = self.positions()
-        self._iterator, self._streams = None, {}
+        self._iterator, self._streams, self._free = None, {}, []
         self.held_samples = 0
 
     def __enter__(self) -> StreamLoader:

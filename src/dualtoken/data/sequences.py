@@ -61,7 +61,8 @@ class Vocab:
 class TokenSampleDecoder:
     """Token samples -> columns: ``pixel``/``semantic`` codes (n, h, w, depth) int32, token ids of one caption
     (``caption``) and of one question and its answer (``question``, ``answer``: None without QA), ``has_qa``,
-    ``drop`` (a uniform number: the t2i prompt is dropped below ``prompt_dropout``) and ``key``."""
+    ``drop`` (a uniform number: the t2i prompt is dropped below ``prompt_dropout``) and ``key``. The caption,
+    the question and ``drop`` come from three independent fields of the sample's draw."""
 
     def __init__(self, layout: TokenLayout, tokenizer: Any, max_text_tokens: int) -> None:
         self.layout, self.tokenizer, self.max_text_tokens = layout, tokenizer, max_text_tokens
@@ -81,14 +82,16 @@ class TokenSampleDecoder:
             options = meta.get("captions") or []
             if not options:
                 raise ValueError(f"{s.where}: no captions in its json")
-            captions.append(options[s.draw % len(options)])
+            captions.append(options[s.choice(0, len(options))])
             qa = meta.get("qa") or []
-            chosen = qa[(s.draw >> 20) % len(qa)] if qa else None
+            chosen = qa[s.choice(1, len(qa))] if qa else None
             has_qa.append(chosen is not None)
             if chosen is not None:
+                if not isinstance(chosen, dict) or not {"question", "answer"} <= chosen.keys():
+                    raise ValueError(f"{s.where}: a qa entry lacks its question or answer: {chosen!r}")
                 questions.append(chosen["question"])
                 answers.append(chosen["answer"])
-            drop.append(((s.draw >> 40) & 0xFFFFFF) / 2**24)
+            drop.append(s.uniform(2))
         caption_ids, question_ids, answer_ids = (iter(self._encode(t)) for t in (captions, questions, answers))
         return {"pixel": torch.stack(codes["pixel"]), "semantic": torch.stack(codes["semantic"]),
                 "caption": list(caption_ids), "question": [next(question_ids) if q else None for q in has_qa],

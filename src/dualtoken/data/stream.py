@@ -23,10 +23,10 @@ window at least as long as the range shuffles it completely (a seeded permutatio
 
 from __future__ import annotations
 
-import functools
 import hashlib
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -60,15 +60,30 @@ def _seed_words(*parts: int | str) -> list[int]:
     return words
 
 
+class _Recent(dict):
+    """The last few values computed by key (each order keeps its own: streams never evict each other's)."""
+
+    def __init__(self, size: int) -> None:
+        super().__init__()
+        self.size = size
+
+    def get_or(self, key: Any, make: Callable[[], Any]) -> Any:
+        if key not in self:
+            if len(self) >= self.size:
+                del self[next(iter(self))]
+            self[key] = make()
+        return self[key]
+
+
 class EpochOrder:
     """The emission order of one stream's range in one epoch, in bands of consecutive keys.
 
     Band ``w`` holds the keys in ``[w S, (w + 1) S)``: they come from position blocks ``w - 1`` and ``w``.
     """
 
-    def __init__(self, length: int, window: int, shuffle: bool, seed: int, epoch: int, stream: int) -> None:
+    def __init__(self, length: int, window: int, seed: int, epoch: int, stream: int) -> None:
         self.length, self.seed, self.epoch, self.stream = length, seed, epoch, stream
-        if not shuffle or window <= 1:
+        if window <= 1:
             self.mode, self.window = "identity", _IDENTITY_BAND
         elif window >= length:
             self.mode, self.window = "full", length
@@ -76,20 +91,25 @@ class EpochOrder:
             self.mode, self.window = "window", window
         self.blocks = -(-length // self.window)
         self.bands = 1 if self.mode == "full" else self.blocks + (self.mode == "window")
+        self._key_blocks, self._bands = _Recent(4), _Recent(2)
 
     def _rng(self, block: int) -> np.random.Generator:
         return np.random.default_rng(_seed_words(self.seed, self.epoch, self.stream, block, self.mode))
 
-    @functools.lru_cache(maxsize=4)  # noqa: B019 - a handful of small arrays per live order
     def _keys(self, block: int) -> np.ndarray:
         """Keys of position block ``block`` (float64; its positions are ``block * window + arange``)."""
-        start = block * self.window
-        size = max(0, min(self.window, self.length - start))
-        return start + np.arange(size) + self.window * self._rng(block).random(size)
+        def make() -> np.ndarray:
+            start = block * self.window
+            size = max(0, min(self.window, self.length - start))
+            return start + np.arange(size) + self.window * self._rng(block).random(size)
 
-    @functools.lru_cache(maxsize=2)  # noqa: B019 - the band being emitted and the one a resume looks into
+        return self._key_blocks.get_or(block, make)
+
     def band(self, w: int) -> np.ndarray:
         """Positions of band ``w`` in emission order."""
+        return self._bands.get_or(w, lambda: self._band(w))
+
+    def _band(self, w: int) -> np.ndarray:
         if self.mode == "identity":
             return np.arange(w * self.window, min((w + 1) * self.window, self.length), dtype=np.int64)
         if self.mode == "full":
@@ -137,31 +157,27 @@ class EpochOrder:
             keys[chosen] = self._keys(int(block))[positions[chosen] - block * self.window]
         return np.floor(keys / self.window).astype(np.int64)
 
-    def emitted_before(self, offset: int, positions: np.ndarray) -> np.ndarray:
-        """Which of ``positions`` leave before emission index ``offset`` (a resumed run skips them)."""
+    def emitted_before(self, offset: int) -> tuple[int, np.ndarray]:
+        """The positions that leave before emission index ``offset`` (a resumed run skips them), as
+        ``(low, mask)``: every position below ``low`` has left, ``mask[i]`` says whether ``low + i`` has, and
+        none from ``low + len(mask)`` on has. ``mask`` spans at most two windows."""
         if offset <= 0:
-            return np.zeros(len(positions), dtype=bool)
+            return 0, np.zeros(0, dtype=bool)
         band, within = self.locate(offset)
-        bands = self.band_of(positions)
-        early = bands < band
-        same = bands == band
-        if same.any():
-            early[same] = np.isin(positions[same], self.band(band)[:within])
-        return early
-
-    def first_unemitted(self, offset: int) -> int:
-        """A position at or below every position still to come after emission index ``offset``."""
-        if offset <= 0 or self.mode == "full":
-            return 0
-        band, _ = self.locate(offset)
         if self.mode == "identity":
-            return offset
-        return max(0, (band - 1) * self.window)
+            return offset, np.zeros(0, dtype=bool)
+        low = 0 if self.mode == "full" else max(0, (band - 1) * self.window)
+        high = self.length if self.mode == "full" else min(self.length, (band + 1) * self.window)
+        positions = np.arange(low, high)
+        mask = self.band_of(positions) < band
+        mask[np.isin(positions, self.band(band)[:within])] = True
+        return low, mask
 
 
 @dataclass(frozen=True)
 class Location:
-    """Where stream positions ``[start, stop)`` of an epoch lie: ``shard``'s members ``[first, first + n)``."""
+    """Where stream positions ``[start, start + count)`` of an epoch lie: members ``[first, first + count)`` of
+    shard ``shard`` (its index in the corpus' shard list)."""
 
     shard: int
     first: int
@@ -172,11 +188,12 @@ class Location:
 class StreamOrder:
     """Orders for ``streams`` streams over shards with ``counts`` samples (in shard-index order)."""
 
-    def __init__(self, counts: Sequence[int], streams: int, seed: int, shuffle_buffer: int, shuffle: bool = True,
-                 name: str = "corpus") -> None:
+    def __init__(self, counts: Sequence[int], streams: int, seed: int, shuffle_buffer: int, name: str = "corpus"
+                 ) -> None:
         self.counts = np.asarray(counts, dtype=np.int64)
         self.total, self.streams, self.seed = int(self.counts.sum()), streams, seed
-        self.shuffle_buffer, self.shuffle, self.name = shuffle_buffer, shuffle, name
+        self.shuffle_buffer, self.name = shuffle_buffer, name
+        self._sequences, self._orders = _Recent(2), _Recent(4)
         if streams < 1:
             raise StreamError(f"{name}: at least one stream is needed, got {streams}")
         if self.total < streams:
@@ -190,17 +207,17 @@ class StreamOrder:
     def length(self, stream: int) -> int:
         return self.start(stream + 1) - self.start(stream)
 
-    @functools.lru_cache(maxsize=4)  # noqa: B019
     def _shard_sequence(self, epoch: int) -> tuple[np.ndarray, np.ndarray]:
         """(shard indices in this epoch's order, cumulative sample counts in that order with a leading 0)."""
-        if self.shuffle:
+        def make() -> tuple[np.ndarray, np.ndarray]:
             order = np.random.default_rng(_seed_words(self.seed, epoch, "shards")).permutation(len(self.counts))
-        else:
-            order = np.arange(len(self.counts))
-        return order, np.concatenate([[0], np.cumsum(self.counts[order])])
+            return order, np.concatenate([[0], np.cumsum(self.counts[order])])
+
+        return self._sequences.get_or(epoch, make)
 
     def epoch_order(self, stream: int, epoch: int) -> EpochOrder:
-        return _epoch_order(self.length(stream), self.shuffle_buffer, self.shuffle, self.seed, epoch, stream)
+        return self._orders.get_or((stream, epoch), lambda: EpochOrder(self.length(stream), self.shuffle_buffer,
+                                                                       self.seed, epoch, stream))
 
     def locate(self, stream: int, epoch: int, start: int, stop: int) -> list[Location]:
         """The shard members holding stream positions ``[start, stop)`` of ``epoch``, in position order."""
@@ -220,12 +237,7 @@ class StreamOrder:
     def describe(self) -> dict[str, int | bool | str]:
         """What a saved position is only valid for."""
         return {"name": self.name, "samples": self.total, "shards": len(self.counts), "streams": self.streams,
-                "seed": self.seed, "shuffle_buffer": self.shuffle_buffer, "shuffle": self.shuffle}
-
-
-@functools.lru_cache(maxsize=16)
-def _epoch_order(length: int, window: int, shuffle: bool, seed: int, epoch: int, stream: int) -> EpochOrder:
-    return EpochOrder(length, window, shuffle, seed, epoch, stream)
+                "seed": self.seed, "shuffle_buffer": self.shuffle_buffer}
 
 
 class Emitter:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import functools
 import io
+import itertools
 import json
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -195,9 +196,7 @@ def read_token_split(root: str | Path, split: str, limit: int, storage: StorageC
     """The first ``limit`` token samples of ``split`` in corpus order; only the shards they are in are read."""
     layout = read_layout(root, storage)
     keys, pixel, semantic, meta = [], [], [], []
-    for sample in iter_token_samples(shard_urls(root, split, storage), layout, storage):
-        if len(keys) >= limit:
-            break
+    for sample in itertools.islice(iter_token_samples(shard_urls(root, split, storage), layout, storage), limit):
         keys.append(sample.key)
         pixel.append(sample.pixel)
         semantic.append(sample.semantic)

@@ -73,7 +73,7 @@ class Settings:
     device: torch.device
     precision: str  # fp32 or bf16 (autocast)
     loader_workers: int = 0
-    prefetch_batches: int = 2
+    loader_prefetch: int = 2
 
 
 def autocast(settings: Settings) -> contextlib.AbstractContextManager:
@@ -225,7 +225,7 @@ def tokenize_slice(model: Any, plan: Plan, store: ShardStore, work: WorkSlice, i
         return result
     by_name = {task.name: task for task in todo}
     loader = shard_loader([(t.name, t.url) for t in todo], settings.batch_size, storage, settings.loader_workers,
-                          settings.prefetch_batches, pin_memory=settings.device.type == "cuda")
+                          settings.loader_prefetch, pin_memory=settings.device.type == "cuda")
     open_shards: dict[str, OpenShard] = {}
     model.eval()
     t0 = time.perf_counter()

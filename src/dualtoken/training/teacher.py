@@ -18,7 +18,7 @@ from rich.console import Console
 from transformers import PreTrainedTokenizerBase, SiglipModel
 
 from dualtoken.config import StorageConfig, TeacherConfig
-from dualtoken.data.curated import CuratedDecoder, CuratedSplit, to_model_input
+from dualtoken.data.curated import CuratedDecoder, CuratedSplit, model_images, to_model_input
 from dualtoken.data.shards import Shard
 from dualtoken.evaluation.zeroshot import embed_in_batches, retrieval_r1, zero_shot
 from dualtoken.models.teacher import image_embedder, text_embedder, tokenize
@@ -87,7 +87,7 @@ def train_teacher(cfg: TeacherConfig, model: SiglipModel, tokenizer: PreTrainedT
             for m in range(rt.grad_accum):
                 batch = loader.take(streams[m], micro)
                 ids = batch["caption_ids"].to(ctx.device, non_blocking=True)
-                pixels = to_model_input(batch["image"].to(ctx.device, non_blocking=True))
+                pixels = model_images(batch["image"], ctx.device)
                 with engine.micro_step(m), engine.autocast():
                     out = engine.model(input_ids=ids, pixel_values=pixels)
                     loss = sigmoid_loss(out.image_embeds, out.text_embeds, model.logit_scale, model.logit_bias, ids)

@@ -18,7 +18,7 @@ from rich.console import Console
 from transformers import SiglipVisionModel
 
 from dualtoken.config import StorageConfig, TokenizerConfig
-from dualtoken.data.curated import CuratedDecoder, from_model_output, to_model_input
+from dualtoken.data.curated import CuratedDecoder, from_model_output, model_images, to_model_input
 from dualtoken.data.shards import Shard
 from dualtoken.evaluation.reconstruction import image_grid
 from dualtoken.models.dualtoken import DualTokenModel
@@ -164,7 +164,7 @@ def _step(step: int, loader: Any, streams: list[str], micro: int, objective: Obj
     report: dict[str, float] = {}
     total = 0.0
     for m in range(rt.grad_accum):
-        images = to_model_input(loader.take(streams[m], micro)["image"].to(ctx.device, non_blocking=True))
+        images = model_images(loader.take(streams[m], micro)["image"], ctx.device)
         with engine.micro_step(m), engine.autocast():
             loss, terms, recon = objective(model, forward, images, step)
             engine.backward(loss)
