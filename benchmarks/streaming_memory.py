@@ -4,8 +4,9 @@ each, on a 4k- and a 100k-sample corpus made from the demo source, each run in a
 The trainers stream their shards, so the peak RSS should not depend on the corpus: the ratio 100k / 4k is the
 measure (target <= 1.15). Holding the split would add about 12 KB per 64 px image (1.2 GB at 100k). Models are
 the demo's shapes with random weights; loader workers 0 (every decoded sample is in the measured process); the
-demo's shuffle buffer (4,096). The large corpora repeat 4,000 rendered scenes under distinct keys: the loaders
-see 100k samples, the writing takes seconds. The last line is one JSON object:
+library's default shuffle buffer (1,000 samples: below both corpus sizes, so both runs stream through a
+window). The large corpora repeat 4,000 rendered scenes under distinct keys: the loaders see 100k samples, the
+writing takes seconds. The last line is one JSON object:
 ``{"rss_ratio_tokenizer": x, "rss_ratio_mllm": y}``.
 
     python benchmarks/streaming_memory.py [--small 4000] [--large 100000] [--steps 20]
@@ -44,7 +45,7 @@ def run_tokenizer(root: Path, work: Path, steps: int) -> None:
     torch.manual_seed(0)
     config = named_config("demo")
     cfg = TokenizerConfig.model_validate({
-        "steps": steps, "batch_size": 32, "shuffle_buffer": 4096, "work_dir": str(work), "image_log_every": 10**6,
+        "steps": steps, "batch_size": 32, "shuffle_buffer": 1000, "work_dir": str(work), "image_log_every": 10**6,
         "losses": {"gan_start_step": 10**6},
         "runtime": {"device": "cpu", "loader_workers": 0, "log_every": steps, "checkpoint_every": 10**6}})
     train_tokenizer(cfg, DualTokenModel(config), SiglipVisionModel(config.vision_config), split_shards(root, "train"),
@@ -65,7 +66,7 @@ def run_mllm(root: Path, work: Path, steps: int, tokenizer_dir: Path) -> None:
 
     tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
     cfg = MllmConfig.model_validate({
-        "batch_size": 32, "shuffle_buffer": 4096, "work_dir": str(work), "zero_stage": 0, "max_text_tokens": 32,
+        "batch_size": 32, "shuffle_buffer": 1000, "work_dir": str(work), "zero_stage": 0, "max_text_tokens": 32,
         "phases": [{"name": "all", "steps": steps, "lr": 1e-4, "train": ["projector", "llm", "heads"],
                     "tasks": {"caption": 1, "vqa": 2, "t2i": 2}}],
         "runtime": {"device": "cpu", "loader_workers": 0, "log_every": steps, "checkpoint_every": 10**6}})

@@ -204,7 +204,7 @@ class ProcessConfig(_Strict):
     precision: Literal["auto", "fp32", "bf16"] = Field("auto", description="auto: bf16 autocast on CUDA, else fp32")
     threads: int | None = Field(None, ge=1, description="torch CPU threads per process; null keeps torch's choice")
     loader_workers: int | None = Field(None, ge=0, le=64, description="DataLoader processes reading and decoding "
-                                       "shards per process; null: one per spare core, at most 8")
+                                       "shards per process; null: 0 on CPU, else one per spare core (at most 8)")
     loader_prefetch: int = Field(2, ge=1, le=64, description="pieces (or batches) each loader worker keeps ready")
 
 

@@ -17,6 +17,7 @@ if __name__ == "__main__":
         sys.exit(relaunch_under_torchrun("ranks", nproc, sys.argv[1:]))
     ctx = init_distributed("cpu")
     total = ctx.reduce_number(ctx.rank + 1)  # a real collective over the group
-    print(f"rank {ctx.rank}/{ctx.world} run {os.environ['TORCHELASTIC_RUN_ID']} step "
-          f"{os.environ.get('SLURM_STEP_ID', '-')} sum {total:.0f}", flush=True)
+    line = (f"rank {ctx.rank}/{ctx.world} run {os.environ['TORCHELASTIC_RUN_ID']} step "
+            f"{os.environ.get('SLURM_STEP_ID', '-')} sum {total:.0f}\n")
+    os.write(sys.stdout.fileno(), line.encode())  # one write: both ranks share the job's log and print at once
     shutdown_distributed()

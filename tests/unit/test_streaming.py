@@ -11,7 +11,7 @@ import torch
 
 from dualtoken.data import curated as curated_module
 from dualtoken.data.curated import CuratedDecoder
-from dualtoken.data.loader import CorruptSample, LoaderSettings, StreamLoader, StreamSpec
+from dualtoken.data.loader import CorruptSample, LoaderSettings, StreamLoader, StreamSpec, default_workers
 from dualtoken.data.sequences import TokenSampleDecoder
 from dualtoken.data.shards import ShardIndexError, split_shards
 from dualtoken.data.stream import StreamError, StreamOrder, stream_ids
@@ -75,6 +75,26 @@ def test_every_sample_once_per_epoch_whatever_the_ranks_and_workers(corpus, worl
         assert max(lengths) - min(lengths) <= 1  # ranks step together
         reference = reference or streams
         assert streams == reference  # the workers decode; they never decide the order
+
+
+def test_pooled_images_are_those_of_their_keys_while_workers_refill_the_pool(corpus):
+    def batches(workers):
+        loader, _, names = _loader(corpus, workers=workers, buffer=1, piece=1)  # a slot per sample
+        with loader:
+            return [loader.take(names[0], 9) for _ in range(2 * sum(SIZES) // 9)]
+
+    for expected, found in zip(batches(0), batches(2), strict=True):
+        assert found["key"] == expected["key"]
+        # a slot is handed to the next request only after the batch copied its rows
+        assert torch.equal(found["image"], expected["image"])
+
+
+def test_workers_by_default_only_beside_an_accelerator(monkeypatch):
+    monkeypatch.setattr("os.sched_getaffinity", lambda _: set(range(16)))
+    assert default_workers(torch.device("cpu")) == 0  # the model's threads use the cores
+    assert default_workers(torch.device("cuda")) == 8
+    assert default_workers(torch.device("cuda"), processes_per_node=4) == 3  # a spare core per process
+    assert default_workers(torch.device("cuda"), processes_per_node=16) == 0
 
 
 def test_ranks_times_accumulation_is_what_decides_the_batches(corpus):

@@ -72,7 +72,8 @@ def main(cfg: Config, console: Console | None = None, work: WorkSlice | None = N
         model = load_tokenizer(model_dir).to(ctx.device).eval()
         workers = t.runtime.loader_workers
         settings = Settings(t.batch_size, ctx.device, resolve_precision(t.runtime.precision, ctx.device),
-                            default_workers(ctx.local_world) if workers is None else workers, t.runtime.loader_prefetch)
+                            default_workers(ctx.device, ctx.local_world) if workers is None else workers,
+                            t.runtime.loader_prefetch)
         plan = make_plan(curated, t.splits, TokenLayout.of_model(model.config), cfg.storage)
         tokenizer_sha = checkpoint_digest(model_dir)
         corpus = corpus_digest(curated, cfg.storage)

@@ -70,7 +70,12 @@ class TokenSampleDecoder:
     def _encode(self, texts: list[str]) -> list[list[int]]:
         if not texts:
             return []
-        return [ids[: self.max_text_tokens] for ids in self.tokenizer(texts, add_special_tokens=False)["input_ids"]]
+        backend = getattr(self.tokenizer, "backend_tokenizer", None)  # a fast tokenizer: its Rust core, batched
+        if backend is not None:
+            ids = [e.ids for e in backend.encode_batch(texts, add_special_tokens=False)]
+        else:
+            ids = self.tokenizer(texts, add_special_tokens=False)["input_ids"]
+        return [row[: self.max_text_tokens] for row in ids]
 
     def __call__(self, samples: list[RawSample]) -> dict[str, Any]:
         codes = {"pixel": [], "semantic": []}

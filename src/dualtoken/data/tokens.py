@@ -15,6 +15,7 @@ import functools
 import io
 import itertools
 import json
+import math
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -111,10 +112,15 @@ def read_codes(parts: dict[str, bytes], layout: TokenLayout, where: str) -> dict
         spec, name = layout.spec(stream), f"{stream}.npy"
         if name not in parts:
             raise CorruptTokens(f"{where}: no {name}")
-        try:
-            array = np.load(io.BytesIO(parts[name]), allow_pickle=False)
-        except (ValueError, OSError, EOFError) as err:
-            raise CorruptTokens(f"{where}: {name} is not a readable .npy ({err})") from None
+        data, header = parts[name], _npy_header(spec.dtype.str, layout.shape(stream))
+        if data.startswith(header) and len(data) == len(header) + spec.dtype.itemsize * math.prod(
+                layout.shape(stream)):  # what this project writes: the header is known, the rest is the array
+            array = np.frombuffer(data, spec.dtype, offset=len(header)).reshape(layout.shape(stream))
+        else:
+            try:
+                array = np.load(io.BytesIO(data), allow_pickle=False)
+            except (ValueError, OSError, EOFError) as err:
+                raise CorruptTokens(f"{where}: {name} is not a readable .npy ({err})") from None
         if array.dtype != spec.dtype or array.shape != layout.shape(stream):
             raise CorruptTokens(f"{where}: {name} is {array.dtype} {array.shape}, expected {spec.dtype} "
                                 f"{layout.shape(stream)}")

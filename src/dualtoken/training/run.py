@@ -149,9 +149,9 @@ def micro_batch(batch_size: int, world: int, grad_accum: int, key: str) -> int:
 
 
 def loader_settings(runtime: ProcessConfig, ctx: DistContext) -> LoaderSettings:
-    """Workers (``null``: one per spare core of this process's share of the node) and prefetch from the
-    stage's runtime; batches pinned when they go to a GPU."""
-    workers = default_workers(ctx.local_world) if runtime.loader_workers is None else runtime.loader_workers
+    """Workers (``null``: ``default_workers``) and prefetch from the stage's runtime; batches pinned when they
+    go to a GPU."""
+    workers = default_workers(ctx.device, ctx.local_world) if runtime.loader_workers is None else runtime.loader_workers
     return LoaderSettings(workers=workers, prefetch=runtime.loader_prefetch, pin_memory=ctx.device.type == "cuda")
 
 
