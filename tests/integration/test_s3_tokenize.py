@@ -18,7 +18,8 @@ pytestmark = pytest.mark.integration
 def _cfg(tmp_path, **tokenize):
     return parse_config({
         "data": {"sources": [{"kind": "demo"}]},
-        "tokenizer": {"output_dir": str(tmp_path / "model")},
+        # the tokenizer stage's metrics of this test, not the repository's (verify compares PSNR with them)
+        "tokenizer": {"output_dir": str(tmp_path / "model"), "metrics_path": str(tmp_path / "tokenizer.json")},
         "tokenize": {"output_dir": str(tmp_path / "tokens"), "work_dir": str(tmp_path / "work"),
                      "metrics_path": str(tmp_path / "tokenize.json"), "plots_dir": str(tmp_path / "plots"),
                      "batch_size": 4, "runtime": {"device": "cpu", "loader_workers": 2}, **tokenize},
