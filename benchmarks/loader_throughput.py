@@ -6,8 +6,11 @@ uint8 array: the least work that gets the pixels. loader = ``StreamLoader`` exac
 main process) with 0, 1 or 2 DataLoader workers, timed over its second epoch (steady state; the time to the
 first batch, worker start-up included, is printed apart). Ratio = loader / (bare x max(workers, 1)),
 i.e. per decoding process; the target is >= 0.9 at 1 worker. Two corpora: 64 px PNG (the demo) and 384 px
-JPEG (the paper's resolution), whose scenes repeat (4,000 and 128 rendered, under distinct keys). Interleaved
-repeats, medians: this machine's single measurements vary by +-10%. The last line is one JSON object of the ratios.
+JPEG (the paper's resolution), whose scenes repeat (4,000 and 128 rendered, under distinct keys). Paired
+measurements: each loader run comes right after a bare run of its own, the ratio is taken per pair and the
+median over repeats is reported, because on these shared 2-vCPU machines the speed of both drifts by up to 2x
+within a minute (a ratio of medians taken minutes apart measured that drift, not the loader). The last line is
+one JSON object of the ratios.
 
     python benchmarks/loader_throughput.py [--images 20000] [--large-images 2048] [--workers 0 1 2] [--repeats 5]
 """
@@ -90,18 +93,21 @@ def main() -> None:
             urls = [str(p) for p in sorted(root.glob("train-*.tar"))]
             bare(urls)  # warm the page cache
             rates: dict[str, list[float]] = {"bare": [], **{f"w{w}": [] for w in args.workers}}
+            ratios: dict[str, list[float]] = {f"w{w}": [] for w in args.workers}
             startup: dict[str, list[float]] = {f"w{w}": [] for w in args.workers}
-            for _ in range(args.repeats):  # interleaved, so machine noise hits every variant alike
-                rates["bare"].append(bare(urls))
-                for w in args.workers:
+            for _ in range(args.repeats):
+                for w in args.workers:  # each loader run paired with a bare run just before it
+                    base = bare(urls)
                     rate, first = loader(root, w)
+                    rates["bare"].append(base)
                     rates[f"w{w}"].append(rate)
+                    ratios[f"w{w}"].append(rate / (base * max(w, 1)))
                     startup[f"w{w}"].append(first)
             medians = {k: statistics.median(v) for k, v in rates.items()}
             print(f"{name}: bare PIL loop {medians['bare']:.0f} images/s")
             results[name] = {}
             for w in args.workers:
-                ratio = medians[f"w{w}"] / (medians["bare"] * max(w, 1))
+                ratio = statistics.median(ratios[f"w{w}"])
                 results[name][f"workers_{w}"] = round(ratio, 3)
                 print(f"  loader, {w} worker(s): {medians[f'w{w}']:.0f} images/s = {ratio:.2f}x bare per decoding "
                       f"process" + (" (target >= 0.9)" if w == 1 else "")
