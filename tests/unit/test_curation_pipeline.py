@@ -8,9 +8,11 @@ from pathlib import Path
 
 import pytest
 import webdataset as wds
+from rich.console import Console
 
 from badinputs import add_member, add_symlink, huge_png_header, jpeg_bytes, noise_png, png_bytes
 from dualtoken.config import parse_config
+from dualtoken.curation.job import run_curation
 from dualtoken.curation.pipeline import run_phase1, run_phase2
 from dualtoken.data.tarstream import iter_tar_samples
 from dualtoken.partition import WorkSlice
@@ -159,18 +161,35 @@ def _digests(folder: Path) -> dict[str, str]:
             for p in sorted(folder.rglob("*")) if p.is_file()}
 
 
-def test_workers_and_reruns_give_identical_outputs(tmp_path):
+def _dvc_hash(folder: Path) -> str:
+    """The hash DVC gives a directory output (what decides whether downstream stages rerun)."""
+    from dvc_data.hashfile.build import build
+    from dvc_data.hashfile.db import HashFileDB
+    from dvc_objects.fs.local import LocalFileSystem
+
+    fs = LocalFileSystem()
+    _, _, tree = build(HashFileDB(fs, str(folder.parent / f"{folder.name}.odb")), str(folder), fs, "md5")
+    return tree.hash_info.value
+
+
+def test_fresh_runs_and_worker_counts_give_one_dvc_hash(tmp_path):
+    """The whole curate job (shards, manifest, validation record, preview, shard index) twice from scratch,
+    with 1 and 2 workers: byte-identical outputs, so DVC sees one corpus and reruns nothing downstream."""
     base = {"data": {"sources": [{"kind": "demo", "name": "shapes", "num_images": 120, "images_per_shard": 30},
                                  {"kind": "mnist", "name": "mnist", "num_images": 40, "images_per_shard": 20}]},
-            "curate": {"samples_per_shard": 50}}
-    digests = []
+            "curate": {"samples_per_shard": 50, "validation": {"split_tolerance": 0.1}}}
+    digests, hashes = [], []
     for run, workers in enumerate((1, 2)):
         raw = {**base, "curate": {**base["curate"], "workers": workers, "output_dir": str(tmp_path / f"o{run}"),
-                                  "work_dir": str(tmp_path / f"w{run}")}}
-        cfg = parse_config(raw)
-        run_phase2(cfg, run_phase1(cfg))
+                                  "work_dir": str(tmp_path / f"w{run}"),
+                                  "metrics_path": str(tmp_path / f"m{run}.json")}}
+        run_curation(parse_config(raw), Console(file=io.StringIO()))
         digests.append(_digests(tmp_path / f"o{run}"))
-    assert digests[0] == digests[1] and any(k.startswith("train-") for k in digests[0])
+        hashes.append(_dvc_hash(tmp_path / f"o{run}"))
+    assert digests[0] == digests[1]
+    assert {"validation.json", "manifest.parquet", "preview.png", "shards.json"} <= set(digests[0])
+    assert any(k.startswith("train-") for k in digests[0])
+    assert hashes[0] == hashes[1]
 
 
 def test_resume_after_kill_redoes_only_unfinished_units(tmp_path):

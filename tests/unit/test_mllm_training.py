@@ -71,10 +71,31 @@ def test_killed_run_resumes_with_the_same_losses(data, tmp_path, zero):
     assert tags == ["00-step00000004", "01-step00000002"]  # the newest two kept; step 7 never checkpointed
     resumed, resumed_model = _train(data, tmp_path / "killed", zero_stage=zero)
     assert [r["loss"] for r in resumed] == pytest.approx([r["loss"] for r in full[6:]], rel=1e-5)
-    for a, b in zip(full_model.state_dict().values(), resumed_model.state_dict().values(), strict=True):
-        assert torch.allclose(a, b, atol=1e-6)
-    done, _ = _train(data, tmp_path / "killed", zero_stage=zero)
-    assert done == []  # finished: nothing left to train
+    _assert_same_weights(full_model, resumed_model)
+    done, done_model = _train(data, tmp_path / "killed", zero_stage=zero)
+    assert done == []  # finished: nothing left to train, and the model is the trained one (e.g. `dvc repro -f`)
+    _assert_same_weights(full_model, done_model)
+
+
+def _assert_same_weights(a: torch.nn.Module, b: torch.nn.Module) -> None:
+    for (name, x), y in zip(a.state_dict().items(), b.state_dict().values(), strict=True):
+        assert torch.allclose(x, y, atol=1e-6), name
+
+
+def test_a_run_killed_at_a_phase_boundary_resumes_from_the_finished_phase(data, tmp_path):
+    """The newest checkpoint closes phase 1: phase 2 must start from its weights, not from the initial ones."""
+    full, full_model = _train(data, tmp_path / "full")
+
+    def kill_at_5(step, row):
+        if step == 5:
+            raise Killed
+
+    with pytest.raises(Killed):
+        _train(data, tmp_path / "killed", sink=kill_at_5)
+    assert (tmp_path / "killed" / "checkpoints" / "latest").read_text().strip() == "00-step00000004"
+    resumed, resumed_model = _train(data, tmp_path / "killed")
+    assert [r["loss"] for r in resumed] == pytest.approx([r["loss"] for r in full[4:]], rel=1e-5)
+    _assert_same_weights(full_model, resumed_model)
 
 
 @pytest.mark.parametrize("zero", [0, 2])

@@ -28,7 +28,7 @@ MAX_EXAMPLES = 5
 class ValidationOutcome:
     success: bool
     summary: str  # one line per failed expectation, or "all N expectations passed"
-    result: dict  # the full GX suite result, JSON-serialisable
+    result: dict  # the GX suite result, JSON-serialisable, without what changes run to run (see ``_reproducible``)
 
 
 def _expectations(gxe: Any, *, resolution: int, split_fractions: dict[str, float], split_tolerance: float,
@@ -103,7 +103,7 @@ def validate_manifest(manifest: pd.DataFrame, *, resolution: int, split_fraction
         for split in split_fractions:
             frame[f"is_{split}"] = (frame["split"] == split).astype(float)
 
-    name = f"curated-manifest-{uuid.uuid4().hex[:12]}"
+    name = f"{SUITE_NAME}-{uuid.uuid4().hex[:12]}"  # unique within the process
     context = gx.get_context(mode="ephemeral")
     context.variables.progress_bars = ProgressBarsConfig(globally=False)  # keep stage logs readable
     batch = context.data_sources.add_pandas(name).add_dataframe_asset(name).add_batch_definition_whole_dataframe(name)
@@ -116,4 +116,26 @@ def validate_manifest(manifest: pd.DataFrame, *, resolution: int, split_fraction
 
     failed = [_describe(r) for r in result.results if not r.success]
     summary = "\n".join(failed) or f"all {len(result.results)} expectations passed"
-    return ValidationOutcome(success=bool(result.success), summary=summary, result=result.to_json_dict())
+    return ValidationOutcome(success=bool(result.success), summary=summary,
+                             result=_reproducible(result.to_json_dict()))
+
+
+SUITE_NAME = "curated-manifest"
+_RUN_SPECIFIC_KWARGS = ("batch_id",)  # names the ephemeral batch: a fresh random id per call
+
+
+def _reproducible(result: dict[str, Any]) -> dict[str, Any]:
+    """The suite result less GX's random ids, per-call names and clocks. The record is part of the curate
+    stage's output, which DVC hashes: with them every rerun changed the corpus's hash and reran every stage
+    downstream, although every shard was byte-identical. What stays: the verdicts, the observed values, the
+    expectations with their arguments, GX's version and its fingerprint of the validated frame."""
+    meta = result.get("meta", {})
+    results = []
+    for entry in result["results"]:
+        config = {k: v for k, v in entry["expectation_config"].items() if k != "id"}
+        config["kwargs"] = {k: v for k, v in config.get("kwargs", {}).items() if k not in _RUN_SPECIFIC_KWARGS}
+        results.append({**entry, "expectation_config": config})
+    return {"success": result["success"], "suite_name": SUITE_NAME, "statistics": result["statistics"],
+            "great_expectations_version": meta.get("great_expectations_version"),
+            "data_fingerprint": meta.get("batch_markers", {}).get("pandas_data_fingerprint"),
+            "results": results}

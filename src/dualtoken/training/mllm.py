@@ -151,10 +151,13 @@ def train_mllm(cfg: MllmConfig, model: DualTokenMLLM, source: TokenSource, ctx: 
         if resume and index < resume.phase:
             done_before += phase.steps
             continue
-        start = resume.step if resume and index == resume.phase else 0
-        if start < phase.steps:
+        resumes_here = resume is not None and index == resume.phase
+        start = resume.step if resumes_here else 0
+        # A checkpoint at the end of a phase still has to be loaded (zero steps left): it holds the weights the
+        # next phase, or the saved model, starts from.
+        if start < phase.steps or resumes_here:
             rows += _run_phase(cfg, model, source, ctx, seed, index, phase, start, done_before, folder, precision,
-                               micro, tag if start else None, console, sink)
+                               micro, tag if resumes_here else None, console, sink)
         done_before += phase.steps
     model.requires_grad_(True)
     return rows
