@@ -89,7 +89,7 @@ def ablation_table(results: dict[str, dict[str, Any]]) -> dict[str, Any]:
         rows.append({"variant": name, "row": VARIANTS[name].row,
                      "zero_shot": mean_zero_shot(r["zero_shot"], "tokenizer") if VARIANTS[name].semantic_loss else None,
                      "fd": rec.get(fd) if fd else None, "psnr": rec["psnr"], "ssim": rec["ssim"],
-                     "steps": r["steps"], "train_seconds": r["train_seconds"]})
+                     "steps": r["steps"]})  # no wall times: the table is a stage output DVC hashes
     for row in rows:
         paper = PAPER[row["variant"]]
         row["paper"] = {"zero_shot": paper[0], "rfid": paper[1], "psnr": paper[2], "ssim": paper[3]}
