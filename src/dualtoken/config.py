@@ -45,6 +45,8 @@ class DemoSource(_Strict):
     image_size: int = Field(64, ge=16, le=1024)
     seed: int = 0
     textured_fraction: float = Field(0.5, ge=0.0, le=1.0)
+    max_objects: int = Field(3, ge=1, le=3)
+    object_scale: float = Field(1.0, ge=0.5, le=2.5)
 
     @property
     def location(self) -> str:

@@ -1,3 +1,4 @@
+import hashlib
 import io
 import json
 
@@ -5,7 +6,7 @@ import numpy as np
 from PIL import Image
 
 from dualtoken.data.mnist import generate_digit
-from dualtoken.data.synthetic import COLOURS, NUMBER_WORDS, POSITIONS, SHAPES, generate_example
+from dualtoken.data.synthetic import COLOURS, NUMBER_WORDS, POSITIONS, SHAPES, SIZES, generate_example
 
 
 def test_same_seed_gives_identical_bytes_and_other_seed_differs():
@@ -95,3 +96,27 @@ def test_mnist_digits_load_offline_and_match_labels():
     assert ex.attributes["colour"] in ex.captions[1]
     digits = {generate_digit(0, i).attributes["digit"] for i in range(60)}
     assert digits == set(range(10))
+
+
+def test_default_scenes_are_unchanged_by_the_scene_options():
+    """The harder mix (up to 3 objects, textured backgrounds, scale 1) stays the images it always was."""
+    pixels = b"".join(np.asarray(Image.open(io.BytesIO(generate_example(0, i).png))).tobytes() for i in range(40))
+    assert hashlib.sha256(pixels).hexdigest() == "c3fa96169c5b4e1f57e3ad889f0417d39a5eddca8dbc7a704deab728ade8c4ac"
+
+
+def test_one_large_object_per_image_stays_inside_and_is_drawn():
+    """max_objects=1, object_scale=2: one object per image, scaled up and kept whole inside the canvas (a circle
+    at the border covers its full area, not the part a centred-in-its-cell circle would leave)."""
+    circles = 0
+    for i in range(120):
+        ex = generate_example(0, i, size=32, textured_fraction=0.0, max_objects=1, object_scale=2.0)
+        assert ex.attributes["count"] == 1 and ex.attributes["background"] == "plain"
+        obj = ex.attributes["objects"][0]
+        if obj["shape"] != "circle":
+            continue
+        img = np.asarray(Image.open(io.BytesIO(ex.png)), dtype=np.float32)
+        drawn = (np.abs(img - np.array(COLOURS[obj["colour"]])).max(-1) < 60).sum()
+        radius = SIZES[obj["size"]] * (32 / 3) * 2.0
+        assert abs(drawn - np.pi * radius**2) < 0.25 * np.pi * radius**2, (i, obj, drawn)
+        circles += 1
+    assert circles >= 8

@@ -188,7 +188,8 @@ def iter_shard(shard: InputShard, src: Source, storage: StorageConfig, max_membe
     """Every sample of one input shard, in order, originals untouched."""
     if isinstance(src, DemoSource):
         for i in range(shard.start, shard.stop):
-            yield _example_sample(src.name, generate_example(src.seed, i, src.image_size, src.textured_fraction),
+            yield _example_sample(src.name, generate_example(src.seed, i, src.image_size, src.textured_fraction,
+                                                               src.max_objects, src.object_scale),
                                   f"demo seed={src.seed} index={i}")
     elif isinstance(src, MnistSource):
         for i in range(shard.start, shard.stop):

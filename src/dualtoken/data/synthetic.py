@@ -125,7 +125,7 @@ def _background(rng: np.random.Generator, size: int, textured: bool, level: int)
     return rgb.astype(np.uint8)
 
 
-def render(scene: Scene, rng: np.random.Generator, size: int) -> Image.Image:
+def render(scene: Scene, rng: np.random.Generator, size: int, object_scale: float = 1.0) -> Image.Image:
     canvas = Image.fromarray(_background(rng, size, scene.background == "textured", scene.background_level))
     big = canvas.resize((size * SUPERSAMPLE, size * SUPERSAMPLE), Image.NEAREST)
     mask_layer = Image.new("L", big.size, 0)
@@ -134,8 +134,10 @@ def render(scene: Scene, rng: np.random.Generator, size: int) -> Image.Image:
     cell = big.width / 3
     for obj in scene.objects:
         jx, jy = rng.uniform(-0.08, 0.08, size=2) * cell
+        r = SIZES[obj.size] * cell * object_scale
         cx, cy = (obj.col + 0.5) * cell + jx, (obj.row + 0.5) * cell + jy
-        r = SIZES[obj.size] * cell
+        if object_scale > 1:  # kept inside the canvas: a large object "at the left" is the one against the left edge
+            cx, cy = min(max(cx, r), big.width - r), min(max(cy, r), big.height - r)
         fill = COLOURS[obj.colour]
         if obj.shape == "circle":
             box = (cx - r, cy - r, cx + r, cy + r)
@@ -213,8 +215,8 @@ def qa_for(scene: Scene, rng: np.random.Generator) -> list[dict[str, str]]:
 
 
 # ------------------------------------------------------------------------------------------- sampling
-def sample_scene(rng: np.random.Generator, textured_fraction: float) -> Scene:
-    n = int(rng.choice([1, 2, 3], p=[0.5, 0.3, 0.2]))
+def sample_scene(rng: np.random.Generator, textured_fraction: float, max_objects: int = 3) -> Scene:
+    n = min(int(rng.choice([1, 2, 3], p=[0.5, 0.3, 0.2])), max_objects)
     cells = rng.choice(9, size=n, replace=False)
     objects = tuple(
         SceneObject(
@@ -236,11 +238,16 @@ def encode_png(image: Image.Image) -> bytes:
     return buf.getvalue()
 
 
-def generate_example(seed: int, index: int, size: int = 64, textured_fraction: float = 0.5) -> Example:
-    """Example ``index`` of the corpus with ``seed``: a pure function of its arguments."""
+def generate_example(seed: int, index: int, size: int = 64, textured_fraction: float = 0.5, max_objects: int = 3,
+                     object_scale: float = 1.0) -> Example:
+    """Example ``index`` of the corpus with ``seed``: a pure function of its arguments.
+
+    ``max_objects`` caps the scene's object count (1: one object per image) and ``object_scale`` sizes the
+    objects relative to a third of the image (2: a large object fills about 60% of the width).
+    """
     rng = np.random.default_rng([seed, index])
-    scene = sample_scene(rng, textured_fraction)
-    image = render(scene, rng, size)
+    scene = sample_scene(rng, textured_fraction, max_objects)
+    image = render(scene, rng, size, object_scale)
     attributes = {
         "kind": "shapes",
         "count": len(scene.objects),

@@ -22,6 +22,7 @@ from torch import Tensor
 from transformers import AutoConfig, AutoModel, PreTrainedModel, SiglipVisionModel
 
 from dualtoken.models.configuration import DualTokenConfig
+from dualtoken.models.conv_stem import with_conv_stem
 from dualtoken.models.layers import PixelDecoder, TokenProjection
 from dualtoken.models.quantizer import QuantizerOutput, ResidualQuantizer
 
@@ -55,7 +56,7 @@ class DualTokenModel(DualTokenPreTrainedModel):
         super().__init__(config)
         vision = config.vision_config
         width = vision.hidden_size
-        self.vision = SiglipVisionModel._from_config(vision)
+        self.vision = with_conv_stem(SiglipVisionModel._from_config(vision))
 
         def projection(a: int, b: int) -> TokenProjection:
             return TokenProjection(a, b, config.projection, config.projection_heads)

@@ -14,9 +14,11 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors.torch import load_file
 from transformers import AutoTokenizer, PreTrainedTokenizerBase, SiglipConfig, SiglipModel
 
 from dualtoken.models.configuration import NAMED_CONFIGS
+from dualtoken.models.conv_stem import stem_channels, with_conv_stem
 
 
 def vision_config_of(architecture: str) -> dict[str, Any]:
@@ -43,6 +45,7 @@ def new_teacher(config: SiglipConfig, batch_size: int) -> SiglipModel:
     batch needs its own prior, or the bias (which Adam moves by about lr per step) starts far off.
     """
     model = SiglipModel(config)
+    with_conv_stem(model.vision_model)
     with torch.no_grad():
         model.logit_scale.fill_(math.log(10.0))
         model.logit_bias.fill_(-math.log(batch_size))
@@ -70,7 +73,14 @@ def load_teacher(path: str | Path) -> tuple[SiglipModel, PreTrainedTokenizerBase
     if not (root / "config.json").is_file():
         raise FileNotFoundError(f"teacher checkpoint {root} not found (no config.json): set teacher.pretrained to a "
                                 "local SigLIP folder (save_pretrained layout), or null to train the demo teacher")
-    model = SiglipModel.from_pretrained(root, local_files_only=True)
+    config = SiglipConfig.from_pretrained(root, local_files_only=True)
+    if stem_channels(config.vision_config) is None:
+        model = SiglipModel.from_pretrained(root, local_files_only=True)
+    else:  # transformers does not know the stem: build it, then load every weight strictly
+        model = SiglipModel(config)
+        with_conv_stem(model.vision_model)
+        model.load_state_dict(load_file(root / "model.safetensors"), strict=True)
+        model.eval()
     tokenizer = AutoTokenizer.from_pretrained(root, local_files_only=True)
     return model, tokenizer
 
