@@ -13,7 +13,7 @@ import json
 import os
 import subprocess
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -49,11 +49,12 @@ def workspace_lock(workspace: Path) -> FileLock:
     return FileLock(str(lock_dir / "dualtoken-flow.lock"))
 
 
-def stage_is_up_to_date(stage: str, workspace: Path, env: Mapping[str, str]) -> bool:
-    out = subprocess.run(["dvc", "status", "--json", stage], cwd=workspace, env={**os.environ, **env},
+def up_to_date(stages: Sequence[str], workspace: Path, env: Mapping[str, str]) -> bool:
+    """Whether DVC would skip every one of ``stages`` (one ``dvc status`` for them all: DVC starts in ~2 s)."""
+    out = subprocess.run(["dvc", "status", "--json", *stages], cwd=workspace, env={**os.environ, **env},
                          capture_output=True, text=True)
     if out.returncode != 0:
-        raise StageFailed(f"dvc status {stage} failed:\n{out.stdout}{out.stderr}")
+        raise StageFailed(f"dvc status {' '.join(stages)} failed:\n{out.stdout}{out.stderr}")
     return json.loads(out.stdout or "{}") == {}
 
 
@@ -93,7 +94,7 @@ def repro(stage: str, workspace: Path, env: Mapping[str, str], log: Callable[[st
     want = launch.for_stage(stage)
     limit = want.time_limit_min * 60 if want.time_limit_min else None
     with workspace_lock(workspace):
-        if stage_is_up_to_date(stage, workspace, env):
+        if up_to_date([stage], workspace, env):
             log(f"stage {stage}: up to date, DVC skips it")
             return StageOutcome(stage, "up to date", time.perf_counter() - t0, lock_hash(stage, workspace))
         backend = backend_for(launch, stage, workspace)

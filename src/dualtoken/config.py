@@ -248,6 +248,9 @@ class TeacherConfig(_Strict):
     eval_batch_size: int = Field(256, ge=1)
     eval_images: int = Field(512, ge=2, description="val images measured (the split's first N)")
     optim: OptimConfig = OptimConfig(lr=1e-3, betas=(0.9, 0.98), weight_decay=1e-4, warmup_steps=20)
+    attribute_loss: float = Field(0.0, ge=0.0, description="x cross-entropy of the attributes the metadata states "
+                                  "(shape, colour, digit, count), from image and caption embeddings; 0: the pure "
+                                  "sigmoid loss")
     runtime: RuntimeConfig = RuntimeConfig()
 
     def training_identity(self) -> dict[str, Any]:

@@ -14,7 +14,7 @@ from dualtoken.text import train_bpe
 def _stem_teacher():
     torch.manual_seed(0)
     tokenizer = train_bpe(["a red circle", "a blue square at the left"] * 20, vocab_size=300)
-    config = scratch_config(vision_config_of("demo-32px-stem"), len(tokenizer), 8, 32, 64, 1, 2,
+    config = scratch_config(vision_config_of("demo-32px"), len(tokenizer), 8, 32, 64, 1, 2,
                             tokenizer.pad_token_id)
     return new_teacher(config, batch_size=8), tokenizer
 
@@ -38,7 +38,7 @@ def test_teacher_with_a_stem_saves_and_loads_exactly(tmp_path):
 
 def test_tokenizer_starts_from_the_stem_tower_and_round_trips(tmp_path):
     teacher, _ = _stem_teacher()
-    model = DualTokenModel.from_siglip(teacher.vision_model, named_config("demo-32px-stem"))
+    model = DualTokenModel.from_siglip(teacher.vision_model, named_config("demo-32px"))
     tower = model.vision.embeddings.patch_embedding
     assert isinstance(tower, ConvStem)
     assert torch.equal(tower.proj.weight, teacher.vision_model.embeddings.patch_embedding.proj.weight)
@@ -55,6 +55,6 @@ def test_tokenizer_starts_from_the_stem_tower_and_round_trips(tmp_path):
 def test_paper_configs_keep_the_patchify_convolution_and_bad_stems_are_errors():
     for name in ("so400m-patch14-384", "siglip2-so400m-patch16-256"):
         assert "conv_stem" not in vision_config_of(name)
-    vision = {**vision_config_of("demo-32px-stem"), "conv_stem": [16, 32, 64]}  # 8x downsampling, patch 4
+    vision = {**vision_config_of("demo-32px"), "conv_stem": [16, 32, 64]}  # 8x downsampling, patch 4
     with pytest.raises(ValueError, match="conv_stem"):
-        DualTokenModel(named_config("demo-32px-stem", vision_config=vision))
+        DualTokenModel(named_config("demo-32px", vision_config=vision))

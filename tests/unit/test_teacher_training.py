@@ -65,3 +65,39 @@ def test_the_trainer_streams_its_split_instead_of_holding_it(tmp_path, monkeypat
     monkeypatch.setattr(curated_module, "decode_image", lambda data, where: decoded.append(where) or real(data, where))
     train_teacher(_cfg(tmp_path / "w", steps=5), _model(text), text, shards, CPU, 0, {}, QUIET)
     assert 40 <= len(decoded) <= 40 + 8 + 64
+
+
+def test_attribute_heads_add_their_loss_and_resume_exactly(tmp_path):
+    """attribute_loss > 0: the heads' cross-entropy joins the sigmoid loss (larger losses than without), and a
+    killed run resumes heads and all with the uninterrupted losses."""
+    shards, text = _setup(tmp_path, [9, 8, 6])
+    plain = train_teacher(_cfg(tmp_path / "p"), _model(text), text, shards, CPU, 0, {}, QUIET)
+    full = train_teacher(_cfg(tmp_path / "a", attribute_loss=1.0), _model(text), text, shards, CPU, 0, {}, QUIET)
+    assert all(f > p for f, p in zip(full, plain, strict=True))
+
+    def kill_at_5(step, metrics):
+        if step == 5:
+            raise Killed
+
+    with pytest.raises(Killed):
+        train_teacher(_cfg(tmp_path / "b", attribute_loss=1.0), _model(text), text, shards, CPU, 0, {}, QUIET,
+                      sink=kill_at_5)
+    rest = train_teacher(_cfg(tmp_path / "b", attribute_loss=1.0), _model(text), text, shards, CPU, 0, {}, QUIET)
+    assert rest == full[3:]
+
+
+def test_attribute_targets_follow_the_zero_shot_labels():
+    from dualtoken.evaluation.zeroshot import TASKS, attribute_targets
+
+    one = {"attributes": {"kind": "shapes", "count": 1, "objects": [{"shape": "star", "colour": "red"}]}}
+    two = {"attributes": {"kind": "shapes", "count": 2, "objects": [{"shape": "star", "colour": "red"}] * 2}}
+    digit = {"attributes": {"kind": "digit", "digit": 7, "colour": "blue"}}
+    names = [t.name for t in TASKS]
+    got = attribute_targets([one, two, digit, {"captions": ["a photo"]}])
+    row = dict(zip(names, got[0].tolist(), strict=True))
+    assert row == {"shape": TASKS[0].classes.index("star"), "colour": TASKS[1].classes.index("red"), "digit": -100,
+                   "count": 0}
+    assert dict(zip(names, got[1].tolist(), strict=True)) == {"shape": -100, "colour": -100, "digit": -100,
+                                                              "count": 1}
+    assert dict(zip(names, got[2].tolist(), strict=True))["digit"] == 7
+    assert got[3].tolist() == [-100] * len(TASKS)

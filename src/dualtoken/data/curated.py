@@ -134,7 +134,8 @@ def read_images(root: str | Path, split: str, limit: int, storage: StorageConfig
 
 class CuratedDecoder:
     """Curated samples -> columns for training: ``image`` uint8 (n, H, W, 3) and ``key``; with ``caption_ids``
-    (texts -> (n, L) token ids) also ``caption_ids`` of one caption per sample, chosen by its draw.
+    (texts -> (n, L) token ids) also ``caption_ids`` of one caption per sample, chosen by its draw; with
+    ``targets`` (metadata -> a tensor) also ``targets``.
 
     Images stay channels-last: each is decoded straight into its row of one buffer (in shared memory when a
     DataLoader worker decodes, so handing it to the trainer copies nothing); ``model_images`` makes the model's
@@ -142,8 +143,10 @@ class CuratedDecoder:
 
     pooled_column = "image"  # decoded into the loader's shared pool when it gives a buffer
 
-    def __init__(self, caption_ids: Callable[[list[str]], torch.Tensor] | None = None) -> None:
+    def __init__(self, caption_ids: Callable[[list[str]], torch.Tensor] | None = None,
+                 targets: Callable[[list[dict[str, Any]]], torch.Tensor] | None = None) -> None:
         self.caption_ids = caption_ids
+        self.targets = targets
 
     def __call__(self, samples: list[RawSample], out: torch.Tensor | None = None) -> dict[str, Any]:
         """``out``: a (rows, H, W, 3) uint8 buffer to decode into (used when the images fit it)."""
@@ -161,14 +164,19 @@ class CuratedDecoder:
                                        f"{images.shape[2]}x{images.shape[1]}: curate to one resolution")
             pixels[i] = image
         columns: dict[str, Any] = {"image": images, "key": [s.key for s in samples]}
+        if self.caption_ids is None and self.targets is None:
+            return columns
+        metas = [sample_meta(s.parts, s.where) for s in samples]
         if self.caption_ids is not None:
             chosen = []
-            for sample in samples:
-                captions = sample_meta(sample.parts, sample.where).get("captions") or []
+            for sample, meta in zip(samples, metas, strict=True):
+                captions = meta.get("captions") or []
                 if not captions:
                     raise UnreadableSample(f"{sample.where}: no captions in its json")
                 chosen.append(captions[sample.choice(0, len(captions))])
             columns["caption_ids"] = self.caption_ids(chosen)
+        if self.targets is not None:
+            columns["targets"] = self.targets(metas)
         return columns
 
 

@@ -52,6 +52,16 @@ def label_of(task: str, meta: dict[str, Any]) -> str | None:
     return None
 
 
+def attribute_targets(metas: Sequence[dict[str, Any]]) -> torch.Tensor:
+    """(N, len(TASKS)) class index of each task's label per image, -100 where the image sits the task out."""
+    rows = []
+    for meta in metas:
+        labels = [label_of(task.name, meta) for task in TASKS]
+        rows.append([-100 if label is None else task.classes.index(label) for task, label in zip(TASKS, labels,
+                                                                                                 strict=True)])
+    return torch.tensor(rows, dtype=torch.long).reshape(len(metas), len(TASKS))
+
+
 @torch.no_grad()
 def embed_in_batches(fn: Embed, items: torch.Tensor, batch_size: int) -> torch.Tensor:
     return F.normalize(torch.cat([fn(items[i : i + batch_size]).float() for i in range(0, len(items), batch_size)]),

@@ -119,7 +119,7 @@ NAMED_CONFIGS: dict[str, dict[str, Any]] = {
     },
     # A 32 px candidate for the demo (benchmarks/demo_sweep.py): a 2-conv stem (3x3 stride 2, patch 4) gives
     # 8 x 8 tokens; a supervised shape probe reaches 0.79 in 400 steps with it where patchify is near chance.
-    "demo-32px-stem": {
+    "demo-32px": {
         "vision_config": _siglip(image_size=32, patch_size=4, hidden_size=128, intermediate_size=512,
                                  num_hidden_layers=6, num_attention_heads=4, conv_stem=[16, 32]),
         "layer_pixel": 2, "layer_shortcut": 1, "weight_shortcut": 0.6, "layer_semantic": 5,

@@ -3,7 +3,7 @@
 Each step pairs every image with one of its captions, chosen by the sample's draw (a function of seed,
 epoch and key, so a resumed run pairs the same ones) and tokenised in the loader's workers. Pairs whose
 captions are identical count as positives, not negatives: short template captions repeat across images.
-Each process computes the loss over its own batch.
+Each process computes the loss over its own batch. The demo adds attribute heads (``TeacherObjective``).
 """
 
 from __future__ import annotations
@@ -15,12 +15,13 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from rich.console import Console
+from torch import nn
 from transformers import PreTrainedTokenizerBase, SiglipModel
 
 from dualtoken.config import StorageConfig, TeacherConfig
 from dualtoken.data.curated import CuratedDecoder, CuratedSplit, model_images, to_model_input
 from dualtoken.data.shards import Shard
-from dualtoken.evaluation.zeroshot import embed_in_batches, retrieval_r1, zero_shot
+from dualtoken.evaluation.zeroshot import TASKS, attribute_targets, embed_in_batches, retrieval_r1, zero_shot
 from dualtoken.models.teacher import image_embedder, text_embedder, tokenize
 from dualtoken.training.distributed import DistContext
 from dualtoken.training.engine import Engine
@@ -42,6 +43,36 @@ def sigmoid_loss(image_embeds: torch.Tensor, text_embeds: torch.Tensor, logit_sc
     same = (input_ids[:, None, :] == input_ids[None, :, :]).all(-1)
     signs = same.float() * 2 - 1
     return -F.logsigmoid(signs * logits).sum(-1).mean()
+
+
+class TeacherObjective(nn.Module):
+    """The sigmoid loss, plus (``attribute_loss`` > 0) one linear head per attribute of ``TASKS`` that classifies
+    both the image and the caption embedding of each pair.
+
+    The heads exist for the demo: a SigLIP trained from scratch for a few hundred steps learns colour from the
+    sigmoid loss alone but not shape (benchmarks/demo_sweep.py). One head per attribute shared by the two towers
+    gives every image and every caption a direct signal towards the same class prototypes, the facts that the
+    captions state. The heads are dropped after training: the teacher that is saved is a plain SigLIP.
+    """
+
+    def __init__(self, model: SiglipModel, attribute_loss: float) -> None:
+        super().__init__()
+        self.model, self.attribute_loss = model, attribute_loss
+        width = model.config.vision_config.hidden_size
+        self.heads = nn.ModuleList([nn.Linear(width, len(t.classes)) for t in TASKS]) if attribute_loss else None
+
+    def forward(self, input_ids: torch.Tensor, pixel_values: torch.Tensor, targets: torch.Tensor | None = None
+                ) -> torch.Tensor:
+        out = self.model(input_ids=input_ids, pixel_values=pixel_values)
+        loss = sigmoid_loss(out.image_embeds, out.text_embeds, self.model.logit_scale, self.model.logit_bias,
+                            input_ids)
+        if self.heads is None or targets is None:
+            return loss
+        for head, target in zip(self.heads, targets.t(), strict=True):
+            if bool((target >= 0).any()):
+                for embeds in (out.vision_model_output.pooler_output, out.text_model_output.pooler_output):
+                    loss = loss + self.attribute_loss * F.cross_entropy(head(embeds), target, ignore_index=-100)
+        return loss
 
 
 @torch.no_grad()
@@ -69,14 +100,17 @@ def train_teacher(cfg: TeacherConfig, model: SiglipModel, tokenizer: PreTrainedT
     micro = micro_batch(cfg.batch_size, ctx.world, rt.grad_accum, "teacher")
     model.to(ctx.device).train()
     apply_activation_checkpointing(model, rt, ctx.device)
-    decoder = CuratedDecoder(caption_ids=functools.partial(tokenize, tokenizer, max_length=cfg.text.max_length))
+    objective = TeacherObjective(model, cfg.attribute_loss).to(ctx.device)
+    decoder = CuratedDecoder(caption_ids=functools.partial(tokenize, tokenizer, max_length=cfg.text.max_length),
+                             targets=attribute_targets if objective.heads is not None else None)
     loader, streams = rank_loader(train, decoder, seed, cfg.shuffle_buffer, ctx, rt, storage)
-    optimizer, scheduler = build_optimizer([{"params": model.parameters()}], cfg.optim, cfg.steps)
-    engine = Engine(model, optimizer, scheduler, ctx, rt.grad_accum, cfg.optim.grad_clip, rt.precision)
+    optimizer, scheduler = build_optimizer([{"params": objective.parameters()}], cfg.optim, cfg.steps)
+    engine = Engine(objective, optimizer, scheduler, ctx, rt.grad_accum, cfg.optim.grad_clip, rt.precision)
+    modules = {"model": model} if objective.heads is None else {"model": model, "heads": objective.heads}
     ckpt = open_checkpoints(cfg.work_dir, console.print, ctx, rt.keep_checkpoints, {**identity, "world": ctx.world})
     start = 0
     if (latest := ckpt.latest()) is not None:
-        start, state = ckpt.load(latest, {"model": model}, {"optimizer": optimizer}, {"scheduler": scheduler})
+        start, state = ckpt.load(latest, modules, {"optimizer": optimizer}, {"scheduler": scheduler})
         loader.load_state_dict(state["loader"])
         console.print(f"\\[teacher] resumed from {latest} (step {start}/{cfg.steps})")
     log = StepLog("teacher", cfg.steps, rt.log_every, console, ctx, sink)
@@ -88,9 +122,9 @@ def train_teacher(cfg: TeacherConfig, model: SiglipModel, tokenizer: PreTrainedT
                 batch = loader.take(streams[m], micro)
                 ids = batch["caption_ids"].to(ctx.device, non_blocking=True)
                 pixels = model_images(batch["image"], ctx.device)
+                targets = batch["targets"].to(ctx.device) if "targets" in batch else None
                 with engine.micro_step(m), engine.autocast():
-                    out = engine.model(input_ids=ids, pixel_values=pixels)
-                    loss = sigmoid_loss(out.image_embeds, out.text_embeds, model.logit_scale, model.logit_bias, ids)
+                    loss = engine.model(ids, pixels, targets)
                     engine.backward(loss)
                 total += loss.item() / rt.grad_accum
             grad_norm = engine.step()
@@ -98,6 +132,6 @@ def train_teacher(cfg: TeacherConfig, model: SiglipModel, tokenizer: PreTrainedT
             log(step + 1, cfg.batch_size // ctx.world, {"loss": total, "lr": engine.lr, "grad_norm": grad_norm,
                                                         "temperature": model.logit_scale.exp().item()})
             if (step + 1) % rt.checkpoint_every == 0 and step + 1 < cfg.steps:
-                ckpt.save(step + 1, {"model": model}, {"optimizer": optimizer}, {"scheduler": scheduler},
+                ckpt.save(step + 1, modules, {"optimizer": optimizer}, {"scheduler": scheduler},
                           {"loader": loader.state_dict()})
     return losses
