@@ -55,6 +55,7 @@ def test_tokenizer_starts_from_the_stem_tower_and_round_trips(tmp_path):
 def test_paper_configs_keep_the_patchify_convolution_and_bad_stems_are_errors():
     for name in ("so400m-patch14-384", "siglip2-so400m-patch16-256"):
         assert "conv_stem" not in vision_config_of(name)
-    vision = {**vision_config_of("demo-32px"), "conv_stem": [16, 32, 64]}  # 8x downsampling, patch 4
-    with pytest.raises(ValueError, match="conv_stem"):
-        DualTokenModel(named_config("demo-32px", vision_config=vision))
+    vision = vision_config_of("demo-32px")
+    for bad in ([16, 32, 64], [-16, -32], [16, 0]):  # 8x downsampling for patch 4; channels not positive
+        with pytest.raises(ValueError, match="conv_stem"):
+            DualTokenModel(named_config("demo-32px", vision_config={**vision, "conv_stem": bad}))

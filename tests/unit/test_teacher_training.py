@@ -101,3 +101,21 @@ def test_attribute_targets_follow_the_zero_shot_labels():
                                                               "count": 1}
     assert dict(zip(names, got[2].tolist(), strict=True))["digit"] == 7
     assert got[3].tolist() == [-100] * len(TASKS)
+
+
+def test_every_attribute_head_gets_a_gradient_even_without_labels_in_the_batch():
+    """DDP needs the same parameters to receive gradients on every rank: a rank whose batch holds no digit must
+    still give the digit head a (zero) gradient, and the labelled heads the mean cross-entropy of their labels."""
+    from dualtoken.evaluation.zeroshot import TASKS
+    from dualtoken.training.teacher import TeacherObjective
+
+    model = tiny_teacher()
+    objective = TeacherObjective(model, attribute_loss=1.0)
+    ids = torch.randint(1, 300, (4, 8))
+    pixels = torch.randn(4, 3, model.config.vision_config.image_size, model.config.vision_config.image_size)
+    targets = torch.full((4, len(TASKS)), -100)
+    targets[:, 0] = torch.tensor([0, 1, 2, 0])  # shapes only: no digit, colour or count label
+    objective(ids, pixels, targets).backward()
+    grads = [head.weight.grad for head in objective.heads]
+    assert all(g is not None for g in grads)
+    assert grads[0].abs().sum() > 0 and all(g.abs().sum() == 0 for g in grads[1:])

@@ -10,7 +10,6 @@ checkpoints unchanged.
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 import torch
@@ -45,7 +44,7 @@ def stem_channels(vision_config: Any) -> list[int] | None:
     channels = getattr(vision_config, "conv_stem", None)
     if channels is None:
         return None
-    if not channels or 2 ** len(channels) != vision_config.patch_size or math.prod(channels) <= 0:
+    if not channels or 2 ** len(channels) != vision_config.patch_size or any(c <= 0 for c in channels):
         raise ValueError(f"conv_stem {channels}: needs one positive channel count per stride-2 conv, "
                          f"2^{len(channels)} = patch_size ({vision_config.patch_size})")
     return list(channels)

@@ -69,9 +69,10 @@ class TeacherObjective(nn.Module):
         if self.heads is None or targets is None:
             return loss
         for head, target in zip(self.heads, targets.t(), strict=True):
-            if bool((target >= 0).any()):
-                for embeds in (out.vision_model_output.pooler_output, out.text_model_output.pooler_output):
-                    loss = loss + self.attribute_loss * F.cross_entropy(head(embeds), target, ignore_index=-100)
+            labelled = (target >= 0).sum().clamp(min=1)  # every head stays in the graph (DDP needs each gradient)
+            for embeds in (out.vision_model_output.pooler_output, out.text_model_output.pooler_output):
+                ce = F.cross_entropy(head(embeds), target, ignore_index=-100, reduction="sum")
+                loss = loss + self.attribute_loss * ce / labelled
         return loss
 
 
