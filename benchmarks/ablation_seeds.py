@@ -21,6 +21,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+from dualtoken.evaluation.ablation import VARIANTS as ROWS
 from dualtoken.evaluation.ablation import mean_zero_shot
 
 VARIANTS = ("a_one_codebook", "b_recon_semantic_layer", "c_recon_pixel_layer", "d_dualtoken")
@@ -64,8 +65,8 @@ def main() -> None:
     print("|---|---|---|---|")
     for v in VARIANTS:
         per_seed = ", ".join(f"{psnr(s, v):.2f}" for s in args.seeds)
-        print(f"| {v} | {spread([psnr(s, v) for s in args.seeds])} | "
-              f"{spread([zero_shot(s, v) for s in args.seeds])} | {per_seed} |")
+        shots = spread([zero_shot(s, v) for s in args.seeds]) if ROWS[v].semantic_loss else "- (no semantic loss)"
+        print(f"| {v} | {spread([psnr(s, v) for s in args.seeds])} | {shots} | {per_seed} |")
     print("\n| margin | per seed | mean |")
     print("|---|---|---|")
     margins = (("(d) - (a) PSNR dB", psnr, "a_one_codebook"), ("(d) - (a) zero-shot points", zero_shot,
