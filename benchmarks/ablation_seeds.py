@@ -21,17 +21,14 @@ import subprocess
 import sys
 from pathlib import Path
 
-from dualtoken.evaluation.ablation import VARIANTS as ROWS
-from dualtoken.evaluation.ablation import mean_zero_shot
-
-VARIANTS = ("a_one_codebook", "b_recon_semantic_layer", "c_recon_pixel_layer", "d_dualtoken")
+from dualtoken.evaluation.ablation import VARIANTS, mean_zero_shot
 
 
 def run_seed(seed: int, out: Path, params: str) -> dict[str, dict]:
     """The ablation stage at ``seed``; its metrics per variant (reused when this seed already ran)."""
     where = out / f"seed{seed}"
     metrics = where / "metrics"
-    if not all((metrics / f"{v}.json").is_file() for v in VARIANTS):
+    if not all((metrics / f"{v}.json").is_file() for v in VARIANTS):  # every variant the ablation knows
         env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{out / 'mlflow.db'}"}
         cmd = [sys.executable, "-m", "dualtoken.cli", "ablation", "--params", params, "-S", f"seed={seed}",
                "-S", f"ablation.variants={json.dumps(list(VARIANTS))}", "-S", f"ablation.output_dir={where / 'models'}",
@@ -65,12 +62,12 @@ def main() -> None:
     print("|---|---|---|---|")
     for v in VARIANTS:
         per_seed = ", ".join(f"{psnr(s, v):.2f}" for s in args.seeds)
-        shots = spread([zero_shot(s, v) for s in args.seeds]) if ROWS[v].semantic_loss else "- (no semantic loss)"
+        shots = spread([zero_shot(s, v) for s in args.seeds]) if VARIANTS[v].semantic_loss else "- (no semantic loss)"
         print(f"| {v} | {spread([psnr(s, v) for s in args.seeds])} | {shots} | {per_seed} |")
     print("\n| margin | per seed | mean |")
     print("|---|---|---|")
-    margins = (("(d) - (a) PSNR dB", psnr, "a_one_codebook"), ("(d) - (a) zero-shot points", zero_shot,
-                                                                 "a_one_codebook"),
+    margins = (("(d) - (a) PSNR dB", psnr, "a_one_codebook"),
+               ("(d) - (a) zero-shot points", zero_shot, "a_one_codebook"),
                ("(d) - (c) PSNR dB", psnr, "c_recon_pixel_layer"))
     for name, metric, other in margins:
         values = [metric(s, "d_dualtoken") - metric(s, other) for s in args.seeds]

@@ -106,8 +106,10 @@ def test_attribute_targets_follow_the_zero_shot_labels():
 def test_every_attribute_head_gets_a_gradient_even_without_labels_in_the_batch():
     """DDP needs the same parameters to receive gradients on every rank: a rank whose batch holds no digit must
     still give the digit head a (zero) gradient, and the labelled heads the mean cross-entropy of their labels."""
+    import torch.nn.functional as F
+
     from dualtoken.evaluation.zeroshot import TASKS
-    from dualtoken.training.teacher import TeacherObjective
+    from dualtoken.training.teacher import TeacherObjective, sigmoid_loss
 
     model = tiny_teacher()
     objective = TeacherObjective(model, attribute_loss=1.0)
@@ -115,7 +117,14 @@ def test_every_attribute_head_gets_a_gradient_even_without_labels_in_the_batch()
     pixels = torch.randn(4, 3, model.config.vision_config.image_size, model.config.vision_config.image_size)
     targets = torch.full((4, len(TASKS)), -100)
     targets[:, 0] = torch.tensor([0, 1, 2, 0])  # shapes only: no digit, colour or count label
-    objective(ids, pixels, targets).backward()
+    loss = objective(ids, pixels, targets)
+    loss.backward()
+    with torch.no_grad():  # the sigmoid loss + the shape head's mean cross-entropy on both embeddings
+        out = model(input_ids=ids, pixel_values=pixels)
+        expected = sigmoid_loss(out.image_embeds, out.text_embeds, model.logit_scale, model.logit_bias, ids) + sum(
+            F.cross_entropy(objective.heads[0](e), targets[:, 0])
+            for e in (out.vision_model_output.pooler_output, out.text_model_output.pooler_output))
+    assert torch.allclose(loss, expected, rtol=1e-5)
     grads = [head.weight.grad for head in objective.heads]
     assert all(g is not None for g in grads)
     assert grads[0].abs().sum() > 0 and all(g.abs().sum() == 0 for g in grads[1:])
