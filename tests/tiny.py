@@ -181,7 +181,7 @@ def tiny_mllm(tokenizer: Any, grid: int = 2, depth: int = 2, codebook: int = 32,
     return DualTokenMLLM(config)
 
 
-def tiny_token_columns(root: Path, tokenizer: Any, max_text_tokens: int = 16) -> dict[str, Any]:
+def tiny_token_columns(root: Path, tokenizer: Any, max_text_tokens: int = 16, vqa_turns: int = 1) -> dict[str, Any]:
     """Every train sample of a token corpus decoded as the MLLM loader's workers decode them (draw = index)."""
     from dualtoken.data.loader import RawSample
     from dualtoken.data.sequences import TokenSampleDecoder
@@ -194,7 +194,7 @@ def tiny_token_columns(root: Path, tokenizer: Any, max_text_tokens: int = 16) ->
         with open(url, "rb") as handle:
             raw += [RawSample(key, parts, f"{url}: {key}", len(raw) + i)
                     for i, (key, parts) in enumerate(iter_shard_samples(handle, url))]
-    return TokenSampleDecoder(read_layout(root), tokenizer, max_text_tokens)(raw)
+    return TokenSampleDecoder(read_layout(root), tokenizer, max_text_tokens, vqa_turns)(raw)
 
 
 def tiny_mllm_batches(columns: dict[str, Any], tokenizer: Any, weights: dict[str, float], size: int, steps: int,

@@ -436,6 +436,8 @@ class MllmConfig(_Strict):
     shuffle_buffer: int = Field(1000, ge=0, description="samples each task stream shuffles over (held decoded in "
                                                         "memory); 0: corpus order within the shuffled shards")
     max_text_tokens: int = Field(48, ge=4, description="captions, questions and answers are cut to this length")
+    vqa_turns: int = Field(1, ge=1, description="questions asked per VQA sequence: a conversation over one image, "
+                                                "several answers' signal for one pass over its positions")
     text_loss_weight: float = Field(1.0, ge=0.0)
     visual_loss_weight: float = Field(1.0, ge=0.0, description="x (sum over depths of both streams' CE)")
     prompt_dropout: float = Field(0.1, ge=0.0, le=1.0, description="t2i prompts dropped (for CFG)")

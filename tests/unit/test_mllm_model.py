@@ -5,7 +5,15 @@ import pytest
 import torch
 
 from dualtoken.config import SamplingConfig
-from dualtoken.data.sequences import IGNORE, TASKS, SequenceBuilder, bucket, stream_task_counts, task_counts
+from dualtoken.data.sequences import (
+    IGNORE,
+    TASKS,
+    SequenceBuilder,
+    bucket,
+    image_prefix,
+    stream_task_counts,
+    task_counts,
+)
 from dualtoken.models.depth_head import filter_logits, sample_logits
 from dualtoken.models.mllm import DualTokenMLLM
 from dualtoken.models.mllm_generation import answer, generate_codes
@@ -45,13 +53,31 @@ def test_sequences_put_losses_only_on_targets(parts):
     assert [t for t in cap.labels if t != IGNORE] == [*caption, v.eos]
     assert cap.labels[: 3 + GRID * GRID] == [IGNORE] * (3 + GRID * GRID) and not cap.generates
     qa = _seq(parts, "vqa", 3)
-    question, ans = split.columns["question"][3], split.columns["answer"][3]
+    [(question, ans)] = split.columns["qa"][3]
     assert [t for t in qa.labels if t != IGNORE] == [*ans, v.eos]
     assert qa.ids[-len(ans) - 1 - len(question): -len(ans) - 1] == question
     gen = _seq(parts, "t2i", 0)
     assert gen.generates and all(t == IGNORE for t in gen.labels)
     assert gen.ids[: len(caption) + 2] == [v.bos, *caption, v.gen_start]
     assert _seq(parts, "t2i", 0, prompt_dropout=1.0).ids[:3] == [v.bos, v.gen_start, v.image]
+
+
+def test_multi_turn_vqa_asks_distinct_questions_of_one_image_with_a_loss_on_every_answer(parts, tmp_path):
+    split, tokenizer, builder = parts
+    v = builder.vocab
+    root = write_token_corpus(tmp_path, {"train": [24]}, grid=GRID, depth=DEPTH, codebook=BOOK)
+    many = tiny_token_columns(root, tokenizer, vqa_turns=100)
+    for row in range(24):
+        single, turns = split.columns["qa"][row], many["qa"][row]
+        if not single:
+            assert not turns
+            continue
+        assert turns[0] == single[0]  # the draw's question first: one turn is the single-question sequence
+        assert len(turns) == len({tuple(q) for q, _ in turns}) > 1  # every question of the sample, once
+        seq = builder.build("vqa", many, row)
+        assert [t for t in seq.labels if t != IGNORE] == [t for _, a in turns for t in (*a, v.eos)]
+        expected = image_prefix(v, GRID * GRID) + [t for q, a in turns for t in (*q, *a, v.eos)]
+        assert seq.ids == expected and len(seq.labels) == len(seq.ids)
 
 
 def test_visual_sequence_length_is_the_number_of_positions_and_codes_land_in_order(parts):

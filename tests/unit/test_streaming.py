@@ -174,13 +174,13 @@ def test_token_streams_resume_exactly_and_vqa_skips_samples_without_questions(to
         with loader:
             for step in range(steps):
                 vqa, cap = loader.take("vqa", 2), loader.take("caption", 3)
-                out.append((vqa["key"], vqa["answer"], cap["key"], cap["caption"], vqa["semantic"].tolist()))
+                out.append((vqa["key"], vqa["qa"], cap["key"], cap["caption"], vqa["semantic"].tolist()))
                 if step == 2:
                     state = loader.state_dict()
         return out, state
 
     full, middle = run(workers=2)
-    assert all(len(step[1]) == 2 and None not in step[1] for step in full)  # only samples with questions
+    assert all(len(step[1]) == 2 and all(step[1]) for step in full)  # only samples with questions
     resumed, _ = run(middle, steps=3)
     assert resumed == full[3:]
     assert middle["streams"]["vqa"]["position"] > 6  # the vqa stream passed over samples without questions

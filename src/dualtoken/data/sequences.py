@@ -2,12 +2,15 @@
 
     caption: <s> <image> [codes x N] </image> CAPTION </s>                 loss on CAPTION </s>
     vqa:     <s> <image> [codes x N] </image> QUESTION ANSWER </s>         loss on ANSWER </s>
+             ... </image> Q1 A1 </s> Q2 A2 </s> ...                   with ``vqa_turns`` > 1: loss on each A </s>
     t2i:     <s> CAPTION <image_gen_start> [codes x N] <image_gen_end> </s>   loss on the N positions' codes
 
 Each task reads its own streams of the token corpus (``dualtoken.data.stream``: one per data-parallel
 stream, a seed per phase and task), so every task sees every sample once per epoch of that task; VQA streams
-pass over samples without questions. A worker decodes the codes and tokenises one caption and one question
-of each sample, chosen by the sample's draw (``TokenSampleDecoder``); the main process builds the sequences.
+pass over samples without questions. A worker decodes the codes and tokenises one caption and up to
+``vqa_turns`` questions of each sample, chosen by the sample's draw (``TokenSampleDecoder``); the main process
+builds the sequences. Several turns over one image (a conversation, as in LLaVA's instruction data) give
+several answers' worth of signal for one pass over the image's positions.
 
 A step's global batch holds exactly ``task_counts(weights, batch)`` sequences of each task, spread over the
 streams by ``stream_task_counts``. Each rank sorts the sequences of its streams by length and cuts them into
@@ -60,12 +63,16 @@ class Vocab:
 
 class TokenSampleDecoder:
     """Token samples -> columns: ``pixel``/``semantic`` codes (n, h, w, depth) int32, token ids of one caption
-    (``caption``) and of one question and its answer (``question``, ``answer``: None without QA), ``has_qa``,
-    ``drop`` (a uniform number: the t2i prompt is dropped below ``prompt_dropout``) and ``key``. The caption,
-    the question and ``drop`` come from three independent fields of the sample's draw."""
+    (``caption``), ``qa`` (up to ``vqa_turns`` (question ids, answer ids) pairs: the draw's question first,
+    then those after it in the sample's order, wrapping; empty without QA), ``has_qa``, ``drop`` (a uniform
+    number: the t2i prompt is dropped below ``prompt_dropout``) and ``key``. The caption, the first question and
+    ``drop`` come from three independent fields of the sample's draw."""
 
-    def __init__(self, layout: TokenLayout, tokenizer: Any, max_text_tokens: int) -> None:
+    def __init__(self, layout: TokenLayout, tokenizer: Any, max_text_tokens: int, vqa_turns: int = 1) -> None:
+        if vqa_turns < 1:
+            raise ValueError(f"vqa_turns must be >= 1, got {vqa_turns}")
         self.layout, self.tokenizer, self.max_text_tokens = layout, tokenizer, max_text_tokens
+        self.vqa_turns = vqa_turns
 
     def _encode(self, texts: list[str]) -> list[list[int]]:
         if not texts:
@@ -77,9 +84,17 @@ class TokenSampleDecoder:
             ids = self.tokenizer(texts, add_special_tokens=False)["input_ids"]
         return [row[: self.max_text_tokens] for row in ids]
 
+    def _turns(self, sample: RawSample, qa: list[Any]) -> list[tuple[str, str]]:
+        first = sample.choice(1, len(qa)) if qa else 0
+        turns = [qa[(first + i) % len(qa)] for i in range(min(self.vqa_turns, len(qa)))]
+        for chosen in turns:
+            if not isinstance(chosen, dict) or not {"question", "answer"} <= chosen.keys():
+                raise ValueError(f"{sample.where}: a qa entry lacks its question or answer: {chosen!r}")
+        return [(t["question"], t["answer"]) for t in turns]
+
     def __call__(self, samples: list[RawSample]) -> dict[str, Any]:
         codes = {"pixel": [], "semantic": []}
-        captions, questions, answers, has_qa, drop = [], [], [], [], []
+        captions, turns, drop = [], [], []
         for s in samples:
             for stream, array in read_codes(s.parts, self.layout, s.where).items():
                 codes[stream].append(torch.from_numpy(array.astype("int32")))
@@ -88,19 +103,12 @@ class TokenSampleDecoder:
             if not options:
                 raise ValueError(f"{s.where}: no captions in its json")
             captions.append(options[s.choice(0, len(options))])
-            qa = meta.get("qa") or []
-            chosen = qa[s.choice(1, len(qa))] if qa else None
-            has_qa.append(chosen is not None)
-            if chosen is not None:
-                if not isinstance(chosen, dict) or not {"question", "answer"} <= chosen.keys():
-                    raise ValueError(f"{s.where}: a qa entry lacks its question or answer: {chosen!r}")
-                questions.append(chosen["question"])
-                answers.append(chosen["answer"])
+            turns.append(self._turns(s, meta.get("qa") or []))
             drop.append(s.uniform(2))
-        caption_ids, question_ids, answer_ids = (iter(self._encode(t)) for t in (captions, questions, answers))
+        texts = iter(self._encode([t for pairs in turns for pair in pairs for t in pair]))
+        qa = [[(next(texts), next(texts)) for _ in pairs] for pairs in turns]
         return {"pixel": torch.stack(codes["pixel"]), "semantic": torch.stack(codes["semantic"]),
-                "caption": list(caption_ids), "question": [next(question_ids) if q else None for q in has_qa],
-                "answer": [next(answer_ids) if q else None for q in has_qa], "has_qa": has_qa, "drop": drop,
+                "caption": self._encode(captions), "qa": qa, "has_qa": [bool(pairs) for pairs in qa], "drop": drop,
                 "key": [s.key for s in samples]}
 
 
@@ -174,16 +182,19 @@ class SequenceBuilder:
             ids = [*generation_prefix(v, prompt), *[v.image] * self.positions, v.gen_end, v.eos]
             return Sequence(ids, [IGNORE] * len(ids), True, semantic, pixel, task, key)
         if task == "caption":
-            prompt, target = [], samples["caption"][row]
+            turns = [([], samples["caption"][row])]
         elif task == "vqa":
-            if not samples["has_qa"][row]:
+            turns = samples["qa"][row]
+            if not turns:
                 raise ValueError(f"sample {key!r} has no question for a vqa sequence")
-            prompt, target = samples["question"][row], samples["answer"][row]
         else:
             raise ValueError(f"unknown task {task!r}; tasks are {TASKS}")
-        prefix = [*image_prefix(v, self.positions), *prompt]
-        ids = [*prefix, *target, v.eos]
-        return Sequence(ids, [IGNORE] * len(prefix) + [*target, v.eos], False, semantic, pixel, task, key)
+        ids = image_prefix(v, self.positions)
+        labels = [IGNORE] * len(ids)
+        for prompt, target in turns:
+            ids += [*prompt, *target, v.eos]
+            labels += [IGNORE] * len(prompt) + [*target, v.eos]
+        return Sequence(ids, labels, False, semantic, pixel, task, key)
 
     def collate(self, sequences: list[Sequence]) -> Batch:
         """Right-padded tensors; codes of every sequence's image in reading order."""

@@ -82,7 +82,7 @@ class PhaseData:
         specs = [StreamSpec(f"{task}/{k}", orders[task], k, draw_seed=orders[task].seed,
                             require="has_qa" if task == "vqa" else None)
                  for k, tasks in mine.items() for task in tasks]
-        decoder = TokenSampleDecoder(source.layout, source.tokenizer, cfg.max_text_tokens)
+        decoder = TokenSampleDecoder(source.layout, source.tokenizer, cfg.max_text_tokens, cfg.vqa_turns)
         loader = StreamLoader(source.shards, decoder, specs, loader_settings(cfg.runtime, ctx), source.storage)
         return cls(loader, mine, SequenceBuilder(source.tokenizer, source.positions))
 
