@@ -32,7 +32,9 @@ $(VENV)/.installed: requirements/lock.txt pyproject.toml
 demo: venv
 	$(IN_VENV) $(PY) -m flows.pipeline
 
+# The Slurm tests' Debian packages: installed when root and missing; otherwise those tests skip, naming the script.
 test: venv
+	@bash infra/local/system-packages.sh
 	$(IN_VENV) $(PY) -m pytest -q
 
 lint: venv

@@ -30,7 +30,7 @@ def run_seed(seed: int, out: Path, params: str) -> dict[str, dict]:
     metrics = where / "metrics"
     if not all((metrics / f"{v}.json").is_file() for v in VARIANTS):  # every variant the ablation knows
         env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{out / 'mlflow.db'}"}
-        cmd = [sys.executable, "-m", "dualtoken.cli", "ablation", "--params", params, "-S", f"seed={seed}",
+        cmd = [sys.executable, "-m", "stages", "ablation", "--params", params, "-S", f"seed={seed}",
                "-S", f"ablation.variants={json.dumps(list(VARIANTS))}", "-S", f"ablation.output_dir={where / 'models'}",
                "-S", f"ablation.metrics_dir={metrics}", "-S", f"ablation.work_dir={where / 'work'}", *VARIANTS]
         print(f"seed {seed}: {' '.join(cmd[2:])}", flush=True)

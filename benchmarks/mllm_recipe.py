@@ -51,7 +51,7 @@ def run_row(name: str, overrides: list[str], out: Path, params: str) -> dict[str
         env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{out / 'mlflow.db'}"}
         sets = [*overrides, f"mllm.output_dir={where / 'model'}", f"mllm.metrics_path={metrics}",
                 f"mllm.work_dir={where / 'work'}", f"mllm.plots_path={where / 'train.csv'}", "mllm.register_as=null"]
-        cmd = [sys.executable, "-m", "dualtoken.cli", "mllm", "--params", params, *(a for s in sets for a in ("-S", s))]
+        cmd = [sys.executable, "-m", "stages", "mllm", "--params", params, *(a for s in sets for a in ("-S", s))]
         print(f"{name}: {' '.join(cmd[2:])}", flush=True)
         subprocess.run(cmd, check=True, env=env)
     return json.loads(metrics.read_text())

@@ -83,7 +83,7 @@ def stage_commands(stage: str, want: StageLaunch, params: str) -> tuple[tuple[st
     (Kubernetes): the stage itself, without DVC. There the first node must really run the stage, never restore
     it from DVC's run cache, or the other nodes would wait at the rendezvous for a process that never comes."""
     if want.nodes > 1 and want.backend == "kubernetes":
-        return ("dvc", "repro", "--no-run-cache", stage), ("python", "-m", f"stages.{stage}", "--params", params)
+        return ("dvc", "repro", "--no-run-cache", stage), ("python", "-m", "stages", stage, "--params", params)
     return ("dvc", "repro", stage), None
 
 
@@ -100,7 +100,7 @@ def repro(stage: str, workspace: Path, env: Mapping[str, str], log: Callable[[st
         backend = backend_for(launch, stage, workspace)
         if want.array:
             log(f"stage {stage}: {want.array} array tasks on {want.backend}, each one slice of the input shards")
-            _run(backend, JobSpec(f"{stage}-slices", ("python", "-m", "dualtoken.cli", stage, "--params", params),
+            _run(backend, JobSpec(f"{stage}-slices", ("python", "-m", "stages", stage, "--params", params),
                                   workspace, env, limit, array=want.array), log)
         restored = False
 

@@ -31,22 +31,7 @@ from dualtoken.tracking import (
     tag_run,
 )
 from flows.dvc import StageFailed, StageOutcome, lock_hash, repro, up_to_date, workspace_lock
-
-# Headline numbers shown per stage in the run summary: stage -> (metrics file, keys).
-HEADLINES = {
-    "curate": ("metrics/curate.json", ("inputs", "accepted", "rejected", "throughput.images_per_s")),
-    "teacher": ("metrics/teacher.json", ("zero_shot.shape.accuracy", "zero_shot.colour.accuracy",
-                                         "retrieval_r1.image_to_text")),
-    "tokenizer": ("metrics/tokenizer.json", ("psnr", "ssim", "zero_shot.colour.ratio", "usage.pixel.overall",
-                                             "usage.semantic.overall")),
-    "tokenize": ("metrics/tokenize.json", ("images", "tokens.total", "throughput.images_per_s", "verify.psnr_written",
-                                           "codes.pixel.usage.all_depths", "codes.semantic.usage.all_depths")),
-    "mllm": ("metrics/mllm.json", ("vqa.accuracy", "vqa.majority_baseline", "generation.shape.accuracy",
-                                   "generation.colour.accuracy", "train_seconds")),
-    "ablation": ("metrics/ablation/d_dualtoken.json", ("reconstruction.psnr", "reconstruction.ssim")),
-    "evaluate": ("metrics/evaluate.json", ("tokenizer.reconstruction.psnr", "mllm.vqa.accuracy",
-                                           "mllm.captions.cider_d", "mllm.generation.colour.accuracy")),
-}
+from stages import STAGES
 
 
 def _config(root: Path, params: str, launch: str | None) -> Config:
@@ -61,14 +46,14 @@ def run_stage(stage: str, workspace: str, params: str, launch: str | None, env: 
     return repro(stage, root, env, logger.info, _config(root, params, launch).launch, params)
 
 
-def _headline(stage: str, workspace: Path) -> str:
-    path, keys = HEADLINES.get(stage, ("", ()))
-    metrics_file = workspace / path
-    if not path or not metrics_file.is_file():
+def _headline(stage: str, workspace: Path, cfg: Config) -> str:
+    """The stage table's headline numbers, read from the metrics file the config names."""
+    metrics_file = workspace / STAGES[stage].metrics(cfg)
+    if not metrics_file.is_file():
         return ""
     metrics = json.loads(metrics_file.read_text())
     shown = []
-    for dotted in keys:
+    for dotted in STAGES[stage].headline:
         value = metrics
         for part in dotted.split("."):
             value = value.get(part, {}) if isinstance(value, dict) else {}
@@ -77,13 +62,13 @@ def _headline(stage: str, workspace: Path) -> str:
 
 
 def summary_markdown(outcomes: list[StageOutcome], failed: str | None, urls: dict[str, str],
-                     workspace: Path) -> str:
+                     workspace: Path, cfg: Config) -> str:
     lines = ["# dualtoken pipeline", "", "| stage | status | where | seconds | headline | MLflow |",
              "|---|---|---|---|---|---|"]
     for o in outcomes:
         status = {"ran": "ran", "restored": "restored from DVC run cache (same inputs ran before)",
                   "up to date": "up to date (skipped by DVC)"}[o.status]
-        lines.append(f"| {o.stage} | {status} | {o.where} | {o.seconds:.1f} | {_headline(o.stage, workspace)} | "
+        lines.append(f"| {o.stage} | {status} | {o.where} | {o.seconds:.1f} | {_headline(o.stage, workspace, cfg)} | "
                      f"{urls.get(o.stage, '-')} |")
     if failed:
         lines.append(f"| {failed} | **failed** | - | - | see the task log | {urls.get(failed, '-')} |")
@@ -120,7 +105,7 @@ def dualtoken_pipeline(params: str = "params.yaml", workspace: str = ".", launch
             if name.split("@")[0] in ran:
                 tag_run(cfg.tracking, run_id, {"dvc.stage_hash": lock_hash(name, root)})
         urls = {stage: run_url(cfg.tracking, run_id) for stage, run_id in runs.items()}
-        summary = summary_markdown(outcomes, failed, urls, root)
+        summary = summary_markdown(outcomes, failed, urls, root, cfg)
         create_markdown_artifact(summary, key="dualtoken-pipeline-summary", description="dualtoken pipeline run")
         reports = root / cfg.evaluate.output_dir  # the evaluate stage's summary, published as its own artifact
         if "evaluate" in {o.stage for o in outcomes} and (reports / "summary.md").is_file():
@@ -140,7 +125,7 @@ def _nothing_to_run(root: Path, params: str, launch: str | None) -> bool:
         if not up_to_date(cfg.pipeline.stages, root, {}):
             return False
         outcomes = [StageOutcome(stage, "up to date", 0.0, lock_hash(stage, root)) for stage in cfg.pipeline.stages]
-    print(summary_markdown(outcomes, None, {}, root))
+    print(summary_markdown(outcomes, None, {}, root, cfg))
     report = root / cfg.evaluate.output_dir / "report.html"
     print(f"every stage is up to date (dvc status): nothing ran, no Prefect or MLflow run made. Report: {report}")
     return True

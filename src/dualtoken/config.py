@@ -534,7 +534,7 @@ class PipelineConfig(_Strict):
 
 SLICED_STAGES = ("curate", "tokenize")  # their input shards can be split over an array job's tasks
 # The process count a stage's GPUs must match: one process per GPU.
-_STAGE_PROCESSES = {"teacher": "teacher", "tokenizer": "tokenizer", "tokenize": "tokenize", "mllm": "mllm",
+STAGE_PROCESSES = {"teacher": "teacher", "tokenizer": "tokenizer", "tokenize": "tokenize", "mllm": "mllm",
                     "ablation": "tokenizer"}
 
 
@@ -623,9 +623,9 @@ class LaunchConfig(_Strict):
             if launch.array and stage not in SLICED_STAGES:
                 raise ValueError(f"stages.{stage}.array: only {', '.join(SLICED_STAGES)} split their inputs over "
                                  "array tasks")
-            if launch.nodes > 1 and stage not in _STAGE_PROCESSES:
+            if launch.nodes > 1 and stage not in STAGE_PROCESSES:
                 raise ValueError(f"stages.{stage}.nodes: {stage} runs in one process; only "
-                                 f"{', '.join(_STAGE_PROCESSES)} span nodes")
+                                 f"{', '.join(STAGE_PROCESSES)} span nodes")
             if launch.backend == "kubernetes" and not self.kubernetes.workspace_claim:
                 raise ValueError(f"stages.{stage}: a Kubernetes job needs the workspace: set "
                                  "kubernetes.workspace_claim (a PersistentVolumeClaim the flow's pod mounts too)")
@@ -661,7 +661,7 @@ class Config(_Strict):
     @model_validator(mode="after")
     def _one_process_per_gpu(self) -> Config:
         for stage, launch in self.launch.stages.items():
-            section = _STAGE_PROCESSES.get(stage)
+            section = STAGE_PROCESSES.get(stage)
             nproc = getattr(self, section).runtime.nproc if section else None
             if launch.gpus_per_node and nproc is not None and nproc != launch.gpus_per_node:
                 raise ValueError(f"launch.stages.{stage}.gpus_per_node={launch.gpus_per_node} but {section}.runtime."

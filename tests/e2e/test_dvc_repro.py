@@ -82,5 +82,5 @@ def test_stage_jobs_run_dvc_and_multi_node_kubernetes_pods_never_restore():
     assert stage_commands("mllm", on_slurm, "params.yaml") == (("dvc", "repro", "mllm"), None)
     pods = StageLaunch(backend="kubernetes", nodes=4, mem="64G")
     first, others = stage_commands("mllm", pods, "p.yaml")
-    assert first == ("dvc", "repro", "--no-run-cache", "mllm") and others == ("python", "-m", "stages.mllm",
+    assert first == ("dvc", "repro", "--no-run-cache", "mllm") and others == ("python", "-m", "stages", "mllm",
                                                                               "--params", "p.yaml")

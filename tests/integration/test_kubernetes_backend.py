@@ -75,7 +75,7 @@ def test_every_rendered_manifest_is_valid_and_keeps_secrets_by_reference(tmp_pat
 
 
 def test_a_multi_node_stage_is_an_indexed_job_with_a_headless_service_or_a_jobset(tmp_path):
-    workers = ("python", "-m", "stages.mllm", "--params", "params.yaml")
+    workers = ("python", "-m", "stages", "mllm", "--params", "params.yaml")
     backend = KubernetesBackend(_settings(nodes=4, gpus_per_node=8), tmp_path)
     service, job = backend.manifests(_spec("mllm", worker_command=workers), "dt-mllm-1")
     _valid(service)
@@ -86,7 +86,7 @@ def test_a_multi_node_stage_is_an_indexed_job_with_a_headless_service_or_a_jobse
     env = {e["name"]: e.get("value") for e in container["env"]}
     assert env["DUALTOKEN_RDZV_ENDPOINT"] == "dt-mllm-1-0.dt-mllm-1:29500" and env["DUALTOKEN_NNODES"] == "4"
     script = container["command"][2]
-    assert "exec dvc repro mllm" in script and "exec python -m stages.mllm --params params.yaml" in script
+    assert "exec dvc repro mllm" in script and "exec python -m stages mllm --params params.yaml" in script
 
     jobsets = KubernetesBackend(_settings(nodes=2, gpus_per_node=8, multi_node="jobset"), tmp_path)
     (jobset,) = jobsets.manifests(_spec("mllm", worker_command=workers), "dt-mllm-2")
@@ -232,7 +232,7 @@ def test_an_interrupted_caller_deletes_its_kubernetes_job(cluster, tmp_path):
 def test_a_multi_node_job_creates_its_service_and_streams_every_pods_log(cluster, tmp_path):
     api, controller = cluster
     backend = KubernetesBackend(_settings(nodes=2), tmp_path / "logs", api_client=api)
-    job = backend.submit(_spec("mllm", worker_command=("python", "-m", "stages.mllm")))
+    job = backend.submit(_spec("mllm", worker_command=("python", "-m", "stages", "mllm")))
     assert client.CoreV1Api(api).read_namespaced_service(job, NS).spec.cluster_ip == "None"
     pods = controller.start(job, pods=2)
     controller.core.patch_namespaced_pod_status(pods[1], NS, {"status": {"phase": "Pending", "containerStatuses": [

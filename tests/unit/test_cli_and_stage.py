@@ -10,7 +10,7 @@ import pytest
 import webdataset as wds
 import yaml
 
-from dualtoken.cli import main as cli_main
+from stages.cli import main as cli_main
 
 
 def _params(tmp_path, **curate):
@@ -60,7 +60,7 @@ def test_demo_corpus_then_curate_with_overrides(tmp_path, monkeypatch, capsys):
 def test_stage_fails_readably_when_validation_fails(tmp_path):
     cli_main(["demo-corpus", "--out", str(tmp_path / "in"), "--num", "60", "--per-shard", "30"])
     params = _params(tmp_path, validation={"min_rows": 1000})
-    proc = subprocess.run([sys.executable, "-m", "stages.curate", "--params", str(params)], capture_output=True,
+    proc = subprocess.run([sys.executable, "-m", "stages", "curate", "--params", str(params)], capture_output=True,
                           text=True, env={"MLFLOW_DISABLE_TELEMETRY": "true", "GX_ANALYTICS_ENABLED": "false",
                                           "PATH": "/usr/bin:/bin"})
     assert proc.returncode == 2, proc.stderr[-2000:]
@@ -71,15 +71,16 @@ def test_stage_fails_readably_when_validation_fails(tmp_path):
     assert _only_run(tmp_path / "mlflow.db").info.status == "FAILED"
 
 
-@pytest.mark.parametrize("argv", [["curate", "-S", "nonsense"], ["config", "--params", "/nonexistent.yaml"]])
-def test_cli_errors_exit_2(argv, capsys):
+@pytest.mark.parametrize(("argv", "who"), [(["curate", "-S", "nonsense"], "curate"),
+                                           (["config", "--params", "/nonexistent.yaml"], "dualtoken")])
+def test_cli_errors_exit_2(argv, who, capsys):
     assert cli_main(argv) == 2
-    assert capsys.readouterr().err.startswith("dualtoken: ")
+    assert capsys.readouterr().err.startswith(f"{who}: ")  # a stage's line names the stage, as under DVC
 
 
 def test_missing_input_is_a_clear_error_not_a_traceback(tmp_path, capsys):
     params = _params(tmp_path)  # points at shards that were never written
-    assert cli_main(["curate", "--params", str(params)]) == 1
+    assert cli_main(["curate", "--params", str(params)]) == 2  # as every stage and command does
     err = capsys.readouterr().err
     assert "curate: input shard" in err and "is missing" in err and "Traceback" not in err
 
@@ -106,7 +107,7 @@ def test_model_stages_explain_missing_inputs(tmp_path):
     params.write_text(yaml.safe_dump(raw))
     for stage, hint in (("teacher", "run the curate stage first"), ("tokenizer", "run the teacher stage first"),
                         ("tokenize", "run the tokenizer stage first")):
-        proc = subprocess.run([sys.executable, "-m", f"stages.{stage}", "--params", str(params)],
+        proc = subprocess.run([sys.executable, "-m", "stages", stage, "--params", str(params)],
                               capture_output=True, text=True, timeout=300)
         assert proc.returncode == 2 and hint in proc.stderr and "Traceback" not in proc.stderr, proc.stderr[-2000:]
 
@@ -156,3 +157,49 @@ def test_each_config_logs_to_its_own_tracking_store(tmp_path, monkeypatch):
         run_id = start_pipeline_run(cfg, name, {})
         assert mlflow.MlflowClient(cfg.tracking_uri).get_run(run_id).info.run_name == name
     assert "MLFLOW_TRACKING_URI" not in os.environ
+
+
+def test_the_runner_takes_slices_from_the_command_line_or_an_array_task_never_from_torchrun(monkeypatch):
+    from argparse import Namespace
+
+    from dualtoken.config import ConfigError
+    from dualtoken.partition import WorkSlice
+    from stages import STAGES
+    from stages.runner import work_slice
+
+    for name in ("DUALTOKEN_ARRAY_INDEX", "DUALTOKEN_ARRAY_SIZE", "WORLD_SIZE", "RANK", "LOCAL_RANK",
+                 "TORCHELASTIC_RUN_ID", "SLURM_ARRAY_TASK_ID", "JOB_COMPLETION_INDEX"):
+        monkeypatch.delenv(name, raising=False)
+    tokenize, teacher = STAGES["tokenize"], STAGES["teacher"]
+    plain = Namespace(rank=None, world=None, finalize=False)
+    assert work_slice(tokenize, plain) is None  # the whole input: runtime.nproc decides on a relaunch
+    assert work_slice(tokenize, Namespace(rank=1, world=3, finalize=False)) == WorkSlice(1, 3)
+    with pytest.raises(ConfigError, match="--rank and --world go together"):
+        work_slice(tokenize, Namespace(rank=1, world=None, finalize=False))
+    with pytest.raises(ConfigError, match=r"--finalize .* takes no --rank/--world"):
+        work_slice(tokenize, Namespace(rank=0, world=2, finalize=True))
+    monkeypatch.setenv("DUALTOKEN_ARRAY_INDEX", "2")
+    monkeypatch.setenv("DUALTOKEN_ARRAY_SIZE", "4")
+    assert work_slice(tokenize, plain) == WorkSlice(2, 4)  # an array task: one process on its slice
+    assert work_slice(teacher, Namespace()) is None  # not sliceable: the environment means nothing to it
+    monkeypatch.setenv("LOCAL_RANK", "0")
+    assert work_slice(tokenize, plain) is None  # under torchrun the ranks split the input themselves
+
+
+def test_every_stage_is_a_command_with_exactly_its_own_options():
+    from stages import STAGES
+    from stages.cli import build_parser
+
+    parser = build_parser()
+    for name, stage in STAGES.items():
+        args = parser.parse_args([name, "--params", "p.yaml", "-S", "seed=1"])
+        assert args.stage is stage and args.overrides == ["seed=1"]
+        with_slice = [name, "--rank", "0", "--world", "2"]
+        if stage.sliceable:
+            assert parser.parse_args(with_slice).world == 2
+        else:
+            with pytest.raises(SystemExit):
+                parser.parse_args(with_slice)
+    assert parser.parse_args(["--local_rank=0", "mllm"]).stage is STAGES["mllm"]  # as the deepspeed launcher
+    assert parser.parse_args(["ablation", "a_one_codebook", "d_dualtoken"]).variants == ["a_one_codebook",
+                                                                                         "d_dualtoken"]

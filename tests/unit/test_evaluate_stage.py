@@ -10,8 +10,8 @@ from mlflow.tracking import MlflowClient
 
 from dualtoken.apps.ablation import main as ablation_main
 from dualtoken.apps.evaluate import main as evaluate_main
-from dualtoken.cli import main as cli
 from dualtoken.config import ConfigError
+from stages.cli import main as cli
 from tiny import TOKENIZER
 
 RAN = ["a_one_codebook", "d_dualtoken"]

@@ -12,10 +12,10 @@ from PIL import Image
 
 from dualtoken.apps.inference import load_mllm
 from dualtoken.apps.mllm import check_tasks
-from dualtoken.cli import main as cli
 from dualtoken.config import ConfigError, MllmConfig
 from dualtoken.data.texts import TextStats
 from dualtoken.models.mllm import DualTokenMLLM
+from stages.cli import main as cli
 from tiny import PHASES
 
 

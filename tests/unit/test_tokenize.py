@@ -166,11 +166,11 @@ def test_changed_settings_redo_every_shard(corpus, reference):
 
 def test_slices_then_finalize_equal_the_single_run(corpus, reference, capsys):
     cfg = _cfg(corpus, "sliced")
-    assert tokenize_main(cfg, work=WorkSlice(0, 2)) == {}  # a lone slice stops before assembling
+    assert tokenize_main(cfg, part=WorkSlice(0, 2)) == {}  # a lone slice stops before assembling
     assert "dualtoken tokenize --finalize" in capsys.readouterr().err
     with pytest.raises(IncompleteTokenization, match="2 of 5 shards are not tokenised yet"):
         tokenize_main(cfg, finalize_only=True)
-    tokenize_main(cfg, work=WorkSlice(1, 2))
+    tokenize_main(cfg, part=WorkSlice(1, 2))
     metrics = tokenize_main(cfg, finalize_only=True)
     assert _tars(Path(cfg.tokenize.output_dir)) == reference
     assert metrics["shards_kept"] == 5 and metrics["throughput"]["images_per_s"] is None
@@ -181,7 +181,7 @@ def test_two_ranks_under_torchrun_match_one_process(corpus, reference, tmp_path)
     params = tmp_path / "params.yaml"
     params.write_text(json.dumps(cfg.model_dump(mode="json")))  # JSON is YAML
     env = {**os.environ, "PYTHONPATH": str(REPO)}
-    proc = subprocess.run([sys.executable, "-m", "stages.tokenize", "--params", str(params)], cwd=REPO, env=env,
+    proc = subprocess.run([sys.executable, "-m", "stages", "tokenize", "--params", str(params)], cwd=REPO, env=env,
                           capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert _tars(Path(cfg.tokenize.output_dir)) == reference
@@ -231,7 +231,7 @@ def test_stage_without_a_tokenizer_says_what_to_run(corpus, tmp_path):
 
 
 def test_cli_slice_options_are_checked(corpus, tmp_path, capsys):
-    from dualtoken.cli import main as cli_main
+    from stages.cli import main as cli_main
 
     params = tmp_path / "params.yaml"
     params.write_text(json.dumps(_cfg(corpus, "cli").model_dump(mode="json")))

@@ -56,7 +56,7 @@ def test_a_bad_shard_in_one_ranks_share_stops_the_stage_with_its_line(tmp_path):
                       "losses": {"discriminator_channels": 8, "discriminator_layers": 2},
                       "runtime": {"nproc": 2, "device": "cpu", "loader_workers": 1}},
         "tracking": {"tracking_uri": f"sqlite:///{tmp_path / 'mlflow.db'}"}}))
-    proc = subprocess.run([sys.executable, "-m", "stages.tokenizer", "--params", str(params)], cwd=REPO,
+    proc = subprocess.run([sys.executable, "-m", "stages", "tokenizer", "--params", str(params)], cwd=REPO,
                           capture_output=True, text=True, timeout=300)
     assert proc.returncode == 2, proc.stderr[-3000:]
     last = proc.stderr.strip().splitlines()[-1]

@@ -1,6 +1,6 @@
 """Curation as an application: the job plus its MLflow record and a readable report of where things are.
 
-Used by the DVC stage (``stages/curate.py``) and by ``dualtoken curate``; neither adds logic of its own.
+Run by ``stages.runner`` (DVC's ``python -m stages curate`` and ``dualtoken curate`` alike).
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from rich.console import Console
 
 from dualtoken.config import Config
 from dualtoken.curation.job import CurateOutputs, ValidationFailed, curate_inputs, run_curation
-from dualtoken.partition import WorkSlice, slice_from_env
+from dualtoken.partition import WorkSlice
 from dualtoken.tracking import log_dataset, numeric_metrics, run_url, stage_run
 
 STAGE = "curate"
@@ -35,12 +35,11 @@ def _log_outputs(outputs: CurateOutputs) -> None:
 
 
 def main(cfg: Config, console: Console | None = None, part: WorkSlice | None = None) -> CurateOutputs | None:
-    """The whole curation; with a slice (``part``, default from the launcher's environment: an array task)
-    only that slice's input shards, whose results the whole run then reuses."""
+    """The whole curation; with a slice (``part``: an array task's) only that slice's input shards, whose
+    results the whole run then reuses."""
     console = console or Console(stderr=True, soft_wrap=True)
     os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
-    part = part or slice_from_env()
-    if not part.whole:
+    if part is not None and not part.whole:
         units = curate_inputs(cfg, console, part)
         console.print(f"[bold green]curate {part} done[/]: {len(units)} input shards "
                       f"({sum(not s.reused for _, s in units)} processed, {sum(s.reused for _, s in units)} "

@@ -30,7 +30,7 @@ from dualtoken.data.shards import OFFSETS_SUFFIX
 from dualtoken.data.tokens import STREAMS, TokenLayout
 from dualtoken.models.dualtoken import DualTokenModel
 from dualtoken.models.teacher import checkpoint_digest
-from dualtoken.partition import WorkSlice, slice_from_env
+from dualtoken.partition import WorkSlice
 from dualtoken.storage import location, publish_dir, upload_file
 from dualtoken.tokenization.job import (
     Plan,
@@ -60,9 +60,9 @@ def load_tokenizer(path: str | Path) -> DualTokenModel:
     return DualTokenModel.from_pretrained(str(path), local_files_only=True)
 
 
-def main(cfg: Config, console: Console | None = None, work: WorkSlice | None = None,
+def main(cfg: Config, console: Console | None = None, part: WorkSlice | None = None,
          finalize_only: bool = False) -> dict[str, Any]:
-    """Tokenise (``work``: this slice; default from the launcher's environment) and finish when whole."""
+    """Tokenise (``part``: an array task's slice; under torchrun each rank's) and finish when whole."""
     console = console or Console(stderr=True, soft_wrap=True)
     t = cfg.tokenize
     ctx = setup_process(t.runtime, cfg.seed, timeout_s=t.barrier_timeout_min * 60)
@@ -80,9 +80,7 @@ def main(cfg: Config, console: Console | None = None, work: WorkSlice | None = N
         identity = {"corpus": corpus, "tokenizer": tokenizer_sha, "precision": settings.precision,
                     "device": ctx.device.type, "batch_size": t.batch_size, "code": library_digest()}
         store = ShardStore(t.work_dir)
-        if ctx.distributed:
-            work = WorkSlice(ctx.rank, ctx.world)
-        work = work or slice_from_env()
+        work = WorkSlice(ctx.rank, ctx.world) if ctx.distributed else part or WorkSlice()
         finishes = ctx.distributed or work.whole or finalize_only
         with (tracked(STAGE, cfg, ("tokenize",), ctx) if finishes else contextlib.nullcontext()) as run:
             result = SliceResult()

@@ -8,8 +8,10 @@ box-downsampled, which anti-aliases edges without any per-pixel Python loop.
 from __future__ import annotations
 
 import io
+import json
 import math
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageDraw
@@ -261,3 +263,21 @@ def generate_example(seed: int, index: int, size: int = 64, textured_fraction: f
         qa=qa_for(scene, rng),
         attributes=attributes,
     )
+
+
+def write_demo_corpus(out: Path, num: int, per_shard: int, size: int = 64, seed: int = 0) -> list[Path]:
+    """The first ``num`` demo examples as WebDataset shards (png, caption txt, json metadata) in ``out``, e.g.
+    to try the ``webdataset`` source; returns the shards written."""
+    from dualtoken.data.tarstream import RollingTarWriter
+
+    writer = RollingTarWriter(out, "demo", per_shard)
+    ok = False
+    try:
+        for i in range(num):
+            ex = generate_example(seed, i, size)
+            meta = json.dumps({"qa": ex.qa, "attributes": ex.attributes, "captions": ex.captions}).encode()
+            writer.add_sample(ex.key, {"png": ex.png, "txt": ex.captions[0].encode(), "json": meta})
+        ok = True
+    finally:
+        writer.close(ok=ok)
+    return [out / name for name in writer.shards]
