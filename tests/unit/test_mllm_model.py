@@ -14,7 +14,7 @@ from dualtoken.data.sequences import (
     stream_task_counts,
     task_counts,
 )
-from dualtoken.models.depth_head import filter_logits, sample_logits
+from dualtoken.models.depth_head import CodeEmbedding, filter_logits, sample_logits
 from dualtoken.models.mllm import DualTokenMLLM
 from dualtoken.models.mllm_generation import answer, generate_codes
 from tiny import tiny_mllm, tiny_text_tokenizer, tiny_token_columns, write_token_corpus
@@ -134,6 +134,26 @@ def test_depth_head_is_causal_over_depth(parts):
     after = head(hidden, first_changed)
     assert torch.allclose(after[:, 0], base[:, 0], atol=1e-6)
     assert not torch.allclose(after[:, 1], base[:, 1]) and not torch.allclose(after[:, 2], base[:, 2])
+
+
+def test_code_embedding_gradients_are_identical_run_to_run():
+    """Many rows repeating few codes, on two threads: advanced indexing's backward summed them in a varying
+    order, which made two identical MLLM trainings end with different weights."""
+    embedding = CodeEmbedding(books=2, codebook_size=16, dim=8, depth=4)
+    codes, upstream = torch.randint(16, (8000, 4)), torch.randn(8000, 4, 8)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        grads = []
+        for _ in range(4):
+            embedding.zero_grad()
+            (embedding(codes) * upstream).sum().backward()
+            grads.append(embedding.weight.grad.clone())
+    finally:
+        torch.set_num_threads(threads)
+    assert all(torch.equal(grads[0], g) for g in grads[1:])
+    books = torch.arange(4) % 2  # depth d reads table d % books
+    assert torch.equal(embedding(codes[:5]), embedding.weight[books, codes[:5]])
 
 
 def test_depth_head_sampling_returns_codes_in_range_for_every_depth(parts):

@@ -26,9 +26,14 @@ class CodeEmbedding(nn.Module):
         self.depth = depth  # no buffer: from_pretrained leaves non-persistent buffers uninitialised
 
     def forward(self, codes: Tensor) -> Tensor:
-        """(..., d) codes (d <= depth, depths 1..d) -> (..., d, dim) code vectors, one gather."""
-        books = torch.arange(codes.shape[-1], device=codes.device) % self.weight.shape[0]
-        return self.weight[books, codes]
+        """(..., d) codes (d <= depth, depths 1..d) -> (..., d, dim) code vectors, one gather.
+
+        An embedding lookup into the flattened tables rather than ``weight[books, codes]``: the backward of
+        advanced indexing accumulates repeated codes in a thread-dependent order on CPU, so two identical runs
+        would train different weights; the embedding's backward is deterministic."""
+        books, codebook_size = self.weight.shape[:2]
+        offsets = torch.arange(codes.shape[-1], device=codes.device) % books * codebook_size
+        return F.embedding(codes + offsets, self.weight.flatten(0, 1))
 
     def summed(self, codes: Tensor) -> Tensor:
         """(..., depth) -> (..., dim): the quantized vector those codes stand for."""
