@@ -39,6 +39,7 @@ test: venv
 
 lint: venv
 	$(VENV)/bin/ruff check .
+	$(IN_VENV) $(PY) -m pytest -q -p no:cacheprovider tests/unit/test_layers.py  # the import contract
 
 bench: venv
 	$(IN_VENV) $(PY) benchmarks/curate_throughput.py

@@ -2,7 +2,7 @@
 
 Each row is a candidate profile (scene data, tower, objective), trained from scratch for a short budget on
 the same kind of corpus the demo curates (``--shapes`` scenes + ``--digits`` MNIST digits, a held-out 400),
-and scored by the teacher stage's own evaluation (``dualtoken.evaluation.zeroshot``: prompt-ensembled
+and scored by the teacher stage's own evaluation (``dualtoken.metrics.zeroshot``: prompt-ensembled
 zero-shot per attribute, chance 1/6 shape, 1/8 colour, 1/10 digit, 1/3 count). Objectives:
 
 * ``contrastive`` - the teacher stage's sigmoid loss on (image, one of its captions), as trained in the demo;
@@ -90,7 +90,7 @@ def attribute_labels(metas: list[dict[str, Any]]) -> torch.Tensor:
 def run(p: Profile, steps: int, shapes: int, digits: int, seed: int = 0) -> dict[str, Any]:
     from dualtoken.config import load_config
     from dualtoken.data.curated import to_model_input
-    from dualtoken.evaluation.zeroshot import embed_in_batches, zero_shot
+    from dualtoken.metrics.zeroshot import embed_in_batches, zero_shot
     from dualtoken.models.teacher import image_embedder, new_teacher, scratch_config, text_embedder, tokenize
     from dualtoken.text import train_bpe
     from dualtoken.training.run import build_optimizer

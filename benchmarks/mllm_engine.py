@@ -31,7 +31,9 @@ SHAPES = {  # LM shapes (random init from config); the visual parts follow the d
 
 
 def build(shape: str, tokenizer):
-    from dualtoken.models.mllm import SPECIAL_TOKENS, STREAMS, DualTokenMLLM, DualTokenMLLMConfig
+    from dualtoken.data.sequences import SPECIAL_TOKENS
+    from dualtoken.data.tokens import STREAMS
+    from dualtoken.models.mllm import DualTokenMLLM, DualTokenMLLMConfig
 
     torch.manual_seed(0)
     llm = {"model_type": "qwen2", "vocab_size": len(tokenizer), "max_position_embeddings": 512,

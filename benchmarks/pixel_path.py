@@ -15,7 +15,7 @@ import argparse
 import torch
 
 from dualtoken.data.curated import from_model_output, read_images, to_model_input
-from dualtoken.evaluation.reconstruction import psnr
+from dualtoken.metrics.reconstruction import psnr
 from dualtoken.models.dualtoken import DualTokenModel
 
 

@@ -35,12 +35,12 @@ def run_tokenizer(root: Path, work: Path, steps: int) -> None:
     from rich.console import Console
     from transformers import SiglipVisionModel
 
-    from dualtoken.config import TokenizerConfig
     from dualtoken.data.shards import split_shards
     from dualtoken.models.configuration import named_config
     from dualtoken.models.dualtoken import DualTokenModel
     from dualtoken.training.distributed import DistContext
     from dualtoken.training.tokenizer import train_tokenizer
+    from dualtoken.training.tokenizer_config import TokenizerConfig
 
     torch.manual_seed(0)
     config = named_config("demo")
@@ -58,11 +58,11 @@ def run_mllm(root: Path, work: Path, steps: int, tokenizer_dir: Path) -> None:
     from rich.console import Console
     from transformers import AutoTokenizer
 
-    from dualtoken.config import MllmConfig
     from dualtoken.data.shards import split_shards
     from dualtoken.data.tokens import read_layout
     from dualtoken.training.distributed import DistContext
     from dualtoken.training.mllm import TokenSource, train_mllm
+    from dualtoken.training.mllm_config import MllmConfig
 
     tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
     cfg = MllmConfig.model_validate({

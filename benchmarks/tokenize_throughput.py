@@ -38,12 +38,12 @@ def write_curated_corpus(root: Path, images: int, per_shard: int, size: int) -> 
 
 
 def main() -> None:
-    from dualtoken.config import StorageConfig
     from dualtoken.data.curated import read_images, to_model_input
     from dualtoken.data.tokens import TokenLayout
     from dualtoken.models.configuration import named_config
     from dualtoken.models.dualtoken import DualTokenModel
     from dualtoken.partition import WorkSlice
+    from dualtoken.storage import StorageConfig
     from dualtoken.tokenization.job import Settings, ShardStore, make_plan, tokenize_slice
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)

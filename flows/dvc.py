@@ -20,7 +20,7 @@ from pathlib import Path
 import yaml
 from filelock import FileLock
 
-from dualtoken.config import LaunchConfig, StageLaunch
+from dualtoken.launch.config import LaunchConfig, StageLaunch
 from dualtoken.launch.job import Backend, JobResult, JobSpec, run_job
 from dualtoken.launch.select import backend_for
 

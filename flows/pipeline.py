@@ -19,7 +19,8 @@ from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
 from prefect.runtime import flow_run
 
-from dualtoken.config import Config, ConfigError, load_config
+from dualtoken.config import Config, load_config
+from dualtoken.schema import ConfigError
 from dualtoken.tracking import (
     ENV_FLOW_RUN,
     ENV_PARENT_RUN,

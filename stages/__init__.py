@@ -12,7 +12,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from dualtoken.config import SLICED_STAGES, STAGE_PROCESSES, Config
+from dualtoken.config import Config
+from dualtoken.launch.config import SLICED_STAGES, STAGE_PROCESSES
 
 
 @dataclass(frozen=True)

@@ -13,8 +13,10 @@ from pathlib import Path
 
 import yaml
 
-from dualtoken.config import ConfigError, SamplingConfig, load_config
+from dualtoken.config import load_config
 from dualtoken.errors import DualtokenError
+from dualtoken.models.sampling import SamplingConfig
+from dualtoken.schema import ConfigError
 from stages import STAGES
 from stages.runner import PROG, fail, run
 
@@ -64,7 +66,7 @@ def _sampling(args: argparse.Namespace) -> SamplingConfig:
 def _cmd_chat(args: argparse.Namespace) -> None:
     from PIL import Image, UnidentifiedImageError
 
-    from dualtoken.apps.inference import chat, load_mllm
+    from dualtoken.serving.inference import chat, load_mllm
 
     try:
         image = Image.open(args.image)
@@ -76,7 +78,7 @@ def _cmd_chat(args: argparse.Namespace) -> None:
 
 
 def _cmd_generate(args: argparse.Namespace) -> None:
-    from dualtoken.apps.inference import generate_images, load_mllm
+    from dualtoken.serving.inference import generate_images, load_mllm
 
     loaded = load_mllm(args.model, args.tokenizer, args.device)
     out = Path(args.out)

@@ -8,9 +8,10 @@ import argparse
 import importlib
 import sys
 
-from dualtoken.config import Config, ConfigError, load_config
+from dualtoken.config import Config, load_config
 from dualtoken.errors import DualtokenError
 from dualtoken.partition import WorkSlice, slice_from_env
+from dualtoken.schema import ConfigError
 from dualtoken.training.distributed import needs_torchrun, relaunch_under_torchrun, report_rank_error, under_torchrun
 from stages import Stage
 

@@ -13,13 +13,13 @@ import numpy as np
 import torch
 from PIL import Image
 
-from dualtoken.config import TokenizerConfig
 from dualtoken.data.curated import CuratedSplit, to_model_input
 from dualtoken.data.synthetic import generate_example
 from dualtoken.data.tarstream import TarWriter
 from dualtoken.models.configuration import DualTokenConfig
 from dualtoken.models.dualtoken import DualTokenModel
 from dualtoken.models.teacher import new_teacher, scratch_config
+from dualtoken.training.tokenizer_config import TokenizerConfig
 
 SIZE = 32
 VISION = {"image_size": SIZE, "patch_size": 8, "hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 3,
@@ -157,9 +157,9 @@ def saved_tiny_tokenizer(path: Path, images: torch.Tensor) -> DualTokenModel:
 def tiny_text_tokenizer(root: Path) -> Any:
     """A BPE on the texts of a token corpus' train split."""
     from dualtoken.data.curated import iter_metas
+    from dualtoken.data.sequences import SPECIAL_TOKENS
     from dualtoken.data.shards import shard_urls
     from dualtoken.data.texts import corpus_texts
-    from dualtoken.models.mllm import SPECIAL_TOKENS
     from dualtoken.text import train_bpe
 
     return train_bpe(corpus_texts(iter_metas(shard_urls(root, "train"))), 300, extra_special_tokens=SPECIAL_TOKENS)
@@ -167,7 +167,9 @@ def tiny_text_tokenizer(root: Path) -> Any:
 
 def tiny_mllm(tokenizer: Any, grid: int = 2, depth: int = 2, codebook: int = 32, seed: int = 0) -> Any:
     """A 2-layer width-32 Qwen2 with depth heads of width 16 for codes laid out like ``write_token_corpus``'s."""
-    from dualtoken.models.mllm import SPECIAL_TOKENS, STREAMS, DualTokenMLLM, DualTokenMLLMConfig
+    from dualtoken.data.sequences import SPECIAL_TOKENS
+    from dualtoken.data.tokens import STREAMS
+    from dualtoken.models.mllm import DualTokenMLLM, DualTokenMLLMConfig
 
     torch.manual_seed(seed)
     llm = {"model_type": "qwen2", "hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 4,

@@ -41,12 +41,12 @@ def tokenizer_images_per_s(smoke: bool, steps: int, batch: int, work: Path) -> f
     from rich.console import Console
     from transformers import SiglipVisionModel
 
-    from dualtoken.config import TokenizerConfig
     from dualtoken.data.shards import split_shards
     from dualtoken.models.configuration import named_config
     from dualtoken.models.dualtoken import DualTokenModel
     from dualtoken.training.distributed import init_distributed
     from dualtoken.training.tokenizer import train_tokenizer
+    from dualtoken.training.tokenizer_config import TokenizerConfig
     from tiny import tiny_tokenizer_config, write_curated_corpus
 
     config = tiny_tokenizer_config() if smoke else named_config("so400m-patch14-384")
@@ -68,12 +68,13 @@ def tokenizer_images_per_s(smoke: bool, steps: int, batch: int, work: Path) -> f
 def mllm_tokens_per_s(shape: str, smoke: bool, steps: int, batch: int, zero: int, work: Path) -> tuple[float, int]:
     from rich.console import Console
 
-    from dualtoken.config import MllmConfig
+    from dualtoken.data.sequences import SPECIAL_TOKENS
     from dualtoken.data.shards import split_shards
-    from dualtoken.data.tokens import read_layout
-    from dualtoken.models.mllm import SPECIAL_TOKENS, STREAMS, DualTokenMLLM, DualTokenMLLMConfig
+    from dualtoken.data.tokens import STREAMS, read_layout
+    from dualtoken.models.mllm import DualTokenMLLM, DualTokenMLLMConfig
     from dualtoken.training.distributed import init_distributed
     from dualtoken.training.mllm import TokenSource, train_mllm
+    from dualtoken.training.mllm_config import MllmConfig
     from tiny import tiny_text_tokenizer, write_token_corpus
 
     grid, depth, book, dim = (2, 2, 32, 8) if smoke else (27, 8, 16384, 32)

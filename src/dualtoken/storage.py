@@ -14,9 +14,22 @@ from pathlib import Path
 from typing import IO, Any
 
 from braceexpand import braceexpand
+from pydantic import Field
 
-from dualtoken.config import StorageConfig
 from dualtoken.errors import DualtokenError
+from dualtoken.schema import Strict
+
+
+class StorageConfig(Strict):
+    """S3 settings. Credentials never live here: boto3 reads them from the environment or a profile."""
+
+    s3_endpoint_url: str | None = None
+    s3_profile: str | None = None
+    s3_region: str | None = None
+    multipart_threshold_mb: int = Field(64, ge=5)
+    multipart_chunk_mb: int = Field(16, ge=5)
+    max_attempts: int = Field(5, ge=1, le=20, description="tries per S3 request (exponential back-off between)")
+
 
 
 class StorageError(DualtokenError, RuntimeError):

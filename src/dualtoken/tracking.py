@@ -20,12 +20,20 @@ from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
-from dualtoken.config import Config, TrackingConfig
+from pydantic import Field
+
 from dualtoken.errors import DualtokenError
+from dualtoken.schema import Strict
 
 ENV_PARENT_RUN = "DUALTOKEN_PARENT_RUN_ID"
 ENV_FLOW_RUN = "DUALTOKEN_FLOW_RUN_ID"
 STAGE_TAG = "dualtoken.stage"
+
+
+class TrackingConfig(Strict):
+    tracking_uri: str = Field("sqlite:///mlflow.db", description="MLFLOW_TRACKING_URI overrides it")
+    experiment: str = "dualtoken"
+
 
 
 class TrackingError(DualtokenError, RuntimeError):
@@ -109,9 +117,10 @@ def numeric_metrics(stats: Mapping[str, Any], prefix: str = "") -> dict[str, flo
 
 
 @contextlib.contextmanager
-def stage_run(stage: str, cfg: Config, sections: tuple[str, ...]) -> Iterator[Any]:
-    """Open the stage's MLflow run (nested under the pipeline run if there is one) and log its params."""
-    mlflow = _mlflow(cfg.tracking)
+def stage_run(stage: str, cfg: TrackingConfig, params: Mapping[str, Any]) -> Iterator[Any]:
+    """Open the stage's MLflow run (nested under the pipeline run if there is one) and log its params
+    (the configuration sections the stage reads, flattened to dotted keys)."""
+    mlflow = _mlflow(cfg)
     parent = os.environ.get(ENV_PARENT_RUN) or None
     tags = {STAGE_TAG: stage, "dvc.stage": stage, "git.commit": git_commit()}
     if parent:
@@ -119,8 +128,7 @@ def stage_run(stage: str, cfg: Config, sections: tuple[str, ...]) -> Iterator[An
     if os.environ.get(ENV_FLOW_RUN):
         tags["prefect.flow_run_id"] = os.environ[ENV_FLOW_RUN]
     with mlflow.start_run(run_name=stage, parent_run_id=parent, tags=tags) as run:
-        dumped = cfg.model_dump(mode="json")
-        mlflow.log_params(flatten({s: dumped[s] for s in sections}))
+        mlflow.log_params(flatten(params))
         yield run
 
 

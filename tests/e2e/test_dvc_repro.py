@@ -55,7 +55,7 @@ def test_repro_builds_then_noop_then_reruns_on_param_change(tmp_path):
 
 
 def test_flow_runner_tells_ran_restored_and_up_to_date(tmp_path, monkeypatch):
-    from dualtoken.config import LaunchConfig
+    from dualtoken.launch.config import LaunchConfig
     from flows.dvc import repro
 
     ws = make_workspace(tmp_path / "ws")
@@ -74,7 +74,7 @@ def test_flow_runner_tells_ran_restored_and_up_to_date(tmp_path, monkeypatch):
 
 
 def test_stage_jobs_run_dvc_and_multi_node_kubernetes_pods_never_restore():
-    from dualtoken.config import StageLaunch
+    from dualtoken.launch.config import StageLaunch
     from flows.dvc import stage_commands
 
     assert stage_commands("mllm", StageLaunch(), "params.yaml") == (("dvc", "repro", "mllm"), None)

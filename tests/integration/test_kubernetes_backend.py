@@ -10,8 +10,9 @@ import pytest
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
+from dualtoken.launch.config import KubernetesSite, StageLaunch
 from dualtoken.launch.job import JobSpec, JobState, LaunchError, run_job
-from dualtoken.launch.kubernetes import INDEX_ANNOTATION, KubernetesBackend, KubernetesSettings, k8s_memory
+from dualtoken.launch.kubernetes import INDEX_ANNOTATION, KubernetesBackend, k8s_memory
 from dualtoken.launch.manifests import policy_problems, render_template
 from kube import KubeEmulator
 
@@ -23,8 +24,14 @@ WORKSPACE = Path("/workspace/dualtoken")
 
 
 def _settings(**extra):
-    return KubernetesSettings(**{"templates": TEMPLATES, "namespace": NS, "poll_s": 0.05, "cpus_per_task": 4,
-                                 "mem": "16G", "workspace_claim": "dualtoken-workspace", **extra})
+    """(site, job resources, workspace) as the backend takes them: ``launch.kubernetes`` and the stage's
+    ``launch.stages`` entry (built unvalidated, so a test can leave out what the config would require)."""
+    job = {k: extra.pop(k) for k in list(extra) if k in StageLaunch.model_fields}
+    site = KubernetesSite(**{"templates": str(TEMPLATES), "namespace": NS, "poll_s": 0.05,
+                             "workspace_claim": "dualtoken-workspace", **extra})
+    resources = StageLaunch.model_construct(**{**StageLaunch().model_dump(), "backend": "kubernetes",
+                                               "cpus_per_task": 4, "mem": "16G", **job})
+    return site, resources, TEMPLATES
 
 
 def _spec(name="tokenizer", **extra):
@@ -41,11 +48,11 @@ def _valid(manifest):
 
 
 def test_every_rendered_manifest_is_valid_and_keeps_secrets_by_reference(tmp_path):
-    gpu = KubernetesBackend(_settings(gpus_per_node=8, node_selector={"nvidia.com/gpu.product": "H100"},
+    gpu = KubernetesBackend(*_settings(gpus_per_node=8, node_selector={"nvidia.com/gpu.product": "H100"},
                                       tolerations=({"key": "nvidia.com/gpu", "operator": "Exists",
                                                     "effect": "NoSchedule"},),
                                       env_from_secrets=("mlflow-credentials",),
-                                      secret_env={"AWS_SECRET_ACCESS_KEY": ("s3", "secret-key")},
+                                      secret_env={"AWS_SECRET_ACCESS_KEY": {"secret": "s3", "key": "secret-key"}},
                                       service_account="dualtoken-stage"), tmp_path)
     (job,) = gpu.manifests(_spec(time_limit_s=3600.5), "dt-tokenizer-1")
     _valid(job)
@@ -61,7 +68,7 @@ def test_every_rendered_manifest_is_valid_and_keeps_secrets_by_reference(tmp_pat
     assert job["spec"]["activeDeadlineSeconds"] == 3601 and job["spec"]["backoffLimit"] == 0
     assert {"name": "workspace", "persistentVolumeClaim": {"claimName": "dualtoken-workspace"}} in pod["volumes"]
 
-    plain = KubernetesBackend(_settings(), tmp_path)
+    plain = KubernetesBackend(*_settings(), tmp_path)
     (job,) = plain.manifests(_spec(), "dt-curate-1")
     _valid(job)
     pod = job["spec"]["template"]["spec"]
@@ -76,7 +83,7 @@ def test_every_rendered_manifest_is_valid_and_keeps_secrets_by_reference(tmp_pat
 
 def test_a_multi_node_stage_is_an_indexed_job_with_a_headless_service_or_a_jobset(tmp_path):
     workers = ("python", "-m", "stages", "mllm", "--params", "params.yaml")
-    backend = KubernetesBackend(_settings(nodes=4, gpus_per_node=8), tmp_path)
+    backend = KubernetesBackend(*_settings(nodes=4, gpus_per_node=8), tmp_path)
     service, job = backend.manifests(_spec("mllm", worker_command=workers), "dt-mllm-1")
     _valid(service)
     _valid(job)
@@ -88,7 +95,7 @@ def test_a_multi_node_stage_is_an_indexed_job_with_a_headless_service_or_a_jobse
     script = container["command"][2]
     assert "exec dvc repro mllm" in script and "exec python -m stages mllm --params params.yaml" in script
 
-    jobsets = KubernetesBackend(_settings(nodes=2, gpus_per_node=8, multi_node="jobset"), tmp_path)
+    jobsets = KubernetesBackend(*_settings(nodes=2, gpus_per_node=8, multi_node="jobset"), tmp_path)
     (jobset,) = jobsets.manifests(_spec("mllm", worker_command=workers), "dt-mllm-2")
     assert jobset["kind"] == "JobSet" and jobset["spec"]["network"]["enableDNSHostnames"]
     with pytest.raises(kubernetes_validate.SchemaNotFoundError):  # no CRD schemas offline: check what it wraps
@@ -104,7 +111,7 @@ def test_a_multi_node_stage_is_an_indexed_job_with_a_headless_service_or_a_jobse
 
 
 def test_the_policy_refuses_plaintext_secrets_missing_limits_and_root(tmp_path):
-    leaky = KubernetesBackend(_settings(mem=None), tmp_path)
+    leaky = KubernetesBackend(*_settings(mem=None), tmp_path)
     (job,) = leaky.manifests(JobSpec("t", ("true",), WORKSPACE, {"AWS_SECRET_ACCESS_KEY": "hunter2"}), "dt-t-1")
     problems = "\n".join(policy_problems(job))
     assert "AWS_SECRET_ACCESS_KEY has a plaintext value" in problems and "no memory limit" in problems
@@ -115,13 +122,13 @@ def test_the_policy_refuses_plaintext_secrets_missing_limits_and_root(tmp_path):
     for name in ("job.yaml", "service.yaml", "jobset.yaml"):
         (root / name).write_text((TEMPLATES / name).read_text().replace("runAsNonRoot: true", "runAsNonRoot: false")
                                  .replace("allowPrivilegeEscalation: false", "allowPrivilegeEscalation: true"))
-    (job,) = KubernetesBackend(_settings(templates=root), tmp_path).manifests(_spec(), "dt-x-1")
+    (job,) = KubernetesBackend(*_settings(templates=str(root)), tmp_path).manifests(_spec(), "dt-x-1")
     assert len(policy_problems(job)) == 2
     (root / "job.yaml").write_text("metadata: {name: '{{ nmae }}'}\n")
     with pytest.raises(LaunchError, match=r"unknown placeholder\(s\) \['nmae'\]"):
         render_template(root / "job.yaml", {"name": "x"})
     with pytest.raises(LaunchError, match=r"not under launch\.kubernetes\.workspace_path"):
-        KubernetesBackend(_settings(), tmp_path).manifests(JobSpec("t", ("true",), Path("/home/me/ws")), "dt-t-2")
+        KubernetesBackend(*_settings(), tmp_path).manifests(JobSpec("t", ("true",), Path("/home/me/ws")), "dt-t-2")
     assert [k8s_memory(m) for m in ("64G", "512M", "2T", "100")] == ["64Gi", "512Mi", "2Ti", "100Mi"]
 
 
@@ -165,7 +172,7 @@ def cluster():
 
 def test_a_job_is_submitted_watched_with_its_logs_and_cleaned_up(cluster, tmp_path):
     api, controller = cluster
-    backend = KubernetesBackend(_settings(), tmp_path / "logs", api_client=api)
+    backend = KubernetesBackend(*_settings(), tmp_path / "logs", api_client=api)
     job = backend.submit(_spec())
     stored = client.BatchV1Api(api).read_namespaced_job(job, NS)
     assert stored.spec.template.spec.containers[0].command == ["dvc", "repro", "tokenizer"]
@@ -188,7 +195,7 @@ def test_a_job_is_submitted_watched_with_its_logs_and_cleaned_up(cluster, tmp_pa
 
 def test_failed_and_timed_out_jobs_say_so_and_stay_for_inspection(cluster, tmp_path):
     api, controller = cluster
-    backend = KubernetesBackend(_settings(), tmp_path / "logs", api_client=api)
+    backend = KubernetesBackend(*_settings(), tmp_path / "logs", api_client=api)
     failing = backend.submit(_spec("slices", array=2))
     controller.start(failing, pods=2)
     controller.finish(failing, [0, 3], condition="Failed", reason="BackoffLimitExceeded")
@@ -207,7 +214,7 @@ def test_failed_and_timed_out_jobs_say_so_and_stay_for_inspection(cluster, tmp_p
 
 def test_an_interrupted_caller_deletes_its_kubernetes_job(cluster, tmp_path):
     api, controller = cluster
-    backend = KubernetesBackend(_settings(), tmp_path / "logs", api_client=api)
+    backend = KubernetesBackend(*_settings(), tmp_path / "logs", api_client=api)
     started = []
 
     def on_log(line):
@@ -231,7 +238,7 @@ def test_an_interrupted_caller_deletes_its_kubernetes_job(cluster, tmp_path):
 
 def test_a_multi_node_job_creates_its_service_and_streams_every_pods_log(cluster, tmp_path):
     api, controller = cluster
-    backend = KubernetesBackend(_settings(nodes=2), tmp_path / "logs", api_client=api)
+    backend = KubernetesBackend(*_settings(nodes=2), tmp_path / "logs", api_client=api)
     job = backend.submit(_spec("mllm", worker_command=("python", "-m", "stages", "mllm")))
     assert client.CoreV1Api(api).read_namespaced_service(job, NS).spec.cluster_ip == "None"
     pods = controller.start(job, pods=2)

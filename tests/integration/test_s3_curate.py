@@ -7,9 +7,9 @@ import tarfile
 import pytest
 
 from badinputs import add_member, noise_png
-from dualtoken.config import StorageConfig, parse_config
+from dualtoken.config import parse_config
 from dualtoken.curation.job import run_curation
-from dualtoken.storage import StorageError, s3_client
+from dualtoken.storage import StorageConfig, StorageError, s3_client
 
 pytestmark = pytest.mark.integration
 

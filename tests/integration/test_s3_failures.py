@@ -8,8 +8,7 @@ import time
 import pytest
 from botocore.exceptions import ClientError
 
-from dualtoken.config import StorageConfig
-from dualtoken.storage import StorageError, publish_dir, upload_file
+from dualtoken.storage import StorageConfig, StorageError, publish_dir, upload_file
 from services import start_s3
 
 pytestmark = pytest.mark.integration

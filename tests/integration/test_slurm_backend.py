@@ -9,8 +9,9 @@ from pathlib import Path
 
 import pytest
 
+from dualtoken.launch.config import SlurmSite, StageLaunch
 from dualtoken.launch.job import JobSpec, JobState, LaunchError, run_job
-from dualtoken.launch.slurm import SlurmBackend, SlurmSettings, parse_job, parse_sacct, render
+from dualtoken.launch.slurm import SlurmBackend, parse_job, parse_sacct, render
 
 pytestmark = pytest.mark.integration
 TEMPLATE = Path(__file__).resolve().parents[2] / "infra" / "slurm" / "stage.sbatch"
@@ -18,7 +19,10 @@ SCRIPTS = Path(__file__).resolve().parents[1] / "scripts"
 
 
 def _backend(tmp_path, **settings):
-    return SlurmBackend(SlurmSettings(template=TEMPLATE, poll_s=0.3, **settings), tmp_path / "logs")
+    """A backend as ``launch.slurm`` and a stage's ``launch.stages`` entry configure it."""
+    job = {k: settings.pop(k) for k in list(settings) if k in StageLaunch.model_fields}
+    site = SlurmSite(**{"template": str(TEMPLATE), "poll_s": 0.3, **settings})
+    return SlurmBackend(site, StageLaunch(backend="slurm", **job), TEMPLATE.parent, tmp_path / "logs")
 
 
 def _python(code):

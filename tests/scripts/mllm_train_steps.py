@@ -13,11 +13,11 @@ from rich.console import Console
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from dualtoken.config import MllmConfig
 from dualtoken.data.shards import split_shards
 from dualtoken.data.tokens import read_layout
 from dualtoken.training.distributed import init_distributed, shutdown_distributed
 from dualtoken.training.mllm import TokenSource, train_mllm
+from dualtoken.training.mllm_config import MllmConfig
 from tiny import tiny_mllm, tiny_text_tokenizer
 
 out, accum, work, zero, corpus = Path(sys.argv[1]), int(sys.argv[2]), sys.argv[3], int(sys.argv[4]), Path(sys.argv[5])

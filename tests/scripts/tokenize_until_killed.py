@@ -6,10 +6,10 @@ import sys
 
 import torch
 
-from dualtoken.config import StorageConfig
 from dualtoken.data.tokens import TokenLayout
 from dualtoken.models.dualtoken import DualTokenModel
 from dualtoken.partition import WorkSlice
+from dualtoken.storage import StorageConfig
 from dualtoken.tokenization.job import Settings, ShardStore, make_plan, tokenize_slice
 
 IDENTITY = {"test": "kill"}

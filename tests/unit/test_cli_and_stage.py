@@ -148,8 +148,7 @@ def test_each_config_logs_to_its_own_tracking_store(tmp_path, monkeypatch):
     """mlflow.set_tracking_uri exports MLFLOW_TRACKING_URI; it must not capture the next config's runs."""
     import os
 
-    from dualtoken.config import TrackingConfig
-    from dualtoken.tracking import start_pipeline_run
+    from dualtoken.tracking import TrackingConfig, start_pipeline_run
 
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     for name in ("first", "second"):
@@ -162,8 +161,8 @@ def test_each_config_logs_to_its_own_tracking_store(tmp_path, monkeypatch):
 def test_the_runner_takes_slices_from_the_command_line_or_an_array_task_never_from_torchrun(monkeypatch):
     from argparse import Namespace
 
-    from dualtoken.config import ConfigError
     from dualtoken.partition import WorkSlice
+    from dualtoken.schema import ConfigError
     from stages import STAGES
     from stages.runner import work_slice
 

@@ -1,6 +1,11 @@
+import inspect
+
 import pytest
 
-from dualtoken.config import ConfigError, apply_overrides, load_config, parse_config
+from dualtoken.config import load_config, parse_config
+from dualtoken.models.configuration import DualTokenConfig
+from dualtoken.schema import ConfigError, apply_overrides
+from dualtoken.training.tokenizer_config import ArchitectureOverrides
 
 MINIMAL = {"data": {"sources": [{"kind": "demo", "name": "shapes"}]}}
 
@@ -128,3 +133,9 @@ def test_a_launch_file_replaces_only_where_stages_run(tmp_path):
     other.write_text("launch: {stages: {tokenize: {array: -1}}}\n")
     with pytest.raises(ConfigError, match=r"params.yaml with .*launch.yaml:\n  launch.stages.tokenize.array"):
         load_config("params.yaml", launch_file=other)
+
+
+def test_architecture_overrides_name_every_dualtoken_config_key():
+    """The typed ``tokenizer.overrides`` mirror the model's configuration: a key added to one is in the other."""
+    keys = set(inspect.signature(DualTokenConfig.__init__).parameters) - {"self", "kwargs", "vision_config"}
+    assert set(ArchitectureOverrides.model_fields) == keys

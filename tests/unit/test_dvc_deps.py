@@ -9,41 +9,13 @@ string (MLflow's models from code, logged by path) counts as imported."""
 
 from __future__ import annotations
 
-import ast
 from pathlib import Path
 
 import pytest
 import yaml
+from imports import REPO, SRC, imports_of, module_file
 
 from stages import STAGES
-
-REPO = Path(__file__).resolve().parents[2]
-SRC = REPO / "src"
-ROOTS = ("stages", "dualtoken")
-
-
-def _module_file(module: str) -> Path | None:
-    base = (REPO if module.split(".")[0] == "stages" else SRC) / Path(*module.split("."))
-    for candidate in (base.with_suffix(".py"), base / "__init__.py"):
-        if candidate.is_file():
-            return candidate
-    return None
-
-
-def _imports(path: Path, module: str) -> set[str]:
-    tree = ast.parse(path.read_text())
-    nodes = tree.body if module.split(".")[0] == "stages" else list(ast.walk(tree))
-    found: set[str] = set()
-    for node in nodes:
-        if isinstance(node, ast.Import):
-            found.update(alias.name for alias in node.names)
-        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
-            found.add(node.module)
-            found.update(f"{node.module}.{alias.name}" for alias in node.names)  # submodules imported by name
-        elif (isinstance(node, ast.Constant) and isinstance(node.value, str) and node.value.endswith(".py")
-              and (path.parent / node.value).is_file()):  # a sibling run by path (MLflow's models from code)
-            found.add(f"{module.rsplit('.', 1)[0]}.{node.value[:-3]}")
-    return {name for name in found if name.split(".")[0] in ROOTS}
 
 
 def closure(*start: str) -> set[Path]:
@@ -51,13 +23,13 @@ def closure(*start: str) -> set[Path]:
     todo = list(start)
     while todo:
         module = todo.pop()
-        path = _module_file(module)
+        path = module_file(module)
         if path is None or path in files:
             continue
         files.add(path)
         parts = module.split(".")
         todo.extend(".".join(parts[:i]) for i in range(1, len(parts)))  # importing a.b.c runs a and a.b
-        todo.extend(_imports(path, module))
+        todo.extend(imports_of(path, module))
     return files
 
 

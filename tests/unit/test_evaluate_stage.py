@@ -10,7 +10,7 @@ from mlflow.tracking import MlflowClient
 
 from dualtoken.apps.ablation import main as ablation_main
 from dualtoken.apps.evaluate import main as evaluate_main
-from dualtoken.config import ConfigError
+from dualtoken.schema import ConfigError
 from stages.cli import main as cli
 from tiny import TOKENIZER
 

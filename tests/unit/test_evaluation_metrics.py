@@ -8,18 +8,19 @@ import scipy.linalg
 import torch
 from skimage.metrics import peak_signal_noise_ratio, structural_similarity
 
-from dualtoken.config import AblationConfig, TokenizerConfig
 from dualtoken.data.texts import TextStats
 from dualtoken.evaluation.ablation import VARIANTS, ablation_table, model_overrides, table_markdown, variant_config
 from dualtoken.evaluation.captioning import caption_scores, coco_tokens
+from dualtoken.evaluation.config import AblationConfig
 from dualtoken.evaluation.distance import frechet_distance
 from dualtoken.evaluation.mllm import score_answers
-from dualtoken.evaluation.reconstruction import psnr, ssim
 from dualtoken.evaluation.tokenizer import teacher_quantized_embedding
-from dualtoken.evaluation.zeroshot import TASKS, zero_shot
+from dualtoken.metrics.reconstruction import psnr, ssim
+from dualtoken.metrics.zeroshot import TASKS, zero_shot
 from dualtoken.models.configuration import named_config
 from dualtoken.models.dualtoken import DualTokenModel
 from dualtoken.tokenization.stats import code_statistics, depth_histogram
+from dualtoken.training.tokenizer_config import TokenizerConfig
 from tiny import tiny_split, tiny_teacher, tiny_tokenizer_config
 
 
@@ -188,7 +189,7 @@ def test_single_codebook_model_decodes_its_semantic_codes_and_round_trips(tmp_pa
 
 def test_tiny_split_feeds_every_zero_shot_task_with_a_label():
     split = tiny_split(40)
-    from dualtoken.evaluation.zeroshot import label_of
+    from dualtoken.metrics.zeroshot import label_of
 
     counts = {t.name: sum(label_of(t.name, m) is not None for m in split.meta) for t in TASKS}
     assert counts["count"] == sum(m["attributes"].get("kind") == "shapes" for m in split.meta) > 0

@@ -4,7 +4,6 @@ what, codes always in range, guidance at scale 1 equal to no guidance, save/load
 import pytest
 import torch
 
-from dualtoken.config import SamplingConfig
 from dualtoken.data.sequences import (
     IGNORE,
     TASKS,
@@ -17,6 +16,7 @@ from dualtoken.data.sequences import (
 from dualtoken.models.depth_head import CodeEmbedding, filter_logits, sample_logits
 from dualtoken.models.mllm import DualTokenMLLM
 from dualtoken.models.mllm_generation import answer, generate_codes
+from dualtoken.models.sampling import SamplingConfig
 from tiny import tiny_mllm, tiny_text_tokenizer, tiny_token_columns, write_token_corpus
 
 GRID, DEPTH, BOOK = 2, 2, 32

@@ -10,11 +10,12 @@ import torch
 from mlflow.tracking import MlflowClient
 from PIL import Image
 
-from dualtoken.apps.inference import load_mllm
 from dualtoken.apps.mllm import check_tasks
-from dualtoken.config import ConfigError, MllmConfig
 from dualtoken.data.texts import TextStats
 from dualtoken.models.mllm import DualTokenMLLM
+from dualtoken.schema import ConfigError
+from dualtoken.serving.inference import load_mllm
+from dualtoken.training.mllm_config import MllmConfig
 from stages.cli import main as cli
 from tiny import PHASES
 

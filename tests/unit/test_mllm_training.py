@@ -12,12 +12,12 @@ import pytest
 import torch
 from rich.console import Console
 
-from dualtoken.config import MllmConfig
 from dualtoken.data import tokens as tokens_module
 from dualtoken.data.shards import split_shards
 from dualtoken.data.tokens import read_layout
 from dualtoken.training.distributed import DistContext
 from dualtoken.training.mllm import TokenSource, freeze_for, train_mllm
+from dualtoken.training.mllm_config import MllmConfig
 from tiny import tiny_mllm, tiny_text_tokenizer, write_token_corpus
 
 REPO = Path(__file__).resolve().parents[2]

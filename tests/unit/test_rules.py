@@ -5,7 +5,7 @@ import pytest
 from PIL import Image
 
 from badinputs import huge_png_header, jpeg_bytes, noise_png, png_bytes
-from dualtoken.config import CurateConfig
+from dualtoken.curation.config import CurateConfig
 from dualtoken.curation.rules import REASONS, Curated, Rejected, curate_sample, normalise_caption
 from dualtoken.data.sources import RawSample
 

@@ -6,10 +6,10 @@ import pytest
 import torch
 from rich.console import Console
 
-from dualtoken.config import TeacherConfig
 from dualtoken.data import curated as curated_module
 from dualtoken.data.shards import split_shards
 from dualtoken.text import train_bpe
+from dualtoken.training.config import TeacherConfig
 from dualtoken.training.distributed import DistContext
 from dualtoken.training.teacher import train_teacher
 from tiny import tiny_teacher, write_curated_corpus
@@ -87,7 +87,7 @@ def test_attribute_heads_add_their_loss_and_resume_exactly(tmp_path):
 
 
 def test_attribute_targets_follow_the_zero_shot_labels():
-    from dualtoken.evaluation.zeroshot import TASKS, attribute_targets
+    from dualtoken.metrics.zeroshot import TASKS, attribute_targets
 
     one = {"attributes": {"kind": "shapes", "count": 1, "objects": [{"shape": "star", "colour": "red"}]}}
     two = {"attributes": {"kind": "shapes", "count": 2, "objects": [{"shape": "star", "colour": "red"}] * 2}}
@@ -108,7 +108,7 @@ def test_every_attribute_head_gets_a_gradient_even_without_labels_in_the_batch()
     still give the digit head a (zero) gradient, and the labelled heads the mean cross-entropy of their labels."""
     import torch.nn.functional as F
 
-    from dualtoken.evaluation.zeroshot import TASKS
+    from dualtoken.metrics.zeroshot import TASKS
     from dualtoken.training.teacher import TeacherObjective, sigmoid_loss
 
     model = tiny_teacher()

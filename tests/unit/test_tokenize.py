@@ -15,12 +15,13 @@ import webdataset as wds
 from mlflow.tracking import MlflowClient
 
 from dualtoken.apps.tokenize import main as tokenize_main
-from dualtoken.config import StorageConfig, parse_config
+from dualtoken.config import parse_config
 from dualtoken.data.curated import from_model_output, read_images, to_model_input
 from dualtoken.data.tokens import CorruptTokens, TokenLayout, read_layout, read_token_split
-from dualtoken.evaluation.reconstruction import psnr
+from dualtoken.metrics.reconstruction import psnr
 from dualtoken.models.dualtoken import DualTokenCodes
 from dualtoken.partition import WorkSlice
+from dualtoken.storage import StorageConfig
 from dualtoken.tokenization.job import IncompleteTokenization, Settings, ShardStore, make_plan, tokenize_slice
 from dualtoken.tokenization.verify import VerificationFailed
 from tiny import saved_tiny_tokenizer, write_curated_corpus

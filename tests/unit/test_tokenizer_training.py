@@ -9,8 +9,8 @@ from rich.console import Console
 from dualtoken.data import curated as curated_module
 from dualtoken.data.curated import to_model_input
 from dualtoken.data.shards import split_shards
-from dualtoken.evaluation.reconstruction import psnr, ssim
 from dualtoken.evaluation.tokenizer import codebook_usage
+from dualtoken.metrics.reconstruction import psnr, ssim
 from dualtoken.models.dualtoken import DualTokenModel
 from dualtoken.training.distributed import DistContext
 from dualtoken.training.tokenizer import train_tokenizer
@@ -143,18 +143,23 @@ def test_lpips_loads_a_weight_file_strictly_and_measures_distance(tmp_path):
 
 
 def test_tokenizer_overrides_are_checked_against_the_model_config(tmp_path):
-    from dualtoken.apps.tokenizer import build_model
-    from dualtoken.config import ConfigError, parse_config
+    from dualtoken.config import parse_config
+    from dualtoken.schema import ConfigError
+    from dualtoken.training.tokenizer import build_tokenizer_model
 
     base = {"data": {"sources": [{"kind": "demo"}]}}
     teacher = tiny_teacher().vision_model
     with pytest.raises(ConfigError, match=r"tokenizer\.overrides\.layr_pixel: unknown key"):
-        build_model(parse_config({**base, "tokenizer": {"overrides": {"layr_pixel": 1}}}), teacher)
+        build_tokenizer_model(
+            parse_config({**base, "tokenizer": {"overrides": {"layr_pixel": 1}}}).tokenizer, teacher)
     with pytest.raises(ConfigError, match=r"tokenizer\.overrides: .*layer_semantic"):
-        build_model(parse_config({**base, "tokenizer": {"overrides": {"layer_semantic": 7}}}), teacher)
+        build_tokenizer_model(
+            parse_config({**base, "tokenizer": {"overrides": {"layer_semantic": 7}}}).tokenizer, teacher)
     with pytest.raises(ConfigError, match=r"tokenizer\.architecture: unknown tokenizer config"):
-        build_model(parse_config({**base, "tokenizer": {"architecture": "vit-huge"}}), teacher)
-    model = build_model(parse_config({**base, "tokenizer": {"overrides": {**TOKENIZER, "pixel_depth": 3}}}), teacher)
+        build_tokenizer_model(
+            parse_config({**base, "tokenizer": {"architecture": "vit-huge"}}).tokenizer, teacher)
+    model = build_tokenizer_model(
+        parse_config({**base, "tokenizer": {"overrides": {**TOKENIZER, "pixel_depth": 3}}}).tokenizer, teacher)
     assert model.config.pixel_depth == 3 and model.config.vision_config.image_size == 32  # the teacher's tower wins
 
 

@@ -16,20 +16,20 @@ from typing import Any
 from PIL import Image
 from rich.console import Console
 
-from dualtoken.apps.tokenizer import build_model
-from dualtoken.apps.training import CurveLog, log_final_metrics, setup_process, tracked, write_metrics
-from dualtoken.config import Config, ConfigError
+from dualtoken.application import CurveLog, log_final_metrics, setup_process, tracked, write_metrics
+from dualtoken.config import Config
 from dualtoken.data.curated import corpus_digest, read_images
 from dualtoken.data.shards import split_shards
 from dualtoken.evaluation.ablation import VARIANTS, variant_config
 from dualtoken.evaluation.features import feature_extractor
-from dualtoken.evaluation.reconstruction import image_grid
 from dualtoken.evaluation.tokenizer import code_usage, reconstruct_split, reconstruction_quality, zero_shot_paths
+from dualtoken.metrics.reconstruction import image_grid
 from dualtoken.models.configuration import named_config
 from dualtoken.models.teacher import checkpoint_digest, load_teacher
+from dualtoken.schema import ConfigError
 from dualtoken.training.distributed import shutdown_distributed
 from dualtoken.training.run import save_folder_atomically
-from dualtoken.training.tokenizer import train_tokenizer
+from dualtoken.training.tokenizer import build_tokenizer_model, train_tokenizer
 
 PREVIEW_IMAGES = 8
 
@@ -51,7 +51,7 @@ def main(cfg: Config, variant: str, console: Console | None = None) -> dict[str,
         if not (Path(cfg.teacher.output_dir) / "config.json").is_file():
             raise FileNotFoundError(f"no teacher in {cfg.teacher.output_dir}: run the teacher stage first")
         teacher, text_tokenizer = load_teacher(cfg.teacher.output_dir)
-        model = build_model(cfg_v, teacher.vision_model)
+        model = build_tokenizer_model(t, teacher.vision_model)
         curated = cfg.curated(t.input)
         data = corpus_digest(curated, cfg.storage)
         identity = {"tokenizer": t.training_identity(), "seed": cfg.seed,

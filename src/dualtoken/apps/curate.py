@@ -45,7 +45,7 @@ def main(cfg: Config, console: Console | None = None, part: WorkSlice | None = N
                       f"({sum(not s.reused for _, s in units)} processed, {sum(s.reused for _, s in units)} "
                       f"already done) in {cfg.curate.work_dir}. When every slice has finished: dvc repro curate")
         return None
-    with stage_run(STAGE, cfg, sections=("seed", "data", "curate")) as run:
+    with stage_run(STAGE, cfg.tracking, cfg.model_dump(mode="json", include={"seed", "data", "curate"})) as run:
         try:
             outputs = run_curation(cfg, console)
         except ValidationFailed:

@@ -21,12 +21,10 @@ from typing import Any
 import torch
 from rich.console import Console
 
-from dualtoken.apps.inference import load_mllm
-from dualtoken.apps.mllm import check_layout
-from dualtoken.apps.training import log_final_metrics, setup_process, tracked, write_metrics
-from dualtoken.config import Config, ConfigError, ProcessConfig
+from dualtoken.application import log_final_metrics, setup_process, tracked, write_metrics
+from dualtoken.config import Config
 from dualtoken.data.curated import from_model_output, read_images
-from dualtoken.data.tokens import read_text_stats, read_token_split
+from dualtoken.data.tokens import check_layout, read_text_stats, read_token_split
 from dualtoken.evaluation.ablation import ablation_table, table_markdown
 from dualtoken.evaluation.features import feature_extractor
 from dualtoken.evaluation.mllm import caption_quality, generation_quality, generation_rows, vqa_accuracy
@@ -35,8 +33,11 @@ from dualtoken.evaluation.tokenizer import code_usage, reconstruct_split, recons
 from dualtoken.models.lpips import LPIPS
 from dualtoken.models.mllm_generation import generate_codes
 from dualtoken.models.teacher import checkpoint_digest, load_teacher
+from dualtoken.schema import ConfigError
+from dualtoken.serving.inference import load_mllm
 from dualtoken.storage import atomic_write
 from dualtoken.tracking import run_url
+from dualtoken.training.config import ProcessConfig
 from dualtoken.training.distributed import shutdown_distributed
 
 STAGE = "evaluate"
@@ -99,7 +100,7 @@ def measure(cfg: Config, device: torch.device, console: Console) -> tuple[dict[s
         raise ConfigError(f"mllm.tokenizer: {visual_path} is not the DualToken tokenizer {cfg.mllm.output_dir} was "
                           "trained with (SHA-256 differs): rerun the mllm stage or point mllm.tokenizer at it")
     tokens_root = cfg.mllm.tokens or cfg.tokenize.output_dir
-    check_layout(tokens_root, visual, cfg.storage)
+    check_layout(tokens_root, visual.config, cfg.storage)
     console.print(f"\\[evaluate] the first {len(held_out)} images of the {e.split} split; features for Fréchet "
                   f"distances: {extractor.name}")
     r = reconstruct_split(visual, held_out.images, e.batch_size, device)

@@ -18,21 +18,24 @@ from typing import Any
 from rich.console import Console
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PreTrainedModel
 
-from dualtoken.apps.training import CurveLog, log_final_metrics, setup_process, tracked, write_metrics
-from dualtoken.config import Config, ConfigError, MllmConfig, StorageConfig
+from dualtoken.application import CurveLog, log_final_metrics, setup_process, tracked, write_metrics
+from dualtoken.config import Config
 from dualtoken.data.curated import iter_metas
+from dualtoken.data.sequences import SPECIAL_TOKENS
 from dualtoken.data.shards import read_shard_index, split_shards
 from dualtoken.data.texts import TextStats, corpus_texts
-from dualtoken.data.tokens import TokenSplit, read_layout, read_text_stats, read_token_split
+from dualtoken.data.tokens import STREAMS, TokenSplit, check_layout, read_layout, read_text_stats, read_token_split
 from dualtoken.evaluation.mllm import generation_quality, generation_rows, vqa_accuracy
 from dualtoken.models.dualtoken import DualTokenModel
-from dualtoken.models.mllm import SPECIAL_TOKENS, STREAMS, DualTokenMLLM, DualTokenMLLMConfig
+from dualtoken.models.mllm import DualTokenMLLM, DualTokenMLLMConfig
 from dualtoken.models.teacher import checkpoint_digest, load_teacher
-from dualtoken.storage import location
+from dualtoken.schema import ConfigError
+from dualtoken.storage import StorageConfig, location
 from dualtoken.text import train_bpe
 from dualtoken.tracking import log_dataset, run_url
 from dualtoken.training.distributed import shutdown_distributed
 from dualtoken.training.mllm import TokenSource, train_mllm
+from dualtoken.training.mllm_config import MllmConfig
 from dualtoken.training.run import save_folder_atomically
 
 STAGE = "mllm"
@@ -77,16 +80,6 @@ def build_model(cfg: MllmConfig, tokenizer: Any, visual: DualTokenModel, tokeniz
     return DualTokenMLLM.from_parts(llm, config, {s: quantizers[s].codebooks.detach().float() for s in STREAMS})
 
 
-def check_layout(root: str, visual: DualTokenModel, storage: StorageConfig | None = None) -> None:
-    layout = read_layout(root, storage)
-    expected = {"grid": [visual.config.grid_size] * 2, "pixel": visual.config.pixel_depth,
-                "semantic": visual.config.semantic_depth}
-    found = {"grid": list(layout.grid), "pixel": layout.pixel.depth, "semantic": layout.semantic.depth}
-    if found != expected:
-        raise ConfigError(f"the token corpus {root} ({found}) was not written by the tokenizer given ({expected}): "
-                          "rerun the tokenize stage or point mllm.tokens / mllm.tokenizer at a matching pair")
-
-
 def check_tasks(cfg: MllmConfig, texts: TextStats) -> None:
     """Every task a selected phase asks for has items in the training split (your own data may have no QA)."""
     selected = {p.name for p in cfg.selected_phases()}
@@ -111,7 +104,7 @@ def main(cfg: Config, console: Console | None = None) -> dict[str, Any]:
             raise FileNotFoundError(f"no DualToken tokenizer in {visual_path}: run the tokenizer stage first "
                                     "(dvc repro tokenizer) or set mllm.tokenizer")
         visual = DualTokenModel.from_pretrained(visual_path, local_files_only=True).eval()
-        check_layout(tokens_root, visual, cfg.storage)
+        check_layout(tokens_root, visual.config, cfg.storage)
         train = split_shards(tokens_root, "train", cfg.storage)
         texts = read_text_stats(tokens_root, "train", cfg.storage)
         check_tasks(m, texts)
@@ -153,7 +146,7 @@ def main(cfg: Config, console: Console | None = None) -> dict[str, Any]:
 
             log_final_metrics({k: v for k, v in metrics.items() if k != "final"}, step=metrics["steps"])
             mlflow.log_artifact(m.metrics_path, artifact_path="mllm")
-            from dualtoken.registry import log_mllm
+            from dualtoken.serving.registry import log_mllm
 
             model_uri = log_mllm(out, visual_path, m.register_as)
             url = run_url(cfg.tracking, run.info.run_id)
@@ -188,7 +181,7 @@ def evaluate(cfg: Config, model: DualTokenMLLM, tokenizer: Any, visual: DualToke
         if len(pictures):
             import mlflow
 
-            from dualtoken.evaluation.reconstruction import image_grid
+            from dualtoken.metrics.reconstruction import image_grid
 
             shown = pictures[: max(8, len(pictures) // 8 * 8)][:32]
             mlflow.log_image(image_grid(list(shown.split(8))).numpy(), key="generated", step=0)

@@ -13,11 +13,12 @@ from typing import Any
 
 from rich.console import Console
 
-from dualtoken.apps.training import CurveLog, log_final_metrics, setup_process, tracked, write_metrics
-from dualtoken.config import Config, ConfigError
+from dualtoken.application import CurveLog, log_final_metrics, setup_process, tracked, write_metrics
+from dualtoken.config import Config
 from dualtoken.data.curated import corpus_digest, iter_metas, read_images
 from dualtoken.data.shards import split_shards
 from dualtoken.models.teacher import checkpoint_digest, load_teacher, new_teacher, scratch_config, vision_config_of
+from dualtoken.schema import ConfigError
 from dualtoken.storage import location
 from dualtoken.text import train_bpe
 from dualtoken.tracking import log_dataset, run_url

@@ -22,7 +22,7 @@ from typing import Any
 
 from rich.console import Console
 
-from dualtoken.apps.training import log_final_metrics, setup_process, tracked, write_metrics
+from dualtoken.application import log_final_metrics, setup_process, tracked, write_metrics
 from dualtoken.config import Config
 from dualtoken.data.curated import corpus_digest
 from dualtoken.data.loader import default_workers

@@ -8,7 +8,6 @@ the model, registered as ``tokenizer.register_as``.
 
 from __future__ import annotations
 
-import inspect
 import time
 from pathlib import Path
 from typing import Any
@@ -16,43 +15,20 @@ from typing import Any
 import torch
 from rich.console import Console
 
-from dualtoken.apps.training import CurveLog, log_final_metrics, setup_process, tracked, write_metrics
-from dualtoken.config import Config, ConfigError
+from dualtoken.application import CurveLog, log_final_metrics, setup_process, tracked, write_metrics
+from dualtoken.config import Config
 from dualtoken.data.curated import corpus_digest, read_images
 from dualtoken.data.shards import split_shards
 from dualtoken.evaluation.tokenizer import evaluate_tokenizer
-from dualtoken.models.configuration import DualTokenConfig, named_config
-from dualtoken.models.dualtoken import DualTokenModel
 from dualtoken.models.teacher import checkpoint_digest, load_teacher
 from dualtoken.storage import location
 from dualtoken.tracking import log_dataset, run_url
 from dualtoken.training.distributed import shutdown_distributed
 from dualtoken.training.run import save_folder_atomically
-from dualtoken.training.tokenizer import reconstruction_grid, train_tokenizer
+from dualtoken.training.tokenizer import build_tokenizer_model, reconstruction_grid, train_tokenizer
 
 STAGE = "tokenizer"
 PREVIEW_IMAGES = 8
-
-
-def build_model(cfg: Config, teacher_tower: Any) -> DualTokenModel:
-    t = cfg.tokenizer
-    if t.init_from:
-        if not (Path(t.init_from) / "config.json").is_file():
-            raise ConfigError(f"tokenizer.init_from: {t.init_from} is not a saved DualToken model (no config.json)")
-        return DualTokenModel.from_pretrained(t.init_from, local_files_only=True)
-    known = set(inspect.signature(DualTokenConfig.__init__).parameters) - {"self", "kwargs", "vision_config"}
-    for key in sorted(set(t.overrides) - known):
-        raise ConfigError(f"tokenizer.overrides.{key}: unknown key; DualTokenConfig has {sorted(known)}")
-    try:
-        base = named_config(t.architecture)
-        model = DualTokenModel.from_siglip(teacher_tower, base, **t.overrides)
-    except (ValueError, TypeError) as err:
-        key = "tokenizer.architecture" if "unknown tokenizer config" in str(err) else "tokenizer.overrides"
-        raise ConfigError(f"{key}: {err}") from None
-    if model.config.single_codebook and t.stage != 1:
-        raise ConfigError(f"tokenizer.stage: stage {t.stage} freezes one of two branches; a single_codebook model "
-                          "has one: use stage 1")
-    return model
 
 
 def main(cfg: Config, console: Console | None = None) -> dict[str, Any]:
@@ -64,7 +40,7 @@ def main(cfg: Config, console: Console | None = None) -> dict[str, Any]:
             raise FileNotFoundError(f"no teacher in {cfg.teacher.output_dir}: run the teacher stage first "
                                     "(dvc repro teacher)")
         teacher, text_tokenizer = load_teacher(cfg.teacher.output_dir)
-        model = build_model(cfg, teacher.vision_model)
+        model = build_tokenizer_model(cfg.tokenizer, teacher.vision_model)
         curated = cfg.curated(t.input)
         data = corpus_digest(curated, cfg.storage)
         identity = {"tokenizer": t.training_identity(),
@@ -110,7 +86,7 @@ def main(cfg: Config, console: Console | None = None) -> dict[str, Any]:
             log_final_metrics(metrics, step=t.steps)
             log_grid(t.steps, reconstruction_grid(model, preview, ctx.device))
             mlflow.log_artifact(t.metrics_path, artifact_path="tokenizer")
-            from dualtoken.registry import log_tokenizer
+            from dualtoken.serving.registry import log_tokenizer
 
             model_uri = log_tokenizer(out, t.register_as)
             url = run_url(cfg.tracking, run.info.run_id)

@@ -26,15 +26,17 @@ from typing import BinaryIO
 
 import numpy as np
 
-from dualtoken.config import Config, CurateConfig, Source, StorageConfig
+from dualtoken.config import Config
+from dualtoken.curation.config import CurateConfig
 from dualtoken.curation.phash import hamming, near_duplicates
 from dualtoken.curation.rules import Curated, Rejected, curate_sample
 from dualtoken.curation.split import assign_split
+from dualtoken.data.config import Source
 from dualtoken.data.sources import InputShard, iter_shard, plan_shards, unit_fingerprint
 from dualtoken.data.tarstream import RollingTarWriter
 from dualtoken.errors import AccountingError
 from dualtoken.partition import WorkSlice
-from dualtoken.storage import atomic_write
+from dualtoken.storage import StorageConfig, atomic_write
 
 SPLITS = ("train", "val", "test")
 _UNSAFE_KEY = re.compile(r"[^A-Za-z0-9_-]")

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from dualtoken.config import CurateConfig
+from dualtoken.curation.config import CurateConfig
 from dualtoken.curation.phash import phash
 from dualtoken.data.sources import IMAGE_EXTENSIONS, RawSample
 

@@ -22,12 +22,11 @@ import torch
 from PIL import Image
 from torch.utils.data import get_worker_info
 
-from dualtoken.config import StorageConfig
 from dualtoken.data.loader import RawSample
 from dualtoken.data.shards import shard_urls
 from dualtoken.data.tarstream import iter_shard_samples
 from dualtoken.errors import DualtokenError
-from dualtoken.storage import is_s3, join_uri, open_read
+from dualtoken.storage import StorageConfig, is_s3, join_uri, open_read
 
 IMAGE_EXTENSIONS = ("png", "jpg", "jpeg", "webp")
 

@@ -43,12 +43,11 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from dualtoken.config import StorageConfig
 from dualtoken.data.shards import Shard, decode_offsets
 from dualtoken.data.stream import Emitter, StreamOrder
 from dualtoken.data.tarstream import iter_range_samples
 from dualtoken.errors import DualtokenError
-from dualtoken.storage import read_bytes, read_range
+from dualtoken.storage import StorageConfig, read_bytes, read_range
 
 
 class CorruptSample(DualtokenError, ValueError):

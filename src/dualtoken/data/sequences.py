@@ -5,6 +5,9 @@
              ... </image> Q1 A1 </s> Q2 A2 </s> ...                   with ``vqa_turns`` > 1: loss on each A </s>
     t2i:     <s> CAPTION <image_gen_start> [codes x N] <image_gen_end> </s>   loss on the N positions' codes
 
+This module owns that format: the special tokens (``SPECIAL_TOKENS``, added to the LM's text tokenizer) and
+the prefixes generation starts from; the model (``dualtoken.models.mllm``) and the sampler read them here.
+
 Each task reads its own streams of the token corpus (``dualtoken.data.stream``: one per data-parallel
 stream, a seed per phase and task), so every task sees every sample once per epoch of that task; VQA streams
 pass over samples without questions. A worker decodes the codes and tokenises one caption and up to
@@ -30,8 +33,11 @@ from torch import Tensor
 from dualtoken.data.curated import sample_meta
 from dualtoken.data.loader import RawSample
 from dualtoken.data.tokens import TokenLayout, read_codes
-from dualtoken.models.mllm import GEN_END, GEN_START, IMAGE_END, IMAGE_START, IMAGE_TOKEN
 
+IMAGE_START, IMAGE_END = "<image>", "</image>"
+GEN_START, GEN_END = "<image_gen_start>", "<image_gen_end>"
+IMAGE_TOKEN = "<image_pad>"  # the placeholder at every visual position
+SPECIAL_TOKENS = (IMAGE_START, IMAGE_END, GEN_START, GEN_END, IMAGE_TOKEN)  # added to the LM's text tokenizer
 TASKS = ("caption", "vqa", "t2i")
 IGNORE = -100
 

@@ -17,9 +17,8 @@ from typing import Any
 
 import numpy as np
 
-from dualtoken.config import StorageConfig
 from dualtoken.errors import DualtokenError
-from dualtoken.storage import atomic_write, is_s3, join_uri, read_bytes
+from dualtoken.storage import StorageConfig, atomic_write, is_s3, join_uri, read_bytes
 
 SPLITS = ("train", "val", "test")
 INDEX = "shards.json"

@@ -17,11 +17,11 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from dualtoken.config import DemoSource, FolderSource, MnistSource, Source, StorageConfig, WebDatasetSource
+from dualtoken.data.config import DemoSource, FolderSource, MnistSource, Source, WebDatasetSource
 from dualtoken.data.mnist import generate_digit
 from dualtoken.data.synthetic import Example, generate_example
 from dualtoken.data.tarstream import iter_tar_samples
-from dualtoken.storage import StorageError, expand_urls, is_s3, open_read, s3_client, split_s3
+from dualtoken.storage import StorageConfig, StorageError, expand_urls, is_s3, open_read, s3_client, split_s3
 
 IMAGE_EXTENSIONS = ("png", "jpg", "jpeg", "webp")
 

@@ -24,12 +24,12 @@ from typing import Any
 import numpy as np
 import torch
 
-from dualtoken.config import StorageConfig
 from dualtoken.data.shards import read_shard_index, shard_urls
 from dualtoken.data.tarstream import iter_shard_samples
 from dualtoken.data.texts import TextStats
 from dualtoken.errors import DualtokenError
-from dualtoken.storage import open_read
+from dualtoken.schema import ConfigError
+from dualtoken.storage import StorageConfig, open_read
 
 FORMAT = "dualtoken-codes/1"
 STREAMS = ("pixel", "semantic")
@@ -211,3 +211,15 @@ def read_token_split(root: str | Path, split: str, limit: int, storage: StorageC
         raise ValueError(f"split {split!r} under {root} is empty")
     return TokenSplit(keys, torch.from_numpy(np.stack(pixel).astype(np.int64)),
                       torch.from_numpy(np.stack(semantic).astype(np.int64)), meta)
+
+
+def check_layout(root: str, tokenizer_config: Any, storage: StorageConfig | None = None) -> None:
+    """The token corpus at ``root`` was written by a tokenizer of this configuration (``DualTokenConfig``): same
+    grid and code depths, else a configuration error saying how to get a matching pair."""
+    layout = read_layout(root, storage)
+    expected = {"grid": [tokenizer_config.grid_size] * 2, "pixel": tokenizer_config.pixel_depth,
+                "semantic": tokenizer_config.semantic_depth}
+    found = {"grid": list(layout.grid), "pixel": layout.pixel.depth, "semantic": layout.semantic.depth}
+    if found != expected:
+        raise ConfigError(f"the token corpus {root} ({found}) was not written by the tokenizer given ({expected}): "
+                          "rerun the tokenize stage or point mllm.tokens / mllm.tokenizer at a matching pair")

@@ -11,8 +11,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from dualtoken.config import AblationConfig, TokenizerConfig
+from dualtoken.evaluation.config import AblationConfig
 from dualtoken.models.configuration import DualTokenConfig
+from dualtoken.training.tokenizer_config import TokenizerConfig
 
 
 @dataclass(frozen=True)

@@ -12,16 +12,16 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from dualtoken.config import SamplingConfig
 from dualtoken.data.curated import from_model_output, to_model_input
 from dualtoken.data.texts import normalise
 from dualtoken.data.tokens import TokenSplit
 from dualtoken.evaluation.captioning import caption_scores
 from dualtoken.evaluation.distance import frechet_distance
 from dualtoken.evaluation.features import FeatureExtractor
-from dualtoken.evaluation.zeroshot import TASKS, embed_in_batches, label_of, zero_shot
+from dualtoken.metrics.zeroshot import TASKS, embed_in_batches, label_of, zero_shot
 from dualtoken.models.mllm import DualTokenMLLM
 from dualtoken.models.mllm_generation import answer, generate_codes
+from dualtoken.models.sampling import SamplingConfig
 from dualtoken.models.teacher import image_embedder, text_embedder
 
 EXAMPLES = 8

@@ -11,8 +11,8 @@ from PIL import Image
 
 from dualtoken.config import Config
 from dualtoken.evaluation.ablation import VARIANTS, table_markdown
-from dualtoken.evaluation.reconstruction import image_grid
 from dualtoken.evaluation.report import Raw, Section, figure, img, line_plot, paragraph, render, table
+from dualtoken.metrics.reconstruction import image_grid
 from dualtoken.tracking import git_commit
 
 

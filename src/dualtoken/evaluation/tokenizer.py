@@ -18,8 +18,8 @@ from transformers import PreTrainedTokenizerBase, SiglipModel
 from dualtoken.data.curated import CuratedSplit, from_model_output, to_model_input
 from dualtoken.evaluation.distance import frechet_distance
 from dualtoken.evaluation.features import FeatureExtractor
-from dualtoken.evaluation.reconstruction import psnr, ssim
-from dualtoken.evaluation.zeroshot import embed_in_batches, zero_shot
+from dualtoken.metrics.reconstruction import psnr, ssim
+from dualtoken.metrics.zeroshot import embed_in_batches, zero_shot
 from dualtoken.models.dualtoken import DualTokenModel
 from dualtoken.models.teacher import image_embedder, text_embedder
 from dualtoken.tokenization.stats import code_statistics, depth_histogram

@@ -18,11 +18,11 @@ import re
 import secrets
 import shlex
 import time
-from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any
 
+from dualtoken.launch.config import KubernetesSite, StageLaunch
 from dualtoken.launch.job import (
     JobResult,
     JobSpec,
@@ -37,33 +37,6 @@ from dualtoken.launch.manifests import policy_problems, render_template
 JOBSET = ("jobset.x-k8s.io", "v1alpha2", "jobsets")
 REQUEST_TIMEOUT = (10, 60)  # seconds to connect, to read: a half-open connection must not hang the flow
 INDEX_ANNOTATION = "batch.kubernetes.io/job-completion-index"
-
-
-@dataclass(frozen=True)
-class KubernetesSettings:
-    """Site settings (``launch.kubernetes``) and this job's resources (``launch.stages.<stage>``)."""
-
-    templates: Path
-    namespace: str = "default"
-    context: str | None = None
-    image: str = "dualtoken:latest"
-    image_pull_policy: str = "IfNotPresent"
-    service_account: str | None = None
-    workspace_claim: str | None = None
-    workspace_path: str = "/workspace"
-    shm_size: str = "16Gi"
-    node_selector: Mapping[str, str] = field(default_factory=dict)
-    tolerations: tuple[Mapping[str, Any], ...] = ()
-    env_from_secrets: tuple[str, ...] = ()
-    secret_env: Mapping[str, tuple[str, str]] = field(default_factory=dict)  # variable -> (secret, key)
-    multi_node: str = "indexed-job"  # or "jobset"
-    rdzv_port: int = 29500
-    ttl_after_finished_s: int = 86_400
-    poll_s: float = 10.0
-    nodes: int = 1
-    gpus_per_node: int = 0
-    cpus_per_task: int = 1
-    mem: str | None = None  # Slurm's notation (64G = 64 GiB), translated to Kubernetes quantities
 
 
 def k8s_memory(mem: str) -> str:
@@ -105,8 +78,13 @@ class _Tracked:
 
 
 class KubernetesBackend:
-    def __init__(self, settings: KubernetesSettings, log_dir: str | Path, api_client: Any = None) -> None:
-        self.settings = settings
+    """Runs one stage's jobs: ``site`` is ``launch.kubernetes`` (the templates are taken from ``workspace``), ``job``
+    the stage's resources (``launch.stages.<stage>``)."""
+
+    def __init__(self, site: KubernetesSite, job: StageLaunch, workspace: Path, log_dir: str | Path,
+                 api_client: Any = None) -> None:
+        self.site, self.job = site, job
+        self.templates = workspace / site.templates
         self.log_dir = Path(log_dir)
         self._api = api_client  # tests pass one pointed at an emulator; else from kubeconfig / in-cluster
         self._jobs: dict[str, _Tracked] = {}
@@ -121,10 +99,10 @@ class KubernetesBackend:
 
     def manifests(self, spec: JobSpec, name: str) -> list[dict[str, Any]]:
         """The objects to create, in order (headless Service first for a multi-node indexed Job)."""
-        s = self.settings
-        multi = s.nodes > 1
+        s, r = self.site, self.job
+        multi = r.nodes > 1
         if multi and spec.worker_command is None:
-            raise LaunchError(f"job {spec.name!r} cannot span {s.nodes} nodes on Kubernetes: it has no worker "
+            raise LaunchError(f"job {spec.name!r} cannot span {r.nodes} nodes on Kubernetes: it has no worker "
                               "command for the other pods (the ablation stage, for one, runs on one node)")
         if multi and spec.array:
             raise LaunchError(f"job {spec.name!r}: an array's tasks run one pod each; nodes must be 1")
@@ -139,19 +117,19 @@ class KubernetesBackend:
         command = list(spec.command)
         if multi:
             first = f"{name}-0" if s.multi_node == "indexed-job" else f"{name}-node-0-0"
-            env += [{"name": "DUALTOKEN_NNODES", "value": str(s.nodes)},
+            env += [{"name": "DUALTOKEN_NNODES", "value": str(r.nodes)},
                     {"name": "DUALTOKEN_RDZV_ENDPOINT", "value": f"{first}.{name}:{s.rdzv_port}"},
                     {"name": "DUALTOKEN_RDZV_ID", "value": name}]
             first_pod, other_pods = shlex.join(spec.command), shlex.join(spec.worker_command or ())
             command = ["/bin/sh", "-c", f'if [ "${{JOB_COMPLETION_INDEX:-0}}" = 0 ]; then exec {first_pod}; '
                                         f"else exec {other_pods}; fi"]
-        env += [{"name": var, "valueFrom": {"secretKeyRef": {"name": secret, "key": key}}}
-                for var, (secret, key) in s.secret_env.items()]
-        resources = {"cpu": str(s.cpus_per_task)}
-        if s.mem:
-            resources["memory"] = k8s_memory(s.mem)
-        if s.gpus_per_node:
-            resources["nvidia.com/gpu"] = str(s.gpus_per_node)
+        env += [{"name": var, "valueFrom": {"secretKeyRef": {"name": ref.secret, "key": ref.key}}}
+                for var, ref in s.secret_env.items()]
+        resources = {"cpu": str(r.cpus_per_task)}
+        if r.mem:
+            resources["memory"] = k8s_memory(r.mem)
+        if r.gpus_per_node:
+            resources["nvidia.com/gpu"] = str(r.gpus_per_node)
         volumes = [{"name": "shm", "emptyDir": {"medium": "Memory", "sizeLimit": s.shm_size}}]
         mounts = [{"name": "shm", "mountPath": "/dev/shm"}]
         if s.workspace_claim:
@@ -159,7 +137,7 @@ class KubernetesBackend:
             mounts.append({"name": "workspace", "mountPath": s.workspace_path})
         values = {
             "name": name, "namespace": s.namespace, "component": re.sub(r"[^A-Za-z0-9_.-]+", "-", spec.name)[:63],
-            "completions": s.nodes if multi else spec.tasks,
+            "completions": r.nodes if multi else spec.tasks,
             "completion_mode": "Indexed" if multi or spec.array else "NonIndexed",
             "time_limit_s": math.ceil(spec.time_limit_s) if spec.time_limit_s else None,
             "ttl_after_finished_s": s.ttl_after_finished_s,
@@ -169,12 +147,12 @@ class KubernetesBackend:
             "image_pull_policy": s.image_pull_policy, "workdir": workdir, "command": command, "env": env,
             "env_from": [{"secretRef": {"name": n}} for n in s.env_from_secrets] or None,
             "resources": resources, "volume_mounts": mounts, "volumes": volumes, "rdzv_port": s.rdzv_port}
-        job = render_template(s.templates / "job.yaml", values)
+        job = render_template(self.templates / "job.yaml", values)
         if not multi:
             return [job]
         if s.multi_node == "indexed-job":
-            return [render_template(s.templates / "service.yaml", values), job]
-        return [render_template(s.templates / "jobset.yaml", {**values, "job_spec": job["spec"]})]
+            return [render_template(self.templates / "service.yaml", values), job]
+        return [render_template(self.templates / "jobset.yaml", {**values, "job_spec": job["spec"]})]
 
     # ------------------------------------------------------------------------------------- the cluster
     def _client(self) -> Any:
@@ -182,12 +160,12 @@ class KubernetesBackend:
             from kubernetes import client, config
 
             try:
-                if self.settings.context is not None:
+                if self.site.context is not None:
                     raise config.ConfigException("a context is named")
                 config.load_incluster_config()
             except config.ConfigException:
                 try:
-                    config.load_kube_config(context=self.settings.context)
+                    config.load_kube_config(context=self.site.context)
                 except (config.ConfigException, OSError) as err:
                     raise LaunchError(f"no Kubernetes configuration ({err}): run inside the cluster with a service "
                                       "account, or point KUBECONFIG / launch.kubernetes.context at one") from None
@@ -216,7 +194,7 @@ class KubernetesBackend:
         problems = [problem for obj in objects for problem in policy_problems(obj)]
         if problems:
             raise LaunchError(f"job {spec.name!r}: its manifest breaks the pod policy:\n  " + "\n  ".join(problems))
-        api, ns = self._client(), self.settings.namespace
+        api, ns = self._client(), self.site.namespace
         created: list[dict[str, Any]] = []
         try:
             for obj in objects:
@@ -248,7 +226,7 @@ class KubernetesBackend:
         from kubernetes import client
 
         pods = self._call(f"list pods of {name}", client.CoreV1Api(self._client()).list_namespaced_pod,
-                          self.settings.namespace, label_selector=f"dualtoken.job={name}").items
+                          self.site.namespace, label_selector=f"dualtoken.job={name}").items
         mine = [p for p in pods if (p.metadata.labels or {}).get("dualtoken.job") == name]
         return sorted(mine, key=lambda p: (int((p.metadata.annotations or {}).get(INDEX_ANNOTATION, 0)),
                                            p.metadata.name))
@@ -258,7 +236,7 @@ class KubernetesBackend:
         from kubernetes import client
         from kubernetes.client.exceptions import ApiException
 
-        tracked, api, ns = self._tracked(job_id), self._client(), self.settings.namespace
+        tracked, api, ns = self._tracked(job_id), self._client(), self.site.namespace
         try:
             if tracked.objects[-1]["kind"] == "Job":
                 status = self._call(f"read Job {job_id}", client.BatchV1Api(api).read_namespaced_job_status,
@@ -295,7 +273,7 @@ class KubernetesBackend:
         for i, pod in enumerate(pods):
             pod_name = pod.metadata.name
             try:
-                text = core.read_namespaced_pod_log(pod_name, self.settings.namespace, container="stage",
+                text = core.read_namespaced_pod_log(pod_name, self.site.namespace, container="stage",
                                                     _request_timeout=REQUEST_TIMEOUT)
             except ApiException:  # not started yet (ContainerCreating) or already gone
                 continue
@@ -319,7 +297,7 @@ class KubernetesBackend:
                 self._clean_up(job_id, tracked, state, on_log)
                 logs = tuple(tracked.logs.values()) or (tracked.log_dir / f"{job_id}.log",)
                 return JobResult(job_id, state, code, logs, time.monotonic() - tracked.started)
-            time.sleep(self.settings.poll_s)
+            time.sleep(self.site.poll_s)
 
     def _clean_up(self, job_id: str, tracked: _Tracked, state: JobState, on_log: LogSink | None) -> None:
         """A succeeded job goes; a failed one stays for ``kubectl describe`` (its TTL removes it) but its
@@ -356,7 +334,7 @@ class KubernetesBackend:
         from kubernetes import client
         from kubernetes.client.exceptions import ApiException
 
-        api, ns = self._client(), self.settings.namespace
+        api, ns = self._client(), self.site.namespace
         for obj in reversed(objects):
             try:
                 if obj["kind"] == "Service":

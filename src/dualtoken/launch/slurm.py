@@ -17,9 +17,9 @@ import re
 import shlex
 import subprocess
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 
+from dualtoken.launch.config import SlurmSite, StageLaunch
 from dualtoken.launch.job import (
     JobResult,
     JobSpec,
@@ -43,22 +43,6 @@ STATES = {"PENDING": JobState.PENDING, "CONFIGURING": JobState.PENDING, "REQUEUE
           "SPECIAL_EXIT": JobState.FAILED, "REVOKED": JobState.CANCELLED}
 RETRIES = 3  # a busy slurmctld answers "Socket timed out" now and then
 TRANSIENT = ("timed out", "unable to contact slurm controller", "connection refused", "slurmdbd")
-
-
-@dataclass(frozen=True)
-class SlurmSettings:
-    """Resources and site options of the jobs one backend submits; None leaves Slurm's default."""
-
-    template: Path
-    nodes: int = 1
-    cpus_per_task: int = 1
-    gpus_per_node: int = 0
-    mem: str | None = None  # e.g. "64G"
-    partition: str | None = None
-    account: str | None = None
-    qos: str | None = None
-    setup: tuple[str, ...] = field(default_factory=tuple)  # shell lines before the command
-    poll_s: float = 2.0
 
 
 def render(template: str, values: dict[str, str]) -> str:
@@ -145,22 +129,26 @@ class _LogTail:
 
 
 class SlurmBackend:
-    def __init__(self, settings: SlurmSettings, log_dir: str | Path) -> None:
-        self.settings = settings
+    """Submits one stage's jobs: ``site`` is ``launch.slurm`` (the template is taken from ``workspace``), ``job``
+    the stage's resources (``launch.stages.<stage>``)."""
+
+    def __init__(self, site: SlurmSite, job: StageLaunch, workspace: Path, log_dir: str | Path) -> None:
+        self.site, self.job = site, job
+        self.template = workspace / site.template
         self.log_dir = Path(log_dir).resolve()
-        if not settings.template.is_file():
-            raise LaunchError(f"sbatch template {settings.template} not found: launch.slurm.template names it "
+        if not self.template.is_file():
+            raise LaunchError(f"sbatch template {self.template} not found: launch.slurm.template names it "
                               "(default infra/slurm/stage.sbatch)")
         self._logs: dict[str, tuple[tuple[Path, ...], bool]] = {}  # job id -> (task logs, whether an array)
         self._ids = itertools.count()
 
     def script(self, spec: JobSpec) -> str:
-        s = self.settings
+        s, r = self.site, self.job
         log_name = self._log_name(spec.name, "%A", "%a") if spec.array else self._log_name(spec.name, "%j")
         values = {"job_name": spec.name, "log_path": str(self.log_dir / log_name),
                   "array": f"0-{spec.array - 1}" if spec.array else "",
-                  "nodes": str(s.nodes), "cpus_per_task": str(s.cpus_per_task),
-                  "gpus_per_node": str(s.gpus_per_node) if s.gpus_per_node else "", "mem": s.mem or "",
+                  "nodes": str(r.nodes), "cpus_per_task": str(r.cpus_per_task),
+                  "gpus_per_node": str(r.gpus_per_node) if r.gpus_per_node else "", "mem": r.mem or "",
                   "time": "", "partition": s.partition or "", "account": s.account or "",
                   "qos": s.qos or "", "workdir": shlex.quote(str(Path(spec.workdir).resolve())),
                   "setup": "\n".join(s.setup),
@@ -168,7 +156,7 @@ class SlurmBackend:
                   "command": shlex.join(spec.command)}
         if spec.time_limit_s is not None:
             values["time"] = str(max(1, math.ceil(spec.time_limit_s / 60)))  # minutes
-        return render(s.template.read_text(), values)
+        return render(self.template.read_text(), values)
 
     def submit(self, spec: JobSpec) -> str:
         self.log_dir.mkdir(parents=True, exist_ok=True)
@@ -213,7 +201,7 @@ class SlurmBackend:
                 on_log(line)
             if state.finished:
                 return JobResult(job_id, state, code, log_paths, time.monotonic() - started)
-            time.sleep(self.settings.poll_s)
+            time.sleep(self.site.poll_s)
 
     def cancel(self, job_id: str) -> None:
         _run(["scancel", job_id])

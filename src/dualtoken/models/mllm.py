@@ -16,13 +16,9 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, PretrainedConfig, PreTrainedModel
 
+from dualtoken.data.sequences import IMAGE_TOKEN
+from dualtoken.data.tokens import STREAMS
 from dualtoken.models.depth_head import CodeEmbedding, DepthHead
-
-STREAMS = ("semantic", "pixel")
-IMAGE_START, IMAGE_END = "<image>", "</image>"
-GEN_START, GEN_END = "<image_gen_start>", "<image_gen_end>"
-IMAGE_TOKEN = "<image_pad>"  # the placeholder at every visual position
-SPECIAL_TOKENS = (IMAGE_START, IMAGE_END, GEN_START, GEN_END, IMAGE_TOKEN)
 
 
 class DualTokenMLLMConfig(PretrainedConfig):

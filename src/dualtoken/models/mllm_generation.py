@@ -15,10 +15,10 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from dualtoken.config import SamplingConfig
 from dualtoken.data.sequences import Vocab, generation_prefix, image_prefix
 from dualtoken.models.depth_head import sample_logits
 from dualtoken.models.mllm import DualTokenMLLM
+from dualtoken.models.sampling import SamplingConfig
 
 
 def _left_pad(rows: list[list[int]], pad: int) -> tuple[Tensor, Tensor]:

@@ -25,7 +25,6 @@ from typing import Any
 import numpy as np
 import torch
 
-from dualtoken.config import StorageConfig
 from dualtoken.data.curated import to_model_input
 from dualtoken.data.shards import offsets_path, read_shard_index
 from dualtoken.data.tarstream import TarWriter
@@ -33,7 +32,7 @@ from dualtoken.data.texts import TOP_ANSWERS, TextStats
 from dualtoken.data.tokens import FORMAT, STREAMS, CorruptTokens, TokenLayout, check_range, sample_parts
 from dualtoken.errors import AccountingError, DualtokenError
 from dualtoken.partition import WorkSlice
-from dualtoken.storage import atomic_write, join_uri
+from dualtoken.storage import StorageConfig, atomic_write, join_uri
 from dualtoken.tokenization.loader import shard_loader
 from dualtoken.tokenization.stats import depth_histogram
 from dualtoken.training.run import save_folder_atomically

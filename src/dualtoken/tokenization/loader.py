@@ -14,9 +14,9 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
-from dualtoken.config import StorageConfig
 from dualtoken.data.curated import CuratedSample, iter_samples
 from dualtoken.data.tokens import CARRIED_PARTS
+from dualtoken.storage import StorageConfig
 
 
 @dataclass

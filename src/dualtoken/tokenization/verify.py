@@ -13,12 +13,12 @@ from typing import Any
 import numpy as np
 import torch
 
-from dualtoken.config import StorageConfig
 from dualtoken.data.curated import from_model_output, iter_samples, to_model_input
 from dualtoken.data.shards import shard_urls
 from dualtoken.data.tokens import iter_token_samples, read_layout
 from dualtoken.errors import DualtokenError
-from dualtoken.evaluation.reconstruction import psnr
+from dualtoken.metrics.reconstruction import psnr
+from dualtoken.storage import StorageConfig
 from dualtoken.tokenization.job import Settings, autocast
 
 

@@ -25,17 +25,17 @@ from typing import Any
 import torch
 from rich.console import Console
 
-from dualtoken.config import MllmConfig, MllmPhase, StorageConfig
 from dualtoken.data.loader import StreamLoader, StreamSpec
 from dualtoken.data.sequences import SequenceBuilder, TokenSampleDecoder, bucket, stream_task_counts
 from dualtoken.data.shards import Shard
 from dualtoken.data.stream import StreamOrder, derived_seed, stream_ids
 from dualtoken.data.tokens import TokenLayout
 from dualtoken.models.mllm import DualTokenMLLM
-from dualtoken.storage import atomic_write
+from dualtoken.storage import StorageConfig, atomic_write
 from dualtoken.training import deepspeed_engine as ds
 from dualtoken.training.distributed import DistContext
 from dualtoken.training.engine import resolve_precision
+from dualtoken.training.mllm_config import MllmConfig, MllmPhase
 from dualtoken.training.run import (
     apply_activation_checkpointing,
     build_optimizer,

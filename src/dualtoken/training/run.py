@@ -15,11 +15,12 @@ from typing import Any
 import torch
 from rich.console import Console
 
-from dualtoken.config import OptimConfig, ProcessConfig, RuntimeConfig, StorageConfig
 from dualtoken.data.loader import Decoder, LoaderSettings, StreamLoader, StreamSpec, default_workers
 from dualtoken.data.shards import Shard
 from dualtoken.data.stream import StreamOrder, stream_ids
+from dualtoken.storage import StorageConfig
 from dualtoken.training.checkpoint import Checkpointer
+from dualtoken.training.config import OptimConfig, ProcessConfig, RuntimeConfig
 from dualtoken.training.distributed import DistContext
 from dualtoken.training.schedule import warmup_cosine_scheduler
 

@@ -18,11 +18,12 @@ from rich.console import Console
 from torch import nn
 from transformers import PreTrainedTokenizerBase, SiglipModel
 
-from dualtoken.config import StorageConfig, TeacherConfig
 from dualtoken.data.curated import CuratedDecoder, CuratedSplit, model_images, to_model_input
 from dualtoken.data.shards import Shard
-from dualtoken.evaluation.zeroshot import TASKS, attribute_targets, embed_in_batches, retrieval_r1, zero_shot
+from dualtoken.metrics.zeroshot import TASKS, attribute_targets, embed_in_batches, retrieval_r1, zero_shot
 from dualtoken.models.teacher import image_embedder, text_embedder, tokenize
+from dualtoken.storage import StorageConfig
+from dualtoken.training.config import TeacherConfig
 from dualtoken.training.distributed import DistContext
 from dualtoken.training.engine import Engine
 from dualtoken.training.run import (

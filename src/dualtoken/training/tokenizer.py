@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -17,12 +18,14 @@ import torch.nn.functional as F
 from rich.console import Console
 from transformers import SiglipVisionModel
 
-from dualtoken.config import StorageConfig, TokenizerConfig
 from dualtoken.data.curated import CuratedDecoder, from_model_output, model_images, to_model_input
 from dualtoken.data.shards import Shard
-from dualtoken.evaluation.reconstruction import image_grid
+from dualtoken.metrics.reconstruction import image_grid
+from dualtoken.models.configuration import named_config
 from dualtoken.models.dualtoken import DualTokenModel
 from dualtoken.models.layers import PatchDiscriminator, adaptive_gan_weight, hinge_d_loss, hinge_g_loss
+from dualtoken.schema import ConfigError
+from dualtoken.storage import StorageConfig
 from dualtoken.training.distributed import DistContext
 from dualtoken.training.engine import Engine
 from dualtoken.training.run import (
@@ -33,6 +36,7 @@ from dualtoken.training.run import (
     open_checkpoints,
     rank_loader,
 )
+from dualtoken.training.tokenizer_config import TokenizerConfig
 from dualtoken.training.tokenizer_losses import (
     Perceptual,
     StagePlan,
@@ -43,6 +47,26 @@ from dualtoken.training.tokenizer_losses import (
     stage_plan,
     tower_states,
 )
+
+
+def build_tokenizer_model(t: TokenizerConfig, teacher_tower: Any) -> DualTokenModel:
+    """A saved model to continue from (``init_from``), or the named architecture with its overrides around
+    the teacher's tower; a layout that does not fit is an error naming the key."""
+    if t.init_from:
+        if not (Path(t.init_from) / "config.json").is_file():
+            raise ConfigError(f"tokenizer.init_from: {t.init_from} is not a saved DualToken model (no config.json)")
+        return DualTokenModel.from_pretrained(t.init_from, local_files_only=True)
+    try:
+        base = named_config(t.architecture)
+        model = DualTokenModel.from_siglip(teacher_tower, base, **t.overrides)
+    except (ValueError, TypeError) as err:
+        key = "tokenizer.architecture" if "unknown tokenizer config" in str(err) else "tokenizer.overrides"
+        raise ConfigError(f"{key}: {err}") from None
+    if model.config.single_codebook and t.stage != 1:
+        raise ConfigError(f"tokenizer.stage: stage {t.stage} freezes one of two branches; a single_codebook model "
+                          "has one: use stage 1")
+    return model
+
 
 
 @dataclass

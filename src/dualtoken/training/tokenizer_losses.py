@@ -15,10 +15,10 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from transformers import SiglipVisionModel
 
-from dualtoken.config import LossConfig
 from dualtoken.models.configuration import DualTokenConfig
 from dualtoken.models.dualtoken import DualTokenModel
 from dualtoken.models.lpips import LPIPS
+from dualtoken.training.tokenizer_config import LossConfig
 
 
 def mse_cos(x: Tensor, target: Tensor) -> Tensor:

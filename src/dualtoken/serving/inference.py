@@ -12,12 +12,12 @@ import numpy as np
 import torch
 from PIL import Image
 
-from dualtoken.config import SamplingConfig
 from dualtoken.data.curated import from_model_output, to_model_input
 from dualtoken.errors import DualtokenError
 from dualtoken.models.dualtoken import DualTokenModel
 from dualtoken.models.mllm import DualTokenMLLM
 from dualtoken.models.mllm_generation import answer, generate_codes
+from dualtoken.models.sampling import SamplingConfig
 from dualtoken.training.distributed import pick_device
 
 

@@ -1,4 +1,4 @@
-"""What the applications running under torchrun (teacher, tokenizer, tokenize) share: process set-up,
+"""What every stage application shares (teacher, tokenizer, tokenize, MLLM, ablation, evaluate): process set-up,
 an MLflow run on rank 0 only, step metrics streamed to it, and the metrics JSON DVC reads."""
 
 from __future__ import annotations
@@ -14,9 +14,10 @@ from typing import Any
 
 import torch
 
-from dualtoken.config import Config, ProcessConfig
+from dualtoken.config import Config
 from dualtoken.storage import atomic_write
 from dualtoken.tracking import numeric_metrics, stage_run
+from dualtoken.training.config import ProcessConfig
 from dualtoken.training.distributed import DistContext, init_distributed
 
 
@@ -35,7 +36,7 @@ def tracked(stage: str, cfg: Config, sections: tuple[str, ...], ctx: DistContext
     if not ctx.is_main:
         yield None
         return
-    with stage_run(stage, cfg, sections) as run:
+    with stage_run(stage, cfg.tracking, cfg.model_dump(mode="json", include=set(sections))) as run:
         yield run
 
 

@@ -14,7 +14,7 @@ import mlflow
 
 class DualTokenMLLMPyfunc(mlflow.pyfunc.PythonModel):
     def load_context(self, context):  # untyped: MLflow derives a schema from hints
-        from dualtoken.apps.inference import load_mllm
+        from dualtoken.serving.inference import load_mllm
 
         self.loaded = load_mllm(context.artifacts["model"], context.artifacts["tokenizer"])
 
@@ -22,8 +22,8 @@ class DualTokenMLLMPyfunc(mlflow.pyfunc.PythonModel):
         import pandas as pd
         from PIL import Image
 
-        from dualtoken.apps.inference import chat, generate_images, png_bytes
-        from dualtoken.config import SamplingConfig
+        from dualtoken.models.sampling import SamplingConfig
+        from dualtoken.serving.inference import chat, generate_images, png_bytes
 
         params = dict(params or {})
         rows = pd.DataFrame(model_input).to_dict("records")

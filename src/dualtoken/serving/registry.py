@@ -1,6 +1,6 @@
 """Logging the tokenizer and the MLLM to MLflow as loadable models and registering them.
 
-The registered artifact is an MLflow ``pyfunc`` (model from code, ``pyfunc_model.py``) around the
+The registered artifact is an MLflow ``pyfunc`` (model from code, ``pyfunc_tokenizer.py``) around the
 ``save_pretrained`` folder, so ``mlflow.pyfunc.load_model("models:/dualtoken-tokenizer/1").predict(images)``
 returns codes, and the folder itself is there for ``AutoModel.from_pretrained``.
 """
@@ -10,7 +10,7 @@ from __future__ import annotations
 from importlib.metadata import version
 from pathlib import Path
 
-PYFUNC_FILE = Path(__file__).with_name("pyfunc_model.py")
+PYFUNC_FILE = Path(__file__).with_name("pyfunc_tokenizer.py")
 
 
 def _requirements() -> list[str]:

@@ -1,0 +1,54 @@
+"""The ``evaluate`` and ``ablation`` sections: what is measured on the held-out split, and the conflict
+ablation's budget.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field
+
+from dualtoken.models.sampling import SamplingConfig
+from dualtoken.schema import Strict, curated_input
+
+
+class EvaluateConfig(Strict):
+    """The evaluation stage: every model on a held-out split, one report."""
+
+    input: str | None = curated_input()
+    split: Literal["val", "test"] = Field("test", description="held-out split the numbers are measured on")
+    output_dir: str = Field("reports", description="report.html, summary.md, ablation.md")
+    metrics_path: str = "metrics/evaluate.json"
+    plots_dir: str = "plots/evaluate"
+    images: int = Field(512, ge=2, description="held-out images read (the split's first N): every metric is "
+                                               "measured on them or on some of them")
+    batch_size: int = Field(128, ge=1)
+    inception_weights: str | None = Field(
+        None, description="pytorch-fid Inception-v3 weights (local .pth/.safetensors): FID; null: FD-teacher")
+    lpips_weights: str | None = Field(None, description="LPIPS-VGG weights (safetensors); null: no LPIPS")
+    vqa_questions: int = Field(512, ge=0)
+    caption_images: int = Field(256, ge=0, description="images captioned greedily (BLEU-4, CIDEr-D)")
+    generated_images: int = Field(64, ge=0, description="images generated from captions (one each)")
+    report_prompts: int = Field(6, ge=0, description="prompts shown in the report, each sampled report_samples times")
+    report_samples: int = Field(4, ge=1)
+    sampling: SamplingConfig = SamplingConfig()
+    seed: int = Field(0, description="seeds every sampled image")
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    threads: int | None = Field(None, ge=1, description="torch CPU threads; null keeps torch's choice")
+
+
+AblationVariant = Literal["a_one_codebook", "b_recon_semantic_layer", "c_recon_pixel_layer", "d_dualtoken"]
+
+
+class AblationConfig(Strict):
+    """The paper's conflict ablation at small scale: tokenizer variants trained with one budget (the
+    tokenizer section's optimiser, losses and architecture; these steps and batch)."""
+
+    variants: list[AblationVariant] = Field(
+        default_factory=lambda: ["a_one_codebook", "b_recon_semantic_layer", "c_recon_pixel_layer", "d_dualtoken"],
+        min_length=1)
+    steps: int = Field(150, ge=1)
+    batch_size: int = Field(32, ge=1)
+    output_dir: str = "models/ablation"
+    metrics_dir: str = "metrics/ablation"
+    work_dir: str = "data/.work/ablation"

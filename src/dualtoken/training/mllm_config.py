@@ -1,0 +1,125 @@
+"""The ``mllm`` section: the LM, the visual heads, the training phases and the validation run of
+``training.mllm``.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field, field_validator, model_validator
+
+from dualtoken.models.sampling import SamplingConfig
+from dualtoken.schema import Strict
+from dualtoken.training.config import OptimConfig, RuntimeConfig
+
+MllmTask = Literal["caption", "vqa", "t2i"]
+MllmPart = Literal["projector", "llm", "heads"]
+
+
+class LLMConfig(Strict):
+    """The causal LM: a local pretrained folder, or a model built from this shape (random weights)."""
+
+    pretrained: str | None = Field(None, description="local LM folder (save_pretrained + tokenizer); null: from "
+                                                     "the shape below with a BPE tokenizer trained on the corpus")
+    model_type: str = Field("qwen2", description="transformers architecture for the from-shape model")
+    hidden_size: int = Field(256, ge=8)
+    layers: int = Field(4, ge=1)
+    heads: int = Field(4, ge=1)
+    kv_heads: int = Field(2, ge=1)
+    intermediate_size: int = Field(704, ge=8)
+    max_positions: int = Field(512, ge=16)
+    vocab_size: int = Field(1024, ge=64, description="BPE vocabulary trained on the corpus text (demo only)")
+    bpe_samples: int = Field(100_000, ge=1, description="the BPE is trained on the texts of the first N train "
+                                                        "samples (only the shards they are in are read)")
+
+    @model_validator(mode="after")
+    def _heads_fit(self) -> LLMConfig:
+        if self.hidden_size % self.heads or self.heads % self.kv_heads:
+            raise ValueError(f"hidden_size ({self.hidden_size}) must be divisible by heads ({self.heads}) and heads "
+                             f"by kv_heads ({self.kv_heads})")
+        return self
+
+
+class VisualHeadConfig(Strict):
+    projector_hidden: int = Field(512, ge=8, description="hidden width of the input projector MLP")
+    width: int = Field(256, ge=8, description="depth-transformer width")
+    layers: int = Field(2, ge=1)
+    heads: int = Field(4, ge=1)
+
+
+class MllmPhase(Strict):
+    """One training phase: which parts train, on which task mixture, at which learning rate."""
+
+    name: str
+    steps: int = Field(ge=1)
+    lr: float = Field(gt=0.0)
+    train: list[MllmPart] = Field(min_length=1)
+    tasks: dict[MllmTask, float] = Field(min_length=1, description="mixture weights of the task sequences")
+
+    @field_validator("tasks")
+    @classmethod
+    def _positive(cls, tasks: dict[str, float]) -> dict[str, float]:
+        if any(w < 0 for w in tasks.values()) or sum(tasks.values()) <= 0:
+            raise ValueError(f"task weights must be >= 0 with a positive sum, got {tasks}")
+        return tasks
+
+
+def _paper_phases() -> list[MllmPhase]:
+    return [MllmPhase(name="align", steps=1000, lr=1e-3, train=["projector"], tasks={"caption": 1.0}),
+            MllmPhase(name="understand", steps=1000, lr=2e-5, train=["projector", "llm"],
+                      tasks={"caption": 1.0, "vqa": 2.0}),
+            MllmPhase(name="generate", steps=1000, lr=1e-3, train=["heads"], tasks={"t2i": 1.0}),
+            MllmPhase(name="joint", steps=1000, lr=1e-5, train=["projector", "llm", "heads"],
+                      tasks={"caption": 1.0, "vqa": 1.0, "t2i": 2.0})]
+
+
+class MllmEvalConfig(Strict):
+    images: int = Field(512, ge=1, description="val images read (the split's first N); the questions and prompts "
+                                               "below come from them")
+    vqa_questions: int = Field(512, ge=0, description="val questions answered greedily (exact match)")
+    generated_images: int = Field(64, ge=0, description="val captions turned into images and classified")
+    batch_size: int = Field(64, ge=1)
+    sampling: SamplingConfig = SamplingConfig()
+
+
+class MllmConfig(Strict):
+    tokens: str | None = Field(None, description="token corpus (local or s3://); null: tokenize.output_dir")
+    tokenizer: str | None = Field(None, description="DualToken tokenizer folder; null: tokenizer.output_dir")
+    output_dir: str = "models/mllm"
+    metrics_path: str = "metrics/mllm.json"
+    plots_path: str | None = Field("plots/mllm/train.csv", description="training curve CSV (DVC plot)")
+    work_dir: str = Field("data/.work/mllm", description="DeepSpeed checkpoints (resume)")
+    llm: LLMConfig = LLMConfig()
+    head: VisualHeadConfig = VisualHeadConfig()
+    phases: list[MllmPhase] = Field(default_factory=_paper_phases, min_length=1)
+    run_phases: list[str] | None = Field(None, description="names of the phases to run, in order; null: all")
+    batch_size: int = Field(32, ge=1, description="global batch (sequences per optimizer step)")
+    shuffle_buffer: int = Field(1000, ge=0, description="samples each task stream shuffles over (held decoded in "
+                                                        "memory); 0: corpus order within the shuffled shards")
+    max_text_tokens: int = Field(48, ge=4, description="captions, questions and answers are cut to this length")
+    vqa_turns: int = Field(1, ge=1, description="questions asked per VQA sequence: a conversation over one image, "
+                                                "several answers' signal for one pass over its positions")
+    text_loss_weight: float = Field(1.0, ge=0.0)
+    visual_loss_weight: float = Field(1.0, ge=0.0, description="x (sum over depths of both streams' CE)")
+    prompt_dropout: float = Field(0.1, ge=0.0, le=1.0, description="t2i prompts dropped (for CFG)")
+    optim: OptimConfig = OptimConfig(lr=1e-4, betas=(0.9, 0.95), weight_decay=0.0, warmup_steps=10)
+    zero_stage: Literal[0, 1, 2, 3] = Field(2, description="DeepSpeed ZeRO stage")
+    runtime: RuntimeConfig = RuntimeConfig()
+    eval: MllmEvalConfig = MllmEvalConfig()
+    register_as: str | None = Field("dualtoken-mllm", description="MLflow registered model; null skips")
+
+    @model_validator(mode="after")
+    def _phases_known(self) -> MllmConfig:
+        names = [p.name for p in self.phases]
+        if len(set(names)) != len(names):
+            raise ValueError(f"phase names must be unique, got {names}")
+        for name in self.run_phases or []:
+            if name not in names:
+                raise ValueError(f"run_phases: unknown phase {name!r}; phases are {names}")
+        return self
+
+    def selected_phases(self) -> list[MllmPhase]:
+        if self.run_phases is None:
+            return list(self.phases)
+        by_name = {p.name: p for p in self.phases}
+        return [by_name[n] for n in self.run_phases]
