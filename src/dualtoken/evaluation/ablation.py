@@ -1,4 +1,4 @@
-"""The paper's conflict ablation (DESIGN section 3), as tokenizer variants and the table they fill.
+"""The paper's conflict ablation (docs/method.md), as tokenizer variants and the table they fill.
 
 (a) one codebook at the semantic layer, trained with reconstruction + semantic losses; (b) one codebook at
 the semantic layer, reconstruction only; (c) one codebook at the pixel layer, reconstruction only; (d)

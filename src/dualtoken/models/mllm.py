@@ -1,4 +1,4 @@
-"""The unified MLLM on DualToken codes (DESIGN section 3) as a transformers ``PreTrainedModel``.
+"""The unified MLLM on DualToken codes (docs/method.md) as a transformers ``PreTrainedModel``.
 
 Any causal LM (``AutoModelForCausalLM``) carries the sequence. At an image placeholder the input is an MLP
 projection of the concatenated semantic and pixel code embeddings of that position (one position, one

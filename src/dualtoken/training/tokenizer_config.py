@@ -13,7 +13,7 @@ from dualtoken.training.config import OptimConfig, RuntimeConfig
 
 
 class LossConfig(Strict):
-    """Tokenizer loss weights (DESIGN section 3: the released stage-1 values are the defaults)."""
+    """Tokenizer loss weights (docs/method.md: the released stage-1 values are the defaults)."""
 
     semantic_tap: float = Field(5.0, ge=0.0, description="x (MSE + 1 - cos) at the semantic tap vs the teacher")
     semantic_pooled: float = Field(1.0, ge=0.0, description="x (MSE + 1 - cos) of the pooled outputs")

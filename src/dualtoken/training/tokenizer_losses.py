@@ -1,4 +1,4 @@
-"""DualToken training objective (DESIGN section 3) and the paper's freezing schedules.
+"""DualToken training objective (docs/method.md) and the paper's freezing schedules.
 
 Everything compares against a frozen teacher tower: distillation targets at the semantic tap and on the
 pooled output, and, for the default perceptual loss, feature distances in its early layers (no LPIPS
