@@ -68,7 +68,7 @@ def stage(shards: list[str], tmp: Path, workers: int, resolution: int) -> tuple[
                    "resolution": resolution, "samples_per_shard": 2000, "near_dup_hamming": 4},
     })
     t0 = time.perf_counter()
-    outputs = run_curation(cfg)
+    outputs = run_curation(cfg.data.sources, cfg.curate, cfg.storage)
     wall = time.perf_counter() - t0
     tp = outputs.stats["throughput"]
     n = outputs.stats["inputs"]

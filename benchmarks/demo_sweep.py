@@ -93,7 +93,7 @@ def run(p: Profile, steps: int, shapes: int, digits: int, seed: int = 0) -> dict
     from dualtoken.metrics.zeroshot import embed_in_batches, zero_shot
     from dualtoken.models.teacher import image_embedder, new_teacher, scratch_config, text_embedder, tokenize
     from dualtoken.text import train_bpe
-    from dualtoken.training.run import build_optimizer
+    from dualtoken.training.schedule import build_optimizer
     from dualtoken.training.teacher import sigmoid_loss
 
     torch.manual_seed(seed)

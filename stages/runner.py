@@ -54,8 +54,9 @@ def run(stage: Stage, args: argparse.Namespace, argv: list[str]) -> int:
         part = work_slice(stage, args)
         finalize = getattr(args, "finalize", False)
         # an array task, or the assembly after one, is one process on its slice whatever runtime.nproc says
-        if part is None and not finalize and needs_torchrun(_processes(stage, cfg)):
-            return relaunch_under_torchrun("stages", _processes(stage, cfg), argv)
+        nproc = _processes(stage, cfg)
+        if part is None and not finalize and needs_torchrun(nproc):
+            return relaunch_under_torchrun("stages", nproc, argv)
         app = importlib.import_module(stage.app)
         if stage.variants:
             for variant in args.variants or cfg.ablation.variants:

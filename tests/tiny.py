@@ -185,7 +185,7 @@ def tiny_mllm(tokenizer: Any, grid: int = 2, depth: int = 2, codebook: int = 32,
 
 def tiny_token_columns(root: Path, tokenizer: Any, max_text_tokens: int = 16, vqa_turns: int = 1) -> dict[str, Any]:
     """Every train sample of a token corpus decoded as the MLLM loader's workers decode them (draw = index)."""
-    from dualtoken.data.loader import RawSample
+    from dualtoken.data.pieces import RawSample
     from dualtoken.data.sequences import TokenSampleDecoder
     from dualtoken.data.shards import shard_urls
     from dualtoken.data.tarstream import iter_shard_samples

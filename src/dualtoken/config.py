@@ -8,7 +8,7 @@ mirror ``dvc exp run -S``; ``dualtoken.schema`` holds the base model and the YAM
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, get_args
 
 from pydantic import Field, ValidationError, model_validator
 
@@ -26,7 +26,8 @@ from dualtoken.training.tokenizer_config import TokenizerConfig
 
 
 class PipelineConfig(Strict):
-    stages: list[StageName] = Field(default_factory=lambda: ["curate"], min_length=1)
+    stages: list[StageName] = Field(default_factory=lambda: list(get_args(StageName)), min_length=1,
+                                    description="what the flow runs, in graph order; default: every stage")
     retries: int = Field(1, ge=0, le=10)
     retry_delay_s: float = Field(5.0, ge=0.0)
 

@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import IO, Any
 
@@ -29,7 +30,6 @@ class StorageConfig(Strict):
     multipart_threshold_mb: int = Field(64, ge=5)
     multipart_chunk_mb: int = Field(16, ge=5)
     max_attempts: int = Field(5, ge=1, le=20, description="tries per S3 request (exponential back-off between)")
-
 
 
 class StorageError(DualtokenError, RuntimeError):
@@ -218,3 +218,19 @@ def publish_dir(local_dir: str | Path, prefix: str, cfg: StorageConfig, pattern:
         upload_file(path, url, cfg)
         urls.append(url)
     return urls
+
+
+def save_folder_atomically(out_dir: str | Path, write: Callable[[Path], None]) -> Path:
+    """Let ``write`` fill a temporary sibling folder, then swap it in: readers never see half a model."""
+    out = Path(out_dir)
+    tmp = out.with_name(f".{out.name}.tmp")
+    old = out.with_name(f".{out.name}.old")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    write(tmp)
+    shutil.rmtree(old, ignore_errors=True)
+    if out.exists():
+        out.rename(old)
+    tmp.rename(out)
+    shutil.rmtree(old, ignore_errors=True)
+    return out

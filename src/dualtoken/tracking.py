@@ -35,7 +35,6 @@ class TrackingConfig(Strict):
     experiment: str = "dualtoken"
 
 
-
 class TrackingError(DualtokenError, RuntimeError):
     """The tracking server cannot be reached; the message says which and how to fix it."""
 

@@ -37,7 +37,7 @@ def test_curate_from_s3_patterns_and_publish_multipart(s3_env, tmp_path):
                    "split": {"train": 0.8, "val": 0.1, "test": 0.1}},
         "storage": {"multipart_threshold_mb": 5, "multipart_chunk_mb": 5},
     })
-    outputs = run_curation(cfg)
+    outputs = run_curation(cfg.data.sources, cfg.curate, cfg.storage)
     assert outputs.stats["inputs"] == 90 and outputs.stats["accepted"] == 90
     listed = {o["Key"]: o for o in client.list_objects_v2(Bucket=bucket, Prefix="curated/v1/")["Contents"]}
     assert "curated/v1/manifest.parquet" in listed and "curated/v1/rejects/rejects.jsonl" in listed
@@ -54,7 +54,7 @@ def test_missing_s3_shard_is_a_clear_error(s3_env, tmp_path):
     cfg = parse_config({"data": {"sources": [{"kind": "webdataset", "name": "w", "urls": ["s3://empty/nope.tar"]}]},
                         "curate": {"output_dir": str(tmp_path / "o"), "work_dir": str(tmp_path / "w")}})
     with pytest.raises(StorageError, match=r"cannot stat s3://empty/nope\.tar"):
-        run_curation(cfg)
+        run_curation(cfg.data.sources, cfg.curate, cfg.storage)
 
 
 def test_no_credentials_is_a_clear_error(monkeypatch, tmp_path):

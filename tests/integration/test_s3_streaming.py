@@ -5,7 +5,8 @@ bucket is a one-line error naming its URL."""
 import pytest
 
 from dualtoken.data.curated import CuratedDecoder
-from dualtoken.data.loader import CorruptSample, LoaderSettings, StreamLoader, StreamSpec
+from dualtoken.data.loader import LoaderSettings, StreamLoader, StreamSpec
+from dualtoken.data.pieces import CorruptSample
 from dualtoken.data.shards import split_shards
 from dualtoken.data.stream import StreamOrder
 from tiny import write_curated_corpus

@@ -25,7 +25,7 @@ ctx = init_distributed("cpu")
 tokenizer = tiny_text_tokenizer(corpus)
 model = tiny_mllm(tokenizer)
 cfg = MllmConfig.model_validate({
-    "batch_size": 8, "work_dir": work, "zero_stage": zero, "optim": {"lr": 3e-3, "warmup_steps": 0},
+    "batch_size": 8, "work_dir": work, "zero_stage": zero, "optim": {"warmup_steps": 0},
     "phases": [{"name": "understand", "steps": 2, "lr": 3e-3, "train": ["projector", "llm"],
                 "tasks": {"caption": 1, "vqa": 1}},
                {"name": "all", "steps": 2, "lr": 3e-3, "train": ["projector", "llm", "heads"],

@@ -24,6 +24,13 @@ def test_unknown_key_is_named():
         parse_config({**MINIMAL, "curate": {"wokers": 3}})
 
 
+def test_the_mllm_learning_rate_is_only_set_per_phase():
+    """One knob per fact: an ``mllm.optim.lr`` that no phase would read is refused, not ignored."""
+    with pytest.raises(ConfigError, match=r"mllm\.optim\.lr: unknown key"):
+        parse_config({**MINIMAL, "mllm": {"optim": {"lr": 1e-3}}})
+    assert parse_config(MINIMAL).pipeline.stages[-1] == "evaluate"  # by default the flow runs the whole graph
+
+
 def test_bad_value_names_key_and_range():
     with pytest.raises(ConfigError, match=r"curate\.workers: Input should be greater than or equal to 1 \(got 0\)"):
         parse_config({**MINIMAL, "curate": {"workers": 0}})
@@ -85,7 +92,7 @@ def test_training_sections_are_validated_with_their_keys():
 
 
 def test_uneven_batch_split_is_a_named_error():
-    from dualtoken.training.run import micro_batch
+    from dualtoken.training.rank_data import micro_batch
 
     assert micro_batch(32, 2, 4, "tokenizer") == 4
     with pytest.raises(ValueError, match=r"tokenizer\.batch_size \(30\).*2 x 4"):

@@ -19,7 +19,7 @@ def curated(tmp_path_factory):
                                               "images_per_shard": 60}]},
                         "curate": {"output_dir": str(tmp / "out"), "work_dir": str(tmp / "work"), "workers": 1,
                                    "samples_per_shard": 40}})
-    result = run_phase2(cfg, run_phase1(cfg))
+    result = run_phase2(cfg.curate, run_phase1(cfg.data.sources, cfg.curate, cfg.storage))
     (tmp / "out" / "shards.json").write_text(json.dumps({"splits": result.stats["shards_by_split"],
                                                          "shards": result.stats["shards"]}))
     return tmp / "out", result

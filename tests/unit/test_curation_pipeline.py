@@ -18,6 +18,11 @@ from dualtoken.data.tarstream import iter_tar_samples
 from dualtoken.partition import WorkSlice
 
 
+def _phase1(cfg, **kwargs):
+    """Phase 1 of a whole parsed config: its sources, curate and storage sections."""
+    return run_phase1(cfg.data.sources, cfg.curate, cfg.storage, **kwargs)
+
+
 def _bad_tar(path: Path) -> dict[str, str]:
     """Writes a shard full of problems; returns source key -> expected reason ('accept' for good ones)."""
     expected = {}
@@ -99,7 +104,7 @@ def _rejects(out: Path) -> list[dict]:
 def test_every_bad_input_is_quarantined_with_its_reason(corpus):
     tmp, raw, expected = corpus
     cfg = parse_config(raw)
-    result = run_phase2(cfg, run_phase1(cfg))
+    result = run_phase2(cfg.curate, _phase1(cfg))
     rejects = _rejects(tmp / "out")
     by_key = {}
     for r in rejects:
@@ -125,7 +130,7 @@ def test_every_bad_input_is_quarantined_with_its_reason(corpus):
 def test_quarantine_keeps_original_bytes_and_nothing_escapes(corpus):
     tmp, raw, _ = corpus
     cfg = parse_config(raw)
-    run_phase2(cfg, run_phase1(cfg))
+    run_phase2(cfg.curate, _phase1(cfg))
     rejects = {r["tar_key"]: r for r in _rejects(tmp / "out")}
     stored = {}
     for shard in sorted((tmp / "out" / "rejects").glob("rejects-*.tar")):
@@ -144,7 +149,7 @@ def test_quarantine_keeps_original_bytes_and_nothing_escapes(corpus):
 def test_output_shards_are_valid_webdataset(corpus):
     tmp, raw, _ = corpus
     cfg = parse_config(raw)
-    result = run_phase2(cfg, run_phase1(cfg))
+    result = run_phase2(cfg.curate, _phase1(cfg))
     urls = sorted(str(p) for p in (tmp / "out").glob("*-*.tar") if p.parent.name == "out")
     samples = list(wds.WebDataset(urls, shardshuffle=False).decode("pil"))
     assert len(samples) == len(result.manifest_rows)
@@ -183,7 +188,8 @@ def test_fresh_runs_and_worker_counts_give_one_dvc_hash(tmp_path):
         raw = {**base, "curate": {**base["curate"], "workers": workers, "output_dir": str(tmp_path / f"o{run}"),
                                   "work_dir": str(tmp_path / f"w{run}"),
                                   "metrics_path": str(tmp_path / f"m{run}.json")}}
-        run_curation(parse_config(raw), Console(file=io.StringIO()))
+        cfg = parse_config(raw)
+        run_curation(cfg.data.sources, cfg.curate, cfg.storage, Console(file=io.StringIO()))
         digests.append(_digests(tmp_path / f"o{run}"))
         hashes.append(_dvc_hash(tmp_path / f"o{run}"))
     assert digests[0] == digests[1]
@@ -204,16 +210,16 @@ def test_resume_after_kill_redoes_only_unfinished_units(tmp_path):
         raise Killed
 
     with pytest.raises(Killed):
-        run_phase1(cfg, progress=die_after_first)
+        _phase1(cfg, progress=die_after_first)
     assert len(list((tmp_path / "work" / "units").glob("*.done"))) == 1
-    units = run_phase1(cfg)
+    units = _phase1(cfg)
     assert [s.reused for _, s in units] == [True, False, False]
-    run_phase2(cfg, units)
-    again = run_phase1(cfg)
+    run_phase2(cfg.curate, units)
+    again = _phase1(cfg)
     assert all(s.reused for _, s in again)
 
     changed = parse_config({**raw, "curate": {**raw["curate"], "resolution": 32}})
-    assert not any(s.reused for _, s in run_phase1(changed))  # rules changed: stale work is redone
+    assert not any(s.reused for _, s in _phase1(changed))  # rules changed: stale work is redone
 
 
 def test_array_slices_share_the_work_and_the_whole_run_reuses_it(tmp_path):
@@ -222,16 +228,16 @@ def test_array_slices_share_the_work_and_the_whole_run_reuses_it(tmp_path):
     raw = {"data": {"sources": [{"kind": "demo", "name": "shapes", "num_images": 150, "images_per_shard": 30}]},
            "curate": {"workers": 1, "output_dir": str(tmp_path / "out"), "work_dir": str(tmp_path / "work")}}
     cfg = parse_config(raw)
-    second = run_phase1(cfg, part=WorkSlice(1, 2))
-    first = run_phase1(cfg, part=WorkSlice(0, 2))
+    second = _phase1(cfg, part=WorkSlice(1, 2))
+    first = _phase1(cfg, part=WorkSlice(0, 2))
     assert [len(first), len(second)] == [3, 2] and not any(s.reused for _, s in first + second)
     assert {s.unit_id for _, s in first}.isdisjoint(s.unit_id for _, s in second)
-    whole = run_phase1(cfg)
+    whole = _phase1(cfg)
     assert len(whole) == 5 and all(s.reused for _, s in whole)
-    sliced = run_phase2(cfg, whole)
+    sliced = run_phase2(cfg.curate, whole)
     fresh = parse_config({**raw, "curate": {**raw["curate"], "output_dir": str(tmp_path / "o2"),
                                             "work_dir": str(tmp_path / "w2")}})
-    alone = run_phase2(fresh, run_phase1(fresh)).stats
+    alone = run_phase2(fresh.curate, _phase1(fresh)).stats
     assert sliced.stats["units"] == {"total": 5, "reused": 5} and alone["units"] == {"total": 5, "reused": 0}
     assert {**alone, "units": None} == {**sliced.stats, "units": None}
     assert _digests(tmp_path / "out") == _digests(tmp_path / "o2")  # same bytes as one process doing it all
@@ -253,9 +259,9 @@ def test_folder_manifest_slices_keep_row_numbers(tmp_path, fmt):
                                               "rows_per_shard": 3}]},
                         "curate": {"output_dir": str(tmp_path / "o"), "work_dir": str(tmp_path / "w"),
                                    "workers": 2, "near_dup_hamming": -1}})
-    units = run_phase1(cfg)
+    units = _phase1(cfg)
     assert [(s.inputs) for _, s in units] == [3, 3, 1]
-    result = run_phase2(cfg, units)
+    result = run_phase2(cfg.curate, units)
     accepted = sorted(r["source_key"] for r in result.manifest_rows)
     assert accepted == [f"{i:09d}" for i in range(7) if i != 4]
     assert [(r["source_key"], r["reason"]) for r in _rejects(tmp_path / "o")] == [("000000004", "missing_image")]

@@ -26,12 +26,6 @@ LAYERS = (  # bottom to top: (packages or modules of dualtoken, ...)
 )
 # What the flows may use: configuration, launch backends, tracking, the stage table; nothing that trains or reads data.
 FLOW_ALLOWED = ("config", "schema", "errors", "launch", "tracking", "storage")
-# Known exceptions, each with its reason; the list only ever shrinks.
-TOLERATED = {
-    ("dualtoken.curation.job", "dualtoken.config"): "curation takes the root config (seed, data, curate, storage)",
-    ("dualtoken.curation.pipeline", "dualtoken.config"): "as curation.job",
-    ("dualtoken.evaluation.report_content", "dualtoken.config"): "the report reads other stages' plot paths",
-}
 
 
 def _unit(module: str) -> str:
@@ -78,7 +72,7 @@ def test_library_imports_point_down(module, path):
             wrong.append(f"{target} (the library never imports the stages or the flows)")
             continue
         theirs = _unit(target)
-        if (module, target) in TOLERATED or (theirs == mine and mine != "apps"):
+        if theirs == mine and mine != "apps":
             continue
         if mine == "apps" and theirs == "apps":
             if target != "dualtoken.apps":
@@ -87,11 +81,6 @@ def test_library_imports_point_down(module, path):
             wrong.append(f"{target} (layer {_layer(theirs)} {LAYERS[_layer(theirs)]} is not below "
                          f"{module}'s layer {_layer(mine)} {LAYERS[_layer(mine)]})")
     assert not wrong, f"{module} imports upward or sideways: {wrong}"
-
-
-def test_tolerated_exceptions_are_still_needed():
-    edges = {(m, t) for m, p in LIBRARY for t in _edges(m, p)}
-    assert set(TOLERATED) <= edges, f"fixed, remove from TOLERATED: {sorted(set(TOLERATED) - edges)}"
 
 
 @pytest.mark.parametrize("path", sorted((REPO / "flows").glob("*.py")), ids=lambda p: p.name)

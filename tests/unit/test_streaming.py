@@ -11,7 +11,8 @@ import torch
 
 from dualtoken.data import curated as curated_module
 from dualtoken.data.curated import CuratedDecoder
-from dualtoken.data.loader import CorruptSample, LoaderSettings, StreamLoader, StreamSpec, default_workers
+from dualtoken.data.loader import LoaderSettings, StreamLoader, StreamSpec, default_workers
+from dualtoken.data.pieces import CorruptSample
 from dualtoken.data.sequences import TokenSampleDecoder
 from dualtoken.data.shards import ShardIndexError, split_shards
 from dualtoken.data.stream import StreamError, StreamOrder, stream_ids

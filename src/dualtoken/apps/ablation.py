@@ -27,8 +27,8 @@ from dualtoken.metrics.reconstruction import image_grid
 from dualtoken.models.configuration import named_config
 from dualtoken.models.teacher import checkpoint_digest, load_teacher
 from dualtoken.schema import ConfigError
+from dualtoken.storage import save_folder_atomically
 from dualtoken.training.distributed import shutdown_distributed
-from dualtoken.training.run import save_folder_atomically
 from dualtoken.training.tokenizer import build_tokenizer_model, train_tokenizer
 
 PREVIEW_IMAGES = 8

@@ -40,14 +40,14 @@ def main(cfg: Config, console: Console | None = None, part: WorkSlice | None = N
     console = console or Console(stderr=True, soft_wrap=True)
     os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
     if part is not None and not part.whole:
-        units = curate_inputs(cfg, console, part)
+        units = curate_inputs(cfg.data.sources, cfg.curate, cfg.storage, console, part)
         console.print(f"[bold green]curate {part} done[/]: {len(units)} input shards "
                       f"({sum(not s.reused for _, s in units)} processed, {sum(s.reused for _, s in units)} "
                       f"already done) in {cfg.curate.work_dir}. When every slice has finished: dvc repro curate")
         return None
     with stage_run(STAGE, cfg.tracking, cfg.model_dump(mode="json", include={"seed", "data", "curate"})) as run:
         try:
-            outputs = run_curation(cfg, console)
+            outputs = run_curation(cfg.data.sources, cfg.curate, cfg.storage, console)
         except ValidationFailed:
             import mlflow
 

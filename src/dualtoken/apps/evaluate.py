@@ -28,7 +28,7 @@ from dualtoken.data.tokens import check_layout, read_text_stats, read_token_spli
 from dualtoken.evaluation.ablation import ablation_table, table_markdown
 from dualtoken.evaluation.features import feature_extractor
 from dualtoken.evaluation.mllm import caption_quality, generation_quality, generation_rows, vqa_accuracy
-from dualtoken.evaluation.report_content import build_report, summary_markdown
+from dualtoken.evaluation.report_content import Plots, build_report, summary_markdown
 from dualtoken.evaluation.tokenizer import code_usage, reconstruct_split, reconstruction_quality, zero_shot_paths
 from dualtoken.models.lpips import LPIPS
 from dualtoken.models.mllm_generation import generate_codes
@@ -62,7 +62,8 @@ def main(cfg: Config, console: Console | None = None) -> dict[str, Any]:
             metrics, assets = measure(cfg, ctx.device, console)
             metrics["eval_seconds"] = round(time.perf_counter() - t0, 1)
             out = Path(e.output_dir)
-            report = build_report(cfg, metrics, assets)
+            report = build_report(metrics, assets, cfg.ablation, Plots(cfg.tokenizer.plots_path, cfg.mllm.plots_path,
+                                                                 cfg.tokenize.usage_plot("png")))
             summary = summary_markdown(metrics)
             for name, text in (("report.html", report), ("summary.md", summary),
                                ("ablation.md", table_markdown(metrics["ablation"])),

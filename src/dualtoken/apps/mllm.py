@@ -30,13 +30,12 @@ from dualtoken.models.dualtoken import DualTokenModel
 from dualtoken.models.mllm import DualTokenMLLM, DualTokenMLLMConfig
 from dualtoken.models.teacher import checkpoint_digest, load_teacher
 from dualtoken.schema import ConfigError
-from dualtoken.storage import StorageConfig, location
+from dualtoken.storage import StorageConfig, location, save_folder_atomically
 from dualtoken.text import train_bpe
 from dualtoken.tracking import log_dataset, run_url
 from dualtoken.training.distributed import shutdown_distributed
 from dualtoken.training.mllm import TokenSource, train_mllm
 from dualtoken.training.mllm_config import MllmConfig
-from dualtoken.training.run import save_folder_atomically
 
 STAGE = "mllm"
 

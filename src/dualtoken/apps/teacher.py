@@ -19,11 +19,10 @@ from dualtoken.data.curated import corpus_digest, iter_metas, read_images
 from dualtoken.data.shards import split_shards
 from dualtoken.models.teacher import checkpoint_digest, load_teacher, new_teacher, scratch_config, vision_config_of
 from dualtoken.schema import ConfigError
-from dualtoken.storage import location
+from dualtoken.storage import location, save_folder_atomically
 from dualtoken.text import train_bpe
 from dualtoken.tracking import log_dataset, run_url
 from dualtoken.training.distributed import shutdown_distributed
-from dualtoken.training.run import save_folder_atomically
 from dualtoken.training.teacher import evaluate_teacher, train_teacher
 
 STAGE = "teacher"

@@ -46,9 +46,9 @@ from dualtoken.tokenization.job import (
 from dualtoken.tokenization.stats import code_statistics, write_usage_csv, write_usage_plot
 from dualtoken.tokenization.verify import VerificationFailed, verify_reconstruction
 from dualtoken.tracking import log_dataset, run_url
+from dualtoken.training.checkpoint import library_digest
 from dualtoken.training.distributed import shutdown_distributed
 from dualtoken.training.engine import resolve_precision
-from dualtoken.training.run import library_digest
 
 STAGE = "tokenize"
 
@@ -103,8 +103,8 @@ def main(cfg: Config, console: Console | None = None, part: WorkSlice | None = N
             metrics = _summarise(plan, tokens, images, seconds, tokenized)
             metrics["verify"] = _verify(cfg, model, plan, settings)
             write_metrics(t.metrics_path, metrics)
-            plots = [write_usage_csv(tokens.histograms, Path(t.plots_dir) / "code_usage.csv"),
-                     write_usage_plot(tokens.histograms, Path(t.plots_dir) / "code_usage.png")]
+            plots = [write_usage_csv(tokens.histograms, t.usage_plot("csv")),
+                     write_usage_plot(tokens.histograms, t.usage_plot("png"))]
             _log_run(cfg, tokens, metrics, plots, corpus, tokenizer_sha)
             if not metrics["verify"]["ok"]:
                 raise VerificationFailed(metrics["verify"]["problem"])

@@ -21,10 +21,9 @@ from dualtoken.data.curated import corpus_digest, read_images
 from dualtoken.data.shards import split_shards
 from dualtoken.evaluation.tokenizer import evaluate_tokenizer
 from dualtoken.models.teacher import checkpoint_digest, load_teacher
-from dualtoken.storage import location
+from dualtoken.storage import location, save_folder_atomically
 from dualtoken.tracking import log_dataset, run_url
 from dualtoken.training.distributed import shutdown_distributed
-from dualtoken.training.run import save_folder_atomically
 from dualtoken.training.tokenizer import build_tokenizer_model, reconstruction_grid, train_tokenizer
 
 STAGE = "tokenizer"

@@ -16,6 +16,7 @@ import os
 import shutil
 import threading
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,12 +25,13 @@ from PIL import Image
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from dualtoken.config import Config
+from dualtoken.curation.config import CurateConfig
 from dualtoken.curation.pipeline import SPLITS, UnitSummary, run_phase1, run_phase2
+from dualtoken.data.config import Source
 from dualtoken.data.sources import InputShard
 from dualtoken.errors import DualtokenError
 from dualtoken.partition import WorkSlice
-from dualtoken.storage import atomic_write, publish_dir
+from dualtoken.storage import StorageConfig, atomic_write, publish_dir
 
 MANIFEST_COLUMNS = ["key", "split", "shard", "width", "height", "pixel_sha256", "phash", "caption",
                     "caption_chars", "n_captions", "n_qa", "source", "source_key"]
@@ -81,8 +83,8 @@ def _prefetch(module: str) -> None:
     threading.Thread(target=importlib.import_module, args=(module,), daemon=True).start()
 
 
-def curate_inputs(cfg: Config, console: Console, part: WorkSlice | None = None
-                  ) -> list[tuple[InputShard, UnitSummary]]:
+def curate_inputs(sources: Sequence[Source], curate: CurateConfig, storage: StorageConfig, console: Console,
+                  part: WorkSlice | None = None) -> list[tuple[InputShard, UnitSummary]]:
     """Phase 1 (per input shard, resumable) for ``part`` of the inputs, with a progress bar. On its own it is
     one array task's share of a run; the whole run reuses what the tasks left in ``curate.work_dir``."""
     part = part or WorkSlice()
@@ -99,36 +101,37 @@ def curate_inputs(cfg: Config, console: Console, part: WorkSlice | None = None
             rate = done_images / max(time.perf_counter() - t0, 1e-9)
             bar.update(task, completed=done, total=total, rate=f"{rate:,.0f} img/s")
 
-        return run_phase1(cfg, progress=on_unit, part=part)
+        return run_phase1(sources, curate, storage, progress=on_unit, part=part)
 
 
-def run_curation(cfg: Config, console: Console | None = None) -> CurateOutputs:
+def run_curation(sources: Sequence[Source], curate: CurateConfig, storage: StorageConfig,
+                 console: Console | None = None) -> CurateOutputs:
     console = console or Console(stderr=True, soft_wrap=True)
     os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
-    if cfg.curate.workers > 1 and (os.cpu_count() or 1) > cfg.curate.workers:
+    if curate.workers > 1 and (os.cpu_count() or 1) > curate.workers:
         _prefetch("great_expectations")  # a spare core: overlap the import with phase 1
     from dualtoken.curation.validate import validate_manifest
 
-    out = Path(cfg.curate.output_dir)
+    out = Path(curate.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     _clear_previous_outputs(out)
     t0 = time.perf_counter()
-    units = curate_inputs(cfg, console)
+    units = curate_inputs(sources, curate, storage, console)
     t1 = time.perf_counter()
     console.print(f"curate: phase 1 done ({sum(s.inputs for _, s in units)} inputs, "
                   f"{sum(s.reused for _, s in units)}/{len(units)} input shards reused) in {t1 - t0:.1f}s; "
                   "deduplicating and writing shards")
-    result = run_phase2(cfg, units)
+    result = run_phase2(curate, units)
     t2 = time.perf_counter()
 
     frame = pd.DataFrame(result.manifest_rows, columns=MANIFEST_COLUMNS)
     with atomic_write(out / "manifest.parquet") as handle:
         frame.to_parquet(handle, index=False)
-    rules = cfg.curate.validation
+    rules = curate.validation
     outcome = validate_manifest(
-        frame, resolution=cfg.curate.resolution, split_fractions=cfg.curate.split.as_dict(),
+        frame, resolution=curate.resolution, split_fractions=curate.split.as_dict(),
         split_tolerance=rules.split_tolerance, min_rows=rules.min_rows, max_rows=rules.max_rows,
-        caption_min_chars=cfg.curate.caption.min_chars, caption_max_chars=cfg.curate.caption.max_chars)
+        caption_min_chars=curate.caption.min_chars, caption_max_chars=curate.caption.max_chars)
     with atomic_write(out / "validation.json", "w") as handle:
         json.dump(outcome.result, handle, indent=1, default=str)
     with atomic_write(out / "preview.png") as handle:
@@ -139,7 +142,7 @@ def run_curation(cfg: Config, console: Console | None = None) -> CurateOutputs:
     processed = sum(s.inputs for _, s in units if not s.reused)
     stats["validation"] = {"success": outcome.success, "summary": outcome.summary}
     stats["throughput"] = {
-        "workers": cfg.curate.workers,
+        "workers": curate.workers,
         "phase1_seconds": round(t1 - t0, 3),
         "phase2_seconds": round(t2 - t1, 3),
         "validation_seconds": round(t3 - t2, 3),
@@ -150,24 +153,24 @@ def run_curation(cfg: Config, console: Console | None = None) -> CurateOutputs:
     with atomic_write(out / "shards.json", "w") as handle:
         json.dump({"splits": {s: stats["shards_by_split"][s] for s in SPLITS},
                    "counts": stats["accepted_by_split"], "shards": stats.pop("shards")}, handle, indent=1)
-    stats_path = Path(cfg.curate.metrics_path)
+    stats_path = Path(curate.metrics_path)
     with atomic_write(stats_path, "w") as handle:
         json.dump(stats, handle, indent=1, sort_keys=True)
 
     if not outcome.success:
         raise ValidationFailed(f"curated manifest failed validation (full result: {out / 'validation.json'}):\n"
                                f"{outcome.summary}")
-    published = publish_dir(out, cfg.curate.publish_uri, cfg.storage) if cfg.curate.publish_uri else []
+    published = publish_dir(out, curate.publish_uri, storage) if curate.publish_uri else []
     return CurateOutputs(out, out / "manifest.parquet", out / "validation.json", out / "preview.png",
-                         stats_path, stats, frame, published, _input_digests(cfg, units))
+                         stats_path, stats, frame, published, _input_digests(sources, units))
 
 
-def _input_digests(cfg: Config, units: list) -> dict[str, tuple[str, str]]:
+def _input_digests(sources: Sequence[Source], units: list) -> dict[str, tuple[str, str]]:
     by_source: dict[str, list[str]] = {}
     for shard, _ in units:
         by_source.setdefault(shard.source, []).append(f"{shard.uri}|{shard.start}|{shard.stop}|{shard.identity}")
     out = {}
-    for src in cfg.data.sources:
+    for src in sources:
         digest = hashlib.sha256("\n".join(by_source.get(src.name, [])).encode()).hexdigest()[:16]
         out[src.name] = (src.location, digest)
     return out

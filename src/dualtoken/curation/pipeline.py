@@ -18,7 +18,7 @@ import multiprocessing
 import re
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,7 +26,6 @@ from typing import BinaryIO
 
 import numpy as np
 
-from dualtoken.config import Config
 from dualtoken.curation.config import CurateConfig
 from dualtoken.curation.phash import hamming, near_duplicates
 from dualtoken.curation.rules import Curated, Rejected, curate_sample
@@ -142,16 +141,17 @@ def _reusable(paths: dict[str, Path], fingerprint: str) -> UnitSummary | None:
     return UnitSummary(**done)
 
 
-def run_phase1(cfg: Config, progress: Callable[[UnitSummary, int, int], None] | None = None,
+def run_phase1(sources: Sequence[Source], curate: CurateConfig, storage: StorageConfig,
+               progress: Callable[[UnitSummary, int, int], None] | None = None,
                part: WorkSlice | None = None) -> list[tuple[InputShard, UnitSummary]]:
     """Process every input shard of ``part`` (default: all) not already done; returns (shard, summary) in plan
     order. Slices run elsewhere (array tasks) leave their results in ``work_dir`` for the whole run to reuse."""
-    work = Path(cfg.curate.work_dir)
+    work = Path(curate.work_dir)
     (work / "units").mkdir(parents=True, exist_ok=True)
-    rules = _rules_fingerprint(cfg.curate)
+    rules = _rules_fingerprint(curate)
     plan: list[tuple[InputShard, Source, str]] = []
-    for src in cfg.data.sources:
-        for shard in plan_shards(src, cfg.storage):
+    for src in sources:
+        for shard in plan_shards(src, storage):
             plan.append((shard, src, unit_fingerprint(shard, rules)))
     plan = (part or WorkSlice()).take(plan)
     summaries: dict[str, UnitSummary] = {}
@@ -167,17 +167,17 @@ def run_phase1(cfg: Config, progress: Callable[[UnitSummary, int, int], None] | 
         if progress:
             progress(s, len(summaries), total)
     if pending:
-        workers = min(cfg.curate.workers, len(pending))
+        workers = min(curate.workers, len(pending))
         if workers == 1:
             for shard, src, fp in pending:
-                s = process_unit(shard, src, cfg.curate, cfg.storage, work, fp)
+                s = process_unit(shard, src, curate, storage, work, fp)
                 summaries[s.unit_id] = s
                 if progress:
                     progress(s, len(summaries), total)
         else:
             ctx = multiprocessing.get_context("spawn")  # no fork: the parent may hold threads (MLflow, rich)
             with ProcessPoolExecutor(max_workers=workers, mp_context=ctx) as pool:
-                futures = [pool.submit(process_unit, shard, src, cfg.curate, cfg.storage, work, fp)
+                futures = [pool.submit(process_unit, shard, src, curate, storage, work, fp)
                            for shard, src, fp in pending]
                 for fut in as_completed(futures):
                     s = fut.result()
@@ -224,19 +224,19 @@ def _decide(units: list[tuple[InputShard, dict]], near_threshold: int) -> list[t
     return verdicts
 
 
-def run_phase2(cfg: Config, units: list[tuple[InputShard, UnitSummary]]) -> CurationResult:
-    out = Path(cfg.curate.output_dir)
-    work = Path(cfg.curate.work_dir)
+def run_phase2(curate: CurateConfig, units: list[tuple[InputShard, UnitSummary]]) -> CurationResult:
+    out = Path(curate.output_dir)
+    work = Path(curate.work_dir)
     loaded = [(shard, json.loads(_unit_paths(work, shard.unit_id)["records.json"].read_text()))
               for shard, _ in units]
-    verdicts = _decide(loaded, cfg.curate.near_dup_hamming)
+    verdicts = _decide(loaded, curate.near_dup_hamming)
     by_unit: dict[str, list[tuple[dict, str, str]]] = {}
     for unit_id, rec, verdict, detail in verdicts:
         by_unit.setdefault(unit_id, []).append((rec, verdict, detail))
 
-    writers = {split: RollingTarWriter(out, split, cfg.curate.samples_per_shard, index=True) for split in SPLITS}
-    quarantine = RollingTarWriter(out / "rejects", "rejects", cfg.curate.samples_per_shard)
-    fractions = cfg.curate.split.as_dict()
+    writers = {split: RollingTarWriter(out, split, curate.samples_per_shard, index=True) for split in SPLITS}
+    quarantine = RollingTarWriter(out / "rejects", "rejects", curate.samples_per_shard)
+    fractions = curate.split.as_dict()
     manifest: list[dict] = []
     preview: list[bytes] = []
     reasons: Counter[str] = Counter()
@@ -274,13 +274,13 @@ def run_phase2(cfg: Config, units: list[tuple[InputShard, UnitSummary]]) -> Cura
                             "png": _read(blob, rec["png"]), "txt": rec["captions"][0].encode(),
                             "json": json.dumps(sample, ensure_ascii=False, sort_keys=True).encode()})
                         manifest.append({
-                            "key": key, "split": split, "shard": shard_name, "width": cfg.curate.resolution,
-                            "height": cfg.curate.resolution, "pixel_sha256": rec["pixel_sha256"],
+                            "key": key, "split": split, "shard": shard_name, "width": curate.resolution,
+                            "height": curate.resolution, "pixel_sha256": rec["pixel_sha256"],
                             "phash": rec["phash"], "caption": rec["captions"][0],
                             "caption_chars": len(rec["captions"][0]), "n_captions": len(rec["captions"]),
                             "n_qa": len(rec["meta"].get("qa", [])), "source": rec["source"],
                             "source_key": rec["source_key"]})
-                        if split == "train" and len(preview) < cfg.curate.preview_images:
+                        if split == "train" and len(preview) < curate.preview_images:
                             preview.append(_read(blob, rec["png"]))
         ok = True
     finally:

@@ -22,7 +22,7 @@ import torch
 from PIL import Image
 from torch.utils.data import get_worker_info
 
-from dualtoken.data.loader import RawSample
+from dualtoken.data.pieces import RawSample
 from dualtoken.data.shards import shard_urls
 from dualtoken.data.tarstream import iter_shard_samples
 from dualtoken.errors import DualtokenError

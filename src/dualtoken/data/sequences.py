@@ -31,7 +31,7 @@ import torch
 from torch import Tensor
 
 from dualtoken.data.curated import sample_meta
-from dualtoken.data.loader import RawSample
+from dualtoken.data.pieces import RawSample
 from dualtoken.data.tokens import TokenLayout, read_codes
 
 IMAGE_START, IMAGE_END = "<image>", "</image>"

@@ -3,14 +3,15 @@
 from __future__ import annotations
 
 import csv
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 from PIL import Image
 
-from dualtoken.config import Config
 from dualtoken.evaluation.ablation import VARIANTS, table_markdown
+from dualtoken.evaluation.config import AblationConfig
 from dualtoken.evaluation.report import Raw, Section, figure, img, line_plot, paragraph, render, table
 from dualtoken.metrics.reconstruction import image_grid
 from dualtoken.tracking import git_commit
@@ -41,7 +42,7 @@ def _tokenizer_section(metrics: dict[str, Any], assets: dict[str, Any]) -> Secti
     return Section("Tokenizer", blocks)
 
 
-def _ablation_section(cfg: Config, metrics: dict[str, Any]) -> Section:
+def _ablation_section(ablation: AblationConfig, metrics: dict[str, Any]) -> Section:
     table_ = metrics["ablation"]
     if not table_["rows"]:
         return Section("Ablation: single vs dual codebook", [paragraph("No ablation variant has run yet "
@@ -52,12 +53,12 @@ def _ablation_section(cfg: Config, metrics: dict[str, Any]) -> Section:
              r["paper"]["rfid"], r["paper"]["psnr"], r["paper"]["ssim"]] for r in table_["rows"]]
     blocks = [table(["variant", "zero-shot (%)", fd, "PSNR", "SSIM", "paper zero-shot", "paper rFID", "paper PSNR",
                      "paper SSIM"], rows),
-              paragraph(f"Same budget for every variant ({cfg.ablation.steps} steps of {cfg.ablation.batch_size}). "
+              paragraph(f"Same budget for every variant ({ablation.steps} steps of {ablation.batch_size}). "
                         f"Zero-shot: mean over {', '.join(table_['zero_shot_tasks'])}; the paper's is ImageNet with "
                         "SigLIP-So400m/14-384. '-': no semantic objective. The numbers are an experiment, not a "
                         "claim.", note=True)]
-    for name in cfg.ablation.variants:
-        preview = Path(cfg.ablation.output_dir) / name / "preview.png"
+    for name in ablation.variants:
+        preview = Path(ablation.output_dir) / name / "preview.png"
         if preview.is_file():
             blocks.append(figure(Image.open(preview).convert("RGB"), VARIANTS[name].row, width=512))
     return Section("Ablation: single vs dual codebook", blocks)
@@ -112,11 +113,19 @@ def _generation_section(metrics: dict[str, Any], assets: dict[str, Any]) -> Sect
     return Section("Text-to-image", blocks)
 
 
-def _curves_section(cfg: Config) -> Section:
+@dataclass(frozen=True)
+class Plots:
+    """Other stages' plots the report shows, as the evaluate app finds them in the config."""
+    tokenizer_csv: str | None
+    mllm_csv: str | None
+    code_usage: Path
+
+
+def _curves_section(plots: Plots) -> Section:
     blocks = []
-    for stage, plot, keys in (("tokenizer", cfg.tokenizer.plots_path, ("loss", "reconstruction", "semantic_tap",
-                                                                        "commitment")),
-                              ("mllm", cfg.mllm.plots_path, ("loss", "text_loss", "pixel.d1", "semantic.d1"))):
+    for stage, plot, keys in (("tokenizer", plots.tokenizer_csv, ("loss", "reconstruction", "semantic_tap",
+                                                                  "commitment")),
+                              ("mllm", plots.mllm_csv, ("loss", "text_loss", "pixel.d1", "semantic.d1"))):
         path = Path(plot) if plot else None
         if path is not None and path.is_file():
             with open(path) as handle:
@@ -124,18 +133,17 @@ def _curves_section(cfg: Config) -> Section:
             picture = line_plot(rows, keys, f"{stage} training")
             if picture is not None:
                 blocks.append(figure(picture, f"{stage}: {path}"))
-    usage = Path(cfg.tokenize.plots_dir) / "code_usage.png"
-    if usage.is_file():
-        blocks.append(figure(Image.open(usage).convert("RGB"), "code usage of the tokenised corpus"))
+    if plots.code_usage.is_file():
+        blocks.append(figure(Image.open(plots.code_usage).convert("RGB"), "code usage of the tokenised corpus"))
     return Section("Training curves and code usage", blocks or [paragraph("No curves yet.")])
 
 
-def build_report(cfg: Config, metrics: dict[str, Any], assets: dict[str, Any]) -> str:
+def build_report(metrics: dict[str, Any], assets: dict[str, Any], ablation: AblationConfig, plots: Plots) -> str:
     mllm = metrics["mllm"]
     sections = [Section("Summary", [table(["metric", "value"], headline(metrics))]),
-                _tokenizer_section(metrics, assets), _ablation_section(cfg, metrics),
+                _tokenizer_section(metrics, assets), _ablation_section(ablation, metrics),
                 _vqa_section(mllm["vqa"], assets["decoded"]), _caption_section(mllm["captions"], assets["decoded"]),
-                _generation_section(metrics, assets), _curves_section(cfg)]
+                _generation_section(metrics, assets), _curves_section(plots)]
     subtitle = (f"split {metrics['split']}, seed {metrics['seed']}, Fréchet distances on {metrics['fd_features']} "
                 f"features, git {git_commit()[:12]}")
     return render("dualtoken evaluation", sections, subtitle)

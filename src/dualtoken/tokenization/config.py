@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Literal
 
 from pydantic import Field, field_validator
@@ -28,6 +29,10 @@ class TokenizeConfig(Strict):
     barrier_timeout_min: int = Field(360, ge=1, description="how long finished ranks wait for the slowest one")
     publish_uri: S3Prefix | None = Field(None, description="optional s3:// prefix the token shards are uploaded to")
     runtime: ProcessConfig = ProcessConfig()
+
+    def usage_plot(self, suffix: Literal["csv", "png"]) -> Path:
+        """The ranked code-usage curve (``plots_dir/code_usage.{csv,png}``), which the report shows too."""
+        return Path(self.plots_dir) / f"code_usage.{suffix}"
 
     @field_validator("splits")
     @classmethod

@@ -32,10 +32,9 @@ from dualtoken.data.texts import TOP_ANSWERS, TextStats
 from dualtoken.data.tokens import FORMAT, STREAMS, CorruptTokens, TokenLayout, check_range, sample_parts
 from dualtoken.errors import AccountingError, DualtokenError
 from dualtoken.partition import WorkSlice
-from dualtoken.storage import StorageConfig, atomic_write, join_uri
+from dualtoken.storage import StorageConfig, atomic_write, join_uri, save_folder_atomically
 from dualtoken.tokenization.loader import shard_loader
 from dualtoken.tokenization.stats import depth_histogram
-from dualtoken.training.run import save_folder_atomically
 
 MARKER = ".done.json"
 HISTOGRAM = ".codes.npz"

@@ -4,10 +4,13 @@ A checkpoint is a folder ``step-00000120/`` holding every model (safetensors), o
 state (tensors and plain values only, loaded with ``weights_only=True``: nothing arbitrary is unpickled),
 every rank's RNG state, and a JSON of trainer state (data position, ...). It is written under a
 temporary name and renamed into place, so a folder that exists is complete; the newest ``keep`` are kept.
+The folder holding them is tied to a fingerprint of what makes them valid to resume
+(``claim_checkpoint_folder``).
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import random
 import shutil
@@ -20,8 +23,10 @@ import torch
 from safetensors.torch import load_file, load_model, save_file, save_model
 
 from dualtoken.storage import atomic_write
+from dualtoken.training.distributed import DistContext
 
 PREFIX = "step-"
+FINGERPRINT_FILE = "fingerprint.json"
 
 
 def _rng_state() -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
@@ -110,3 +115,49 @@ class Checkpointer:
         _set_rng_state(load_file(str(rng_file)), json.loads((path / f"rng-rank{self.rank}.json").read_text()))
         meta = json.loads((path / "state.json").read_text())
         return int(meta["step"]), meta["state"]
+
+
+def fingerprint(payload: dict[str, Any]) -> str:
+    return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def library_digest() -> str:
+    """Digest of the library's Python sources: checkpoints written by other code are not resumed, so an
+    output DVC records for new code never continues a run of the old code."""
+    root = Path(__file__).resolve().parents[1]
+    digest = hashlib.sha256()
+    for path in sorted(root.rglob("*.py")):
+        digest.update(path.relative_to(root).as_posix().encode())
+        digest.update(path.read_bytes())
+    return digest.hexdigest()[:16]
+
+
+def claim_checkpoint_folder(work_dir: str | Path, print_fn: Callable[[str], None], ctx: DistContext,
+                            identity: dict[str, Any]) -> Path:
+    """``work_dir/checkpoints``, with checkpoints written for another configuration set aside.
+
+    ``identity`` is everything that makes a checkpoint valid to resume (config, data digest, process
+    count); the library's code digest is added here.
+    """
+    folder = Path(work_dir) / "checkpoints"
+    marker = Path(work_dir) / FINGERPRINT_FILE
+    identity = {**identity, "code": library_digest()}
+    wanted = fingerprint(identity)
+    if ctx.is_main:
+        found = json.loads(marker.read_text()).get("fingerprint") if marker.is_file() else None
+        if found != wanted and folder.exists():
+            stale = folder.with_name(f"checkpoints.stale-{found or 'unknown'}")
+            shutil.rmtree(stale, ignore_errors=True)
+            folder.rename(stale)
+            print_fn(f"checkpoints in {folder} were written for another configuration, corpus or code version: "
+                     f"moved to {stale}, starting fresh")
+        marker.parent.mkdir(parents=True, exist_ok=True)
+        marker.write_text(json.dumps({"fingerprint": wanted, "identity": identity}, indent=1, default=str))
+    ctx.barrier()
+    return folder
+
+
+def open_checkpoints(work_dir: str | Path, print_fn: Callable[[str], None], ctx: DistContext, keep: int,
+                     identity: dict[str, Any]) -> Checkpointer:
+    folder = claim_checkpoint_folder(work_dir, print_fn, ctx, identity)
+    return Checkpointer(folder, keep=keep, rank=ctx.rank, barrier=ctx.barrier)

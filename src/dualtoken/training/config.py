@@ -10,10 +10,10 @@ from pydantic import Field, field_validator
 from dualtoken.schema import Strict, curated_input
 
 
-class OptimConfig(Strict):
-    """AdamW with linear warm-up and cosine decay to ``min_lr_ratio`` x ``lr``."""
+class AdamWConfig(Strict):
+    """AdamW with linear warm-up and cosine decay to ``min_lr_ratio`` x the learning rate, which is set by
+    ``OptimConfig.lr`` or, for the MLLM, by each phase."""
 
-    lr: float = Field(7.2e-5, gt=0.0)
     betas: tuple[float, float] = (0.5, 0.9)
     weight_decay: float = Field(1e-4, ge=0.0)
     warmup_steps: int = Field(0, ge=0)
@@ -26,6 +26,21 @@ class OptimConfig(Strict):
         if not all(0.0 <= b < 1.0 for b in betas):
             raise ValueError(f"betas must lie in [0, 1), got {list(betas)}")
         return betas
+
+
+class OptimConfig(AdamWConfig):
+    lr: float = Field(7.2e-5, gt=0.0)
+
+
+def shuffle_buffer_field(streams: str = "training stream") -> Any:
+    """The ``shuffle_buffer`` key of every trainer: how far each of its streams shuffles (``data.stream``)."""
+    return Field(1000, ge=0, description=f"samples each {streams} shuffles over (held decoded in memory); 0: "
+                                         "corpus order within the shuffled shards")
+
+
+def eval_images_field() -> Any:
+    """The ``eval_images`` key of the teacher and the tokenizer: how much of the val split they measure."""
+    return Field(512, ge=2, description="val images measured (the split's first N)")
 
 
 class ProcessConfig(Strict):
@@ -73,10 +88,9 @@ class TeacherConfig(Strict):
     text: TeacherTextConfig = TeacherTextConfig()
     steps: int = Field(300, ge=1)
     batch_size: int = Field(64, ge=2)
-    shuffle_buffer: int = Field(1000, ge=0, description="samples each training stream shuffles over (held decoded "
-                                                        "in memory); 0: corpus order within the shuffled shards")
+    shuffle_buffer: int = shuffle_buffer_field()
     eval_batch_size: int = Field(256, ge=1)
-    eval_images: int = Field(512, ge=2, description="val images measured (the split's first N)")
+    eval_images: int = eval_images_field()
     optim: OptimConfig = OptimConfig(lr=1e-3, betas=(0.9, 0.98), weight_decay=1e-4, warmup_steps=20)
     attribute_loss: float = Field(0.0, ge=0.0, description="x cross-entropy of the attributes the metadata states "
                                   "(shape, colour, digit, count), from image and caption embeddings; 0: the pure "

@@ -8,12 +8,15 @@ step, clipping, bf16 autocast on GPU, and the learning-rate schedule stepping on
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 
 import torch
+from rich.console import Console
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
+from dualtoken.training.config import RuntimeConfig
 from dualtoken.training.distributed import DistContext
 
 
@@ -69,3 +72,41 @@ class Engine:
     @property
     def lr(self) -> float:
         return float(self.optimizer.param_groups[0]["lr"])
+
+
+def apply_activation_checkpointing(model: torch.nn.Module, runtime: RuntimeConfig, device: torch.device) -> bool:
+    """Recompute layer activations in backward (``gradient_checkpointing``: on, or auto with CUDA)."""
+    mode = runtime.gradient_checkpointing
+    if not (mode == "on" or (mode == "auto" and device.type == "cuda")):
+        return False
+    # transformers >= 5.2 renamed it; both names switch the same GradientCheckpointingLayer flag
+    enable = getattr(model, "activation_checkpointing_enable", None) or model.gradient_checkpointing_enable
+    enable()
+    return True
+
+
+class StepLog:
+    """Prints a line every ``every`` steps on rank 0 (loss terms, lr, samples/s) and hands the numbers on."""
+
+    def __init__(self, name: str, total_steps: int, every: int, console: Console, ctx: DistContext,
+                 sink: Callable[[int, dict[str, float]], None] | None = None) -> None:
+        self.name, self.total, self.every = name, total_steps, every
+        self.console, self.ctx, self.sink = console, ctx, sink
+        self.samples, self.t0 = 0, time.perf_counter()
+
+    def __call__(self, step: int, batch_samples: int, metrics: dict[str, float]) -> None:
+        """``step`` is 1-based (steps done); metrics are this rank's, averaged across ranks here."""
+        self.samples += batch_samples
+        if step % self.every and step != self.total:
+            return
+        keys = sorted(metrics)
+        averaged = self.ctx.mean(torch.tensor([metrics[k] for k in keys], dtype=torch.float64))
+        out = dict(zip(keys, averaged.tolist(), strict=True))
+        elapsed = time.perf_counter() - self.t0
+        out["samples_per_s"] = self.samples * self.ctx.world / max(elapsed, 1e-9)
+        self.samples, self.t0 = 0, time.perf_counter()
+        if self.ctx.is_main:
+            shown = " ".join(f"{k}={v:.4g}" for k, v in out.items())
+            self.console.print(f"\\[{self.name}] step {step}/{self.total} {shown}")
+            if self.sink is not None:
+                self.sink(step, out)

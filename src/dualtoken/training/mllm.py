@@ -33,16 +33,13 @@ from dualtoken.data.tokens import TokenLayout
 from dualtoken.models.mllm import DualTokenMLLM
 from dualtoken.storage import StorageConfig, atomic_write
 from dualtoken.training import deepspeed_engine as ds
+from dualtoken.training.checkpoint import claim_checkpoint_folder
+from dualtoken.training.config import OptimConfig
 from dualtoken.training.distributed import DistContext
-from dualtoken.training.engine import resolve_precision
+from dualtoken.training.engine import apply_activation_checkpointing, resolve_precision
 from dualtoken.training.mllm_config import MllmConfig, MllmPhase
-from dualtoken.training.run import (
-    apply_activation_checkpointing,
-    build_optimizer,
-    claim_checkpoint_folder,
-    loader_settings,
-    micro_batch,
-)
+from dualtoken.training.rank_data import loader_settings, micro_batch
+from dualtoken.training.schedule import build_optimizer
 
 Sink = Callable[[int, dict[str, float]], None]
 
@@ -168,7 +165,7 @@ def _run_phase(cfg: MllmConfig, model: DualTokenMLLM, source: TokenSource, ctx: 
                resume_tag: str | None, console: Console, sink: Sink | None) -> list[dict[str, float]]:
     runtime = cfg.runtime
     trainable = freeze_for(model, phase)
-    optim = cfg.optim.model_copy(update={"lr": phase.lr})
+    optim = OptimConfig(lr=phase.lr, **cfg.optim.model_dump())
     optimizer, scheduler = build_optimizer([{"params": model.parameters()}], optim, phase.steps)
     if ctx.is_main:
         console.print(f"\\[mllm] phase {index + 1} '{phase.name}': {phase.steps} steps at lr {phase.lr:g}, training "

@@ -10,7 +10,7 @@ from pydantic import Field, field_validator, model_validator
 
 from dualtoken.models.sampling import SamplingConfig
 from dualtoken.schema import Strict
-from dualtoken.training.config import OptimConfig, RuntimeConfig
+from dualtoken.training.config import AdamWConfig, RuntimeConfig, shuffle_buffer_field
 
 MllmTask = Literal["caption", "vqa", "t2i"]
 MllmPart = Literal["projector", "llm", "heads"]
@@ -94,15 +94,15 @@ class MllmConfig(Strict):
     phases: list[MllmPhase] = Field(default_factory=_paper_phases, min_length=1)
     run_phases: list[str] | None = Field(None, description="names of the phases to run, in order; null: all")
     batch_size: int = Field(32, ge=1, description="global batch (sequences per optimizer step)")
-    shuffle_buffer: int = Field(1000, ge=0, description="samples each task stream shuffles over (held decoded in "
-                                                        "memory); 0: corpus order within the shuffled shards")
+    shuffle_buffer: int = shuffle_buffer_field("task stream")
     max_text_tokens: int = Field(48, ge=4, description="captions, questions and answers are cut to this length")
     vqa_turns: int = Field(1, ge=1, description="questions asked per VQA sequence: a conversation over one image, "
                                                 "several answers' signal for one pass over its positions")
     text_loss_weight: float = Field(1.0, ge=0.0)
     visual_loss_weight: float = Field(1.0, ge=0.0, description="x (sum over depths of both streams' CE)")
     prompt_dropout: float = Field(0.1, ge=0.0, le=1.0, description="t2i prompts dropped (for CFG)")
-    optim: OptimConfig = OptimConfig(lr=1e-4, betas=(0.9, 0.95), weight_decay=0.0, warmup_steps=10)
+    optim: AdamWConfig = Field(AdamWConfig(betas=(0.9, 0.95), weight_decay=0.0, warmup_steps=10),
+                               description="every phase's optimizer; its learning rate is the phase's lr")
     zero_stage: Literal[0, 1, 2, 3] = Field(2, description="DeepSpeed ZeRO stage")
     runtime: RuntimeConfig = RuntimeConfig()
     eval: MllmEvalConfig = MllmEvalConfig()

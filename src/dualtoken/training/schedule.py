@@ -1,10 +1,15 @@
-"""Learning-rate schedule: linear warm-up, then cosine decay to ``min_ratio`` x the peak."""
+"""The optimizer and its learning-rate schedule: AdamW from the config, linear warm-up, then cosine decay to
+``min_ratio`` x the peak."""
 
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable
+from typing import Any
 
 import torch
+
+from dualtoken.training.config import OptimConfig
 
 
 def warmup_cosine(step: int, warmup_steps: int, total_steps: int, min_ratio: float = 0.0) -> float:
@@ -19,3 +24,17 @@ def warmup_cosine_scheduler(optimizer: torch.optim.Optimizer, warmup_steps: int,
                             min_ratio: float = 0.0) -> torch.optim.lr_scheduler.LambdaLR:
     return torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda step: warmup_cosine(step, warmup_steps, total_steps, min_ratio))
+
+
+def build_optimizer(groups: Iterable[dict[str, Any]], optim: OptimConfig, total_steps: int
+                    ) -> tuple[torch.optim.AdamW, torch.optim.lr_scheduler.LambdaLR]:
+    """AdamW over parameter groups (each may carry an ``lr_scale``), warm-up + cosine schedule."""
+    param_groups = []
+    for group in groups:
+        params = [p for p in group["params"] if p.requires_grad]
+        if params:
+            param_groups.append({"params": params, "lr": optim.lr * group.get("lr_scale", 1.0)})
+    if not param_groups:
+        raise ValueError("nothing to train: every parameter is frozen")
+    optimizer = torch.optim.AdamW(param_groups, lr=optim.lr, betas=optim.betas, weight_decay=optim.weight_decay)
+    return optimizer, warmup_cosine_scheduler(optimizer, optim.warmup_steps, total_steps, optim.min_lr_ratio)

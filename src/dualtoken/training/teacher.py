@@ -23,17 +23,12 @@ from dualtoken.data.shards import Shard
 from dualtoken.metrics.zeroshot import TASKS, attribute_targets, embed_in_batches, retrieval_r1, zero_shot
 from dualtoken.models.teacher import image_embedder, text_embedder, tokenize
 from dualtoken.storage import StorageConfig
+from dualtoken.training.checkpoint import open_checkpoints
 from dualtoken.training.config import TeacherConfig
 from dualtoken.training.distributed import DistContext
-from dualtoken.training.engine import Engine
-from dualtoken.training.run import (
-    StepLog,
-    apply_activation_checkpointing,
-    build_optimizer,
-    micro_batch,
-    open_checkpoints,
-    rank_loader,
-)
+from dualtoken.training.engine import Engine, StepLog, apply_activation_checkpointing
+from dualtoken.training.rank_data import micro_batch, rank_loader
+from dualtoken.training.schedule import build_optimizer
 
 
 def sigmoid_loss(image_embeds: torch.Tensor, text_embeds: torch.Tensor, logit_scale: torch.Tensor,

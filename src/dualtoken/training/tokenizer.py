@@ -1,7 +1,7 @@
 """Training the DualToken tokenizer against a frozen SigLIP teacher (losses in ``tokenizer_losses``).
 
 One optimizer step = ``grad_accum`` micro batches per process, each from its own stream of the training
-shards (``dualtoken.training.run.rank_loader``). With the GAN active (from ``gan_start_step``), each micro
+shards (``dualtoken.training.rank_data.rank_loader``). With the GAN active (from ``gan_start_step``), each micro
 batch also trains the PatchGAN discriminator on (image, reconstruction). A checkpoint holds both networks,
 both optimizers and schedules, the loader's position and every RNG.
 """
@@ -26,16 +26,11 @@ from dualtoken.models.dualtoken import DualTokenModel
 from dualtoken.models.layers import PatchDiscriminator, adaptive_gan_weight, hinge_d_loss, hinge_g_loss
 from dualtoken.schema import ConfigError
 from dualtoken.storage import StorageConfig
+from dualtoken.training.checkpoint import open_checkpoints
 from dualtoken.training.distributed import DistContext
-from dualtoken.training.engine import Engine
-from dualtoken.training.run import (
-    StepLog,
-    apply_activation_checkpointing,
-    build_optimizer,
-    micro_batch,
-    open_checkpoints,
-    rank_loader,
-)
+from dualtoken.training.engine import Engine, StepLog, apply_activation_checkpointing
+from dualtoken.training.rank_data import micro_batch, rank_loader
+from dualtoken.training.schedule import build_optimizer
 from dualtoken.training.tokenizer_config import TokenizerConfig
 from dualtoken.training.tokenizer_losses import (
     Perceptual,

@@ -9,7 +9,7 @@ from typing import Any, Literal
 from pydantic import Field, field_validator, model_validator
 
 from dualtoken.schema import Strict, curated_input
-from dualtoken.training.config import OptimConfig, RuntimeConfig
+from dualtoken.training.config import OptimConfig, RuntimeConfig, eval_images_field, shuffle_buffer_field
 
 
 class LossConfig(Strict):
@@ -80,10 +80,9 @@ class TokenizerConfig(Strict):
     work_dir: str = "data/.work/tokenizer"
     steps: int = Field(1000, ge=1)
     batch_size: int = Field(32, ge=1)
-    shuffle_buffer: int = Field(1000, ge=0, description="samples each training stream shuffles over (held decoded "
-                                                        "in memory); 0: corpus order within the shuffled shards")
+    shuffle_buffer: int = shuffle_buffer_field()
     eval_batch_size: int = Field(128, ge=1)
-    eval_images: int = Field(512, ge=2, description="val images measured (the split's first N)")
+    eval_images: int = eval_images_field()
     new_params_lr_scale: float = Field(1.0, gt=0.0, description="lr multiplier for parts the teacher lacks")
     optim: OptimConfig = OptimConfig()
     discriminator_optim: OptimConfig = OptimConfig()
