@@ -53,7 +53,7 @@ def test_tokenizer_starts_from_the_stem_tower_and_round_trips(tmp_path):
 
 
 def test_paper_configs_keep_the_patchify_convolution_and_bad_stems_are_errors():
-    for name in ("so400m-patch14-384", "siglip2-so400m-patch16-256"):
+    for name in ("so400m-patch14-384", "siglip2-so400m-patch16-256", "siglip-l16-256"):
         assert "conv_stem" not in vision_config_of(name)
     vision = vision_config_of("demo-32px")
     for bad in ([16, 32, 64], [-16, -32], [16, 0]):  # 8x downsampling for patch 4; channels not positive

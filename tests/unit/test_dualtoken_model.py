@@ -67,9 +67,11 @@ def _siglip_vision_params(h: int, i: int, layers: int, patch: int, image: int) -
     return embeddings + layers * layer + 2 * h + head
 
 
-@pytest.mark.parametrize(("name", "grid", "depth", "image"), [
-    ("so400m-patch14-384", 27, 8, 384), ("siglip2-so400m-patch16-256", 16, 4, 256)])
-def test_full_size_configs_on_meta_device(name, grid, depth, image):
+@pytest.mark.parametrize(("name", "grid", "depth", "image", "tower_shape", "billions"), [
+    ("so400m-patch14-384", 27, 8, 384, (1152, 4304, 27, 14), (0.40, 0.44)),  # SigLIP-So400m's vision tower
+    ("siglip2-so400m-patch16-256", 16, 4, 256, (1152, 4304, 27, 16), (0.40, 0.44)),
+    ("siglip-l16-256", 16, 4, 256, (1024, 4096, 24, 16), (0.30, 0.33))])  # SigLIP-L/16's: ~0.32 B
+def test_full_size_configs_on_meta_device(name, grid, depth, image, tower_shape, billions):
     config = named_config(name)
     with torch.device("meta"):
         model = DualTokenModel(config).eval()  # eval: no data-dependent codebook initialisation
@@ -79,8 +81,8 @@ def test_full_size_configs_on_meta_device(name, grid, depth, image):
     assert out.reconstruction.shape == (2, 3, image, image)
     assert model.pixel_quantizer.codebooks.shape == (1, 16384, 32)
     tower = sum(p.numel() for p in model.vision.parameters())
-    assert tower == _siglip_vision_params(1152, 4304, 27, 14 if grid == 27 else 16, image)
-    assert 4.0e8 < tower < 4.4e8  # SigLIP-So400m's vision tower: ~0.43 B parameters
+    assert tower == _siglip_vision_params(*tower_shape, image)
+    assert billions[0] * 1e9 < tower < billions[1] * 1e9
 
 
 def test_bad_layouts_are_errors():

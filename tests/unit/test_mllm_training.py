@@ -16,7 +16,7 @@ from dualtoken.data import tokens as tokens_module
 from dualtoken.data.shards import split_shards
 from dualtoken.data.tokens import read_layout
 from dualtoken.training.distributed import DistContext
-from dualtoken.training.mllm import TokenSource, freeze_for, train_mllm
+from dualtoken.training.mllm import PhaseData, TokenSource, freeze_for, phase_micro_batch, train_mllm
 from dualtoken.training.mllm_config import MllmConfig
 from tiny import tiny_mllm, tiny_text_tokenizer, write_token_corpus
 
@@ -148,3 +148,21 @@ def test_the_trainer_streams_its_split_instead_of_holding_it(tmp_path, monkeypat
                               "tasks": {"caption": 1, "vqa": 1, "t2i": 2}}])
     assert len(rows) == 6
     assert len(decoded) <= 3 * (16 + 64)  # per task stream: its window and one piece, not the corpus
+
+
+def test_each_phase_takes_its_own_batch_size(data):
+    """A phase's ``batch_size`` (the paper's 64 / 256 / 128 / 256) decides how many sequences each of its steps
+    reads; a phase without one takes ``mllm.batch_size``. An uneven split names the phase's key."""
+    cfg = _cfg(Path("unused"), phases=[
+        {"name": "understand", "steps": 1, "lr": 1e-3, "batch_size": 8, "train": ["llm"], "tasks": {"caption": 1}},
+        {"name": "generate", "steps": 1, "lr": 1e-3, "train": ["heads"], "tasks": {"t2i": 1}}])
+    read = []
+    for phase in cfg.phases:
+        phase_data = PhaseData.open(cfg, data, CPU, 0, phase)
+        with phase_data.loader:
+            read.append(len(phase_data.step_sequences(0.0)))
+    assert read == [8, 4]
+    with pytest.raises(ValueError, match=r"mllm\.phases\.understand\.batch_size \(8\) must be divisible"):
+        phase_micro_batch(cfg, cfg.phases[0], 3)
+    assert [(p.lr, p.batch_size) for p in MllmConfig().phases] == [(1e-3, 64), (2e-5, 256), (1e-4, 128),
+                                                                   (1e-5, 256)]

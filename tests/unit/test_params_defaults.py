@@ -26,8 +26,10 @@ def _leaves(node: yaml.MappingNode, schema: dict, prefix: str = ""):
     for key_node, value in node.value:
         key = key_node.value
         path = f"{prefix}{key}"
-        if isinstance(value, yaml.MappingNode) and isinstance(schema.get(key), dict) and value.value:
-            yield from _leaves(value, schema[key], f"{path}.")
+        below = schema.get(key)
+        if isinstance(value, yaml.MappingNode) and isinstance(below, dict) and value.value and all(
+                k.value in below for k, _ in value.value):  # a section; else an open mapping is one value
+            yield from _leaves(value, below, f"{path}.")
         else:
             yield path, key_node.start_mark.line
 

@@ -97,6 +97,30 @@ def test_dead_codes_are_restarted_from_the_batch():
     assert (rq.cluster_size[0, 1:] == 1.0).all()
 
 
+@pytest.mark.parametrize(("threshold", "updates_until_restart_expected"), [(1.0, 1), (1e-3, 688)])
+def test_the_released_restart_rule_revives_an_unused_code_at_its_first_update(threshold,
+                                                                               updates_until_restart_expected):
+    """The default (1.0) is the released code's rule: a code whose EMA count is below 1 after an update restarts
+    then. From a count of 1 at decay 0.99 that is the first update without it; at 1e-3 it is the 688th
+    (0.99^687 = 1.0e-3, 0.99^688 < 1e-3)."""
+    assert ResidualQuantizer(dim=1, codebook_size=2, depth=1).restart_threshold == 1.0
+    rq = ResidualQuantizer(dim=1, codebook_size=2, depth=1, decay=0.99, restart_threshold=threshold)
+    rq.codebooks.data = torch.tensor([[[0.0], [1000.0]]])  # code 1 is never nearest to the batch
+    rq.embed_sum.copy_(rq.codebooks)
+    rq.initialized.fill_(True)
+    batch = torch.tensor([[0.5], [-0.5]])
+
+    def updates_until_restart() -> int:
+        for update in range(1, 1000):
+            rq(batch)
+            if rq.codebooks[0, 1, 0] < 500:  # EMA smoothing moves it a little; a restart moves it to the batch
+                return update
+        return -1
+
+    assert updates_until_restart() == updates_until_restart_expected
+    assert rq.codebooks[0, 1, 0] in batch and rq.cluster_size[0, 1] == 1.0
+
+
 def test_learned_codebook_gets_gradients_and_ema_codebook_does_not():
     learned = ResidualQuantizer(dim=4, codebook_size=16, depth=2, update="learned")
     out = learned(torch.randn(128, 4))

@@ -12,8 +12,9 @@ from dualtoken.data.shards import split_shards
 from dualtoken.evaluation.tokenizer import codebook_usage
 from dualtoken.metrics.reconstruction import psnr, ssim
 from dualtoken.models.dualtoken import DualTokenModel
+from dualtoken.models.layers import PatchDiscriminator, hinge_g_loss
 from dualtoken.training.distributed import DistContext
-from dualtoken.training.tokenizer import train_tokenizer
+from dualtoken.training.tokenizer import Objective, train_tokenizer
 from dualtoken.training.tokenizer_losses import apply_stage, stage_plan, teacher_feature_distance
 from tiny import TOKENIZER, tiny_split, tiny_teacher, tiny_tokenizer_config, tokenizer_cfg, write_curated_corpus
 
@@ -57,6 +58,30 @@ def test_overfitting_one_batch_lowers_every_loss(tmp_path):
     first, last = seen[0], seen[-1]
     for term in ("reconstruction", "semantic_tap", "semantic_pooled", "perceptual", "loss"):
         assert last[term] < 0.7 * first[term], (term, first[term], last[term])
+
+
+def test_the_adaptive_gan_weight_balances_the_unweighted_reconstruction_loss(tmp_path):
+    """As the released code: ||grad nll|| / ||grad g|| at the decoder's last layer with nll = MSE + perceptual
+    weight x perceptual, the reconstruction weight (5) left out. So the weight does not move with that weight, and
+    equals the ratio computed here by hand."""
+    teacher = tiny_teacher()
+    images = to_model_input(tiny_split(4).images)
+    reported = []
+    for weight in (1.0, 5.0):
+        cfg = tokenizer_cfg(tmp_path, losses={"reconstruction": weight, "gan_start_step": 0, "gan_weight_min": 0.0,
+                                              "gan_weight_max": 1e9, "perceptual_kind": "none"})
+        model = _model(teacher).eval()  # no codebook update between the objective's forward and ours
+        torch.manual_seed(2)
+        disc = PatchDiscriminator(8, 2)
+        objective = Objective(cfg, stage_plan(1, model.config), teacher.vision_model, disc, None)
+        reported.append(objective(model, model, images, step=0)[1]["gan_adaptive_weight"])
+    out = model(images)
+    last = model.decoder_last_layer
+    mse = torch.nn.functional.mse_loss(out.reconstruction, images)
+    by_hand = (torch.autograd.grad(mse, last, retain_graph=True)[0].norm()
+               / (torch.autograd.grad(hinge_g_loss(disc(out.reconstruction)), last)[0].norm() + 1e-4))
+    assert reported[0] == pytest.approx(reported[1], rel=1e-5)
+    assert reported[1] == pytest.approx(by_hand.item(), rel=1e-5)
 
 
 def test_killed_run_resumes_with_the_same_losses(tmp_path):

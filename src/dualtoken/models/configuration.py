@@ -14,6 +14,9 @@ class DualTokenConfig(PretrainedConfig):
     The semantic tap's quantized features replace the hidden state after ``layer_semantic`` and run
     through the remaining layers, the post-layernorm and the pooling head.
 
+    ``restart_threshold``: a code whose EMA count falls below it takes a vector of the batch at that update;
+    1.0 is the released code's rule (a code unused for one update at decay 0.99 restarts at once).
+
     ``single_codebook=True`` is the paper's conflict baseline (its ablation row (a)): one tap, one quantizer,
     whose codes both feed the remaining layers and are decoded to pixels (``layer_pixel == layer_semantic``).
     """
@@ -40,7 +43,7 @@ class DualTokenConfig(PretrainedConfig):
         pixel_update: str = "ema",
         semantic_update: str = "ema",
         ema_decay: float = 0.99,
-        restart_threshold: float = 1e-3,
+        restart_threshold: float = 1.0,
         decoder_channels: int = 128,
         decoder_channel_mult: tuple[int, ...] | list[int] = (1, 1, 4, 4, 8),
         decoder_res_blocks: int = 2,
@@ -144,6 +147,15 @@ NAMED_CONFIGS["siglip2-so400m-patch16-256"] = {
     **NAMED_CONFIGS["so400m-patch14-384"],
     "vision_config": {**NAMED_CONFIGS["so400m-patch14-384"]["vision_config"], "image_size": 256, "patch_size": 16},
     "pixel_depth": 4, "semantic_depth": 4, "latent_size": None,
+}
+
+# The paper's ablation tower: SigLIP-L/16 at 256 px (24 layers of width 1024, 16 x 16 tokens, depth 4). The
+# semantic tap is the second-to-last layer, as layer 26 of the So400m's 27; the pixel tap and shortcut as above.
+NAMED_CONFIGS["siglip-l16-256"] = {
+    **NAMED_CONFIGS["siglip2-so400m-patch16-256"],
+    "vision_config": _siglip(image_size=256, patch_size=16, hidden_size=1024, intermediate_size=4096,
+                             num_hidden_layers=24, num_attention_heads=16),
+    "layer_semantic": 23,
 }
 
 

@@ -102,7 +102,7 @@ class ResidualQuantizer(nn.Module):
         decay: float = 0.99,
         eps: float = 1e-5,
         init: Literal["kmeans++", "sample"] = "kmeans++",
-        restart_threshold: float = 1e-3,
+        restart_threshold: float = 1.0,
         chunk_size: int | None = None,
     ) -> None:
         super().__init__()
@@ -123,6 +123,8 @@ class ResidualQuantizer(nn.Module):
         self.register_buffer("cluster_size", torch.ones(books, codebook_size))
         self.register_buffer("embed_sum", initial.clone())
         self.register_buffer("initialized", torch.tensor(False))
+        # EMA updates done. It seeds the dead-code restarts and, being a buffer, is checkpointed with the model.
+        self.register_buffer("updates", torch.zeros((), dtype=torch.long))
 
     def book_index(self, depth: int) -> int:
         return 0 if self.shared_codebook else depth
@@ -232,6 +234,7 @@ class ResidualQuantizer(nn.Module):
         if _distributed():  # every rank applies the same update from the global statistics
             dist.all_reduce(counts)
             dist.all_reduce(sums)
+        self.updates.add_(1)
         self.cluster_size.mul_(self.decay).add_(counts, alpha=1 - self.decay)
         self.embed_sum.mul_(self.decay).add_(sums, alpha=1 - self.decay)
         if self.update == "ema":
@@ -242,14 +245,19 @@ class ResidualQuantizer(nn.Module):
 
     @torch.no_grad()
     def _restart_dead_codes(self, inputs: list[Tensor]) -> None:
-        """Codes whose EMA count fell below the threshold take a random vector of this batch."""
+        """Codes whose EMA count fell below the threshold take a random vector of this batch. The draw is seeded by
+        the update count, not the global RNG: a resumed run restarts the same codes with the same vectors as the
+        uninterrupted one, whatever else drew random numbers in between (a data loader starting, say)."""
+        generator = None
         for b in range(self.codebooks.shape[0]):
             dead = self.cluster_size[b] < self.restart_threshold
             n_dead = int(dead.sum())
             if n_dead == 0:
                 continue
             pool = torch.cat(inputs) if self.shared_codebook else inputs[b]
-            fresh = pool[torch.randint(pool.shape[0], (n_dead,), device=pool.device)]
+            if generator is None:
+                generator = torch.Generator(pool.device).manual_seed(int(self.updates))
+            fresh = pool[torch.randint(pool.shape[0], (n_dead,), device=pool.device, generator=generator)]
             if _distributed():
                 dist.broadcast(fresh, src=0)
             self.codebooks.data[b, dead] = fresh

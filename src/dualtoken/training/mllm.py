@@ -71,7 +71,7 @@ class PhaseData:
              ) -> PhaseData:
         accum = cfg.runtime.grad_accum
         streams = ctx.world * accum
-        per_stream = stream_task_counts(phase.tasks, streams, micro_batch(cfg.batch_size, ctx.world, accum, "mllm"))
+        per_stream = stream_task_counts(phase.tasks, streams, phase_micro_batch(cfg, phase, ctx.world))
         sizes = [s.samples for s in source.shards]
         orders = {task: StreamOrder(sizes, streams, derived_seed(seed, phase.name, task), cfg.shuffle_buffer,
                                     name=f"{phase.name}/{task}") for task in phase.tasks if phase.tasks[task] > 0}
@@ -112,6 +112,12 @@ class Position:
         return cls(int(phase), int(step))
 
 
+def phase_micro_batch(cfg: MllmConfig, phase: MllmPhase, world: int) -> int:
+    """Sequences per process and micro step in ``phase``; an uneven split is an error naming the key."""
+    key = f"mllm.phases.{phase.name}" if phase.batch_size else "mllm"
+    return micro_batch(cfg.phase_batch(phase), world, cfg.runtime.grad_accum, key)
+
+
 def freeze_for(model: DualTokenMLLM, phase: MllmPhase) -> int:
     """Trainable parameters of the phase (count); everything else frozen."""
     count = 0
@@ -130,7 +136,8 @@ def train_mllm(cfg: MllmConfig, model: DualTokenMLLM, source: TokenSource, ctx: 
     process count and accumulation are added here."""
     runtime = cfg.runtime
     precision = resolve_precision(runtime.precision, ctx.device)
-    micro = micro_batch(cfg.batch_size, ctx.world, runtime.grad_accum, "mllm")
+    for phase in cfg.selected_phases():  # an uneven split is an error before anything runs
+        phase_micro_batch(cfg, phase, ctx.world)
     training = cfg.model_dump(mode="json", exclude={"runtime", "eval", "register_as", "output_dir", "metrics_path",
                                                     "work_dir"})
     folder = claim_checkpoint_folder(cfg.work_dir, console.print, ctx, {
@@ -154,7 +161,8 @@ def train_mllm(cfg: MllmConfig, model: DualTokenMLLM, source: TokenSource, ctx: 
         # next phase, or the saved model, starts from.
         if start < phase.steps or resumes_here:
             rows += _run_phase(cfg, model, source, ctx, seed, index, phase, start, done_before, folder, precision,
-                               micro, tag if resumes_here else None, console, sink)
+                               phase_micro_batch(cfg, phase, ctx.world), tag if resumes_here else None, console,
+                               sink)
         done_before += phase.steps
     model.requires_grad_(True)
     return rows

@@ -53,6 +53,7 @@ class MllmPhase(Strict):
     name: str
     steps: int = Field(ge=1)
     lr: float = Field(gt=0.0)
+    batch_size: int | None = Field(None, ge=1, description="this phase's global batch; null: mllm.batch_size")
     train: list[MllmPart] = Field(min_length=1)
     tasks: dict[MllmTask, float] = Field(min_length=1, description="mixture weights of the task sequences")
 
@@ -65,11 +66,12 @@ class MllmPhase(Strict):
 
 
 def _paper_phases() -> list[MllmPhase]:
-    return [MllmPhase(name="align", steps=1000, lr=1e-3, train=["projector"], tasks={"caption": 1.0}),
-            MllmPhase(name="understand", steps=1000, lr=2e-5, train=["projector", "llm"],
+    """The paper's learning rates and batch sizes per phase (its last phase goes from 512 to 256: 256 here)."""
+    return [MllmPhase(name="align", steps=1000, lr=1e-3, batch_size=64, train=["projector"], tasks={"caption": 1.0}),
+            MllmPhase(name="understand", steps=1000, lr=2e-5, batch_size=256, train=["projector", "llm"],
                       tasks={"caption": 1.0, "vqa": 2.0}),
-            MllmPhase(name="generate", steps=1000, lr=1e-3, train=["heads"], tasks={"t2i": 1.0}),
-            MllmPhase(name="joint", steps=1000, lr=1e-5, train=["projector", "llm", "heads"],
+            MllmPhase(name="generate", steps=1000, lr=1e-4, batch_size=128, train=["heads"], tasks={"t2i": 1.0}),
+            MllmPhase(name="joint", steps=1000, lr=1e-5, batch_size=256, train=["projector", "llm", "heads"],
                       tasks={"caption": 1.0, "vqa": 1.0, "t2i": 2.0})]
 
 
@@ -93,7 +95,8 @@ class MllmConfig(Strict):
     head: VisualHeadConfig = VisualHeadConfig()
     phases: list[MllmPhase] = Field(default_factory=_paper_phases, min_length=1)
     run_phases: list[str] | None = Field(None, description="names of the phases to run, in order; null: all")
-    batch_size: int = Field(32, ge=1, description="global batch (sequences per optimizer step)")
+    batch_size: int = Field(32, ge=1, description="global batch (sequences per optimizer step) of a phase that "
+                                                  "sets none")
     shuffle_buffer: int = shuffle_buffer_field("task stream")
     max_text_tokens: int = Field(48, ge=4, description="captions, questions and answers are cut to this length")
     vqa_turns: int = Field(1, ge=1, description="questions asked per VQA sequence: a conversation over one image, "
@@ -117,6 +120,10 @@ class MllmConfig(Strict):
             if name not in names:
                 raise ValueError(f"run_phases: unknown phase {name!r}; phases are {names}")
         return self
+
+    def phase_batch(self, phase: MllmPhase) -> int:
+        """The phase's global batch: its own, else ``batch_size``."""
+        return phase.batch_size or self.batch_size
 
     def selected_phases(self) -> list[MllmPhase]:
         if self.run_phases is None:

@@ -97,7 +97,8 @@ class Objective:
                 weights["perceptual"] = w.perceptual
         loss = sum(weights[k] * v for k, v in terms.items())
         if self.gan_active(step):
-            nll = sum(weights[k] * terms[k] for k in ("reconstruction", "perceptual") if k in terms)
+            # as the released code: the unweighted MSE (its 5x applies to the total only) + the weighted perceptual
+            nll = terms["reconstruction"] + weights.get("perceptual", 0.0) * terms.get("perceptual", 0.0)
             self.discriminator.requires_grad_(False)  # the generator's loss must not train the discriminator
             g_loss = hinge_g_loss(self.discriminator(out.reconstruction))
             self.discriminator.requires_grad_(True)
