@@ -80,7 +80,7 @@ def test_evaluation_metrics_cover_the_tokenizer_the_mllm_and_the_ablation(evalua
     gen = metrics["mllm"]["generation"]
     assert gen["images"] == 3 and gen["seed"] == 0 and gen["FD-teacher"] >= 0 and "count" in gen
     rows = [r["variant"] for r in metrics["ablation"]["rows"]]
-    assert rows == ["teacher_continuous", "teacher_quantized", *RAN]
+    assert rows == ["teacher_continuous", "teacher_dualtoken_quantizer", *RAN]
     codes_csv = (out / "plots" / "codes.csv").read_text().splitlines()
     assert codes_csv[0] == "stream,depth,usage,perplexity" and len(codes_csv) == 1 + 2 + 2  # 2 streams x 2 depths
 

@@ -145,10 +145,14 @@ def test_ablation_variants_share_the_budget_and_differ_where_the_paper_says():
     one = configs["a_one_codebook"]
     assert one.overrides["single_codebook"] and one.overrides["layer_pixel"] == base.layer_semantic
     assert one.losses.semantic_tap == tokenizer.losses.semantic_tap
-    for name, layer in (("b_recon_semantic_layer", base.layer_semantic), ("c_recon_pixel_layer", base.layer_pixel)):
+    for name in ("b_recon_semantic_layer", "c_recon_pixel_layer"):
         c = configs[name]
         assert c.losses.semantic_tap == c.losses.semantic_pooled == 0.0 and c.losses.reconstruction > 0
-        assert model_overrides(name, base)["layer_semantic"] == layer == c.overrides["layer_pixel"]
+    assert model_overrides("b_recon_semantic_layer", base)["layer_pixel"] == base.layer_semantic
+    # (c) is (d)'s model, pixel tap and shortcut included: only the semantic losses differ between them
+    assert configs["c_recon_pixel_layer"].overrides == configs["d_dualtoken"].overrides == {}
+    assert configs["c_recon_pixel_layer"].losses == configs["d_dualtoken"].losses.model_copy(
+        update={"semantic_tap": 0.0, "semantic_pooled": 0.0})
     assert len({c.output_dir for c in configs.values()}) == len(VARIANTS)
 
 
@@ -161,9 +165,11 @@ def test_ablation_table_has_the_teacher_rows_and_only_the_variants_that_ran():
 
     table = ablation_table({"d_dualtoken": result(20.0, 0.6), "b_recon_semantic_layer": result(21.0, 0.1)})
     rows = {r["variant"]: r for r in table["rows"]}
-    assert list(rows) == ["teacher_continuous", "teacher_quantized", "b_recon_semantic_layer", "d_dualtoken"]
+    assert list(rows) == ["teacher_continuous", "teacher_dualtoken_quantizer", "b_recon_semantic_layer",
+                          "d_dualtoken"]
     assert rows["teacher_continuous"]["zero_shot"] == pytest.approx(0.7)
-    assert rows["teacher_quantized"]["zero_shot"] == pytest.approx(0.6)
+    assert rows["teacher_dualtoken_quantizer"]["zero_shot"] == pytest.approx(0.6)
+    assert rows["teacher_dualtoken_quantizer"]["paper"]["zero_shot"] is None  # not the paper's quantity
     assert rows["b_recon_semantic_layer"]["zero_shot"] is None  # no semantic objective: '-' as in the paper
     assert rows["d_dualtoken"]["fd"] == 12.0 and rows["d_dualtoken"]["paper"]["psnr"] == 28.69
     markdown = table_markdown(table)

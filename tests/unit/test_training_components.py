@@ -7,7 +7,8 @@ import torch
 
 from dualtoken.data.stream import Emitter, StreamOrder
 from dualtoken.training.checkpoint import Checkpointer
-from dualtoken.training.schedule import warmup_cosine, warmup_cosine_scheduler
+from dualtoken.training.config import OptimConfig
+from dualtoken.training.schedule import build_optimizer, warmup_cosine, warmup_cosine_scheduler
 
 DATA = torch.randn(64, 8, generator=torch.Generator().manual_seed(0))
 TARGET = DATA @ torch.randn(8, 1, generator=torch.Generator().manual_seed(1))
@@ -81,3 +82,20 @@ def test_tokenizer_checkpoint_keeps_codebooks_and_ema_state(tmp_path):
     ours, theirs = model.state_dict(), restored.state_dict()
     assert all(torch.equal(ours[k], theirs[k]) for k in ours)
     assert bool(restored.semantic_quantizer.initialized)
+
+
+@pytest.mark.parametrize("decay_all", [False, True])
+def test_biases_and_norms_are_exempt_from_weight_decay_unless_asked(decay_all):
+    """As released: with no gradient, AdamW's decoupled decay alone moves a weight by lr x wd x value per step;
+    a bias or a norm scale does not move unless ``decay_biases_and_norms``. The lr scale of a group is kept."""
+    model = torch.nn.Sequential(torch.nn.Linear(4, 4), torch.nn.LayerNorm(4))
+    optim = OptimConfig(lr=0.1, weight_decay=0.5, decay_biases_and_norms=decay_all)
+    optimizer, _ = build_optimizer([{"params": model.parameters(), "lr_scale": 2.0}], optim, total_steps=10)
+    assert {g["lr"] for g in optimizer.param_groups} == {0.2}
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    for p in model.parameters():
+        p.grad = torch.zeros_like(p)
+    optimizer.step()
+    for name, p in model.named_parameters():
+        shrink = 1 - 0.2 * 0.5 if decay_all or p.ndim >= 2 else 1.0
+        assert torch.allclose(p, before[name] * shrink), name

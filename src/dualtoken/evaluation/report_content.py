@@ -29,7 +29,7 @@ def _tokenizer_section(metrics: dict[str, Any], assets: dict[str, Any]) -> Secti
                     [[t["images"], rec["psnr"], rec["ssim"], rec.get("lpips"), rec.get(fd)]]),
               paragraph(f"Protocol: {rec['protocol']}. {fd} features: {rec.get('fd_features', '-')}. LPIPS needs "
                         "evaluate.lpips_weights.", note=True),
-              table(["task", "images", "teacher (continuous)", "teacher, quantized features",
+              table(["task", "images", "teacher (continuous)", "teacher + the semantic quantizer",
                      "tokenizer semantic path"],
                     [[task, r["images"], r["teacher"], r["teacher_quantized"], r["tokenizer"]]
                      for task, r in t["zero_shot"].items()]),

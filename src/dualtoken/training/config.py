@@ -19,6 +19,8 @@ class AdamWConfig(Strict):
     warmup_steps: int = Field(0, ge=0)
     min_lr_ratio: float = Field(0.1, ge=0.0, le=1.0)
     grad_clip: float = Field(1.0, ge=0.0, description="max gradient norm; 0 disables clipping")
+    decay_biases_and_norms: bool = Field(False, description="weight decay on 1-D parameters (biases, norm "
+                                                            "scales) too; the released code exempts them")
 
     @field_validator("betas")
     @classmethod

@@ -43,7 +43,7 @@ class LLMConfig(Strict):
 class VisualHeadConfig(Strict):
     projector_hidden: int = Field(512, ge=8, description="hidden width of the input projector MLP")
     width: int = Field(256, ge=8, description="depth-transformer width")
-    layers: int = Field(2, ge=1)
+    layers: int = Field(3, ge=1, description="depth-transformer layers (the paper's 3)")
     heads: int = Field(4, ge=1)
 
 

@@ -28,12 +28,18 @@ def warmup_cosine_scheduler(optimizer: torch.optim.Optimizer, warmup_steps: int,
 
 def build_optimizer(groups: Iterable[dict[str, Any]], optim: OptimConfig, total_steps: int
                     ) -> tuple[torch.optim.AdamW, torch.optim.lr_scheduler.LambdaLR]:
-    """AdamW over parameter groups (each may carry an ``lr_scale``), warm-up + cosine schedule."""
+    """AdamW over parameter groups (each may carry an ``lr_scale``), warm-up + cosine schedule. Unless
+    ``decay_biases_and_norms``, each group's 1-D parameters form a group of their own without weight decay."""
     param_groups = []
     for group in groups:
         params = [p for p in group["params"] if p.requires_grad]
-        if params:
-            param_groups.append({"params": params, "lr": optim.lr * group.get("lr_scale", 1.0)})
+        lr = optim.lr * group.get("lr_scale", 1.0)
+        if optim.decay_biases_and_norms:
+            splits = [(params, optim.weight_decay)]
+        else:
+            splits = [([p for p in params if p.ndim >= 2], optim.weight_decay),
+                      ([p for p in params if p.ndim < 2], 0.0)]
+        param_groups += [{"params": ps, "lr": lr, "weight_decay": decay} for ps, decay in splits if ps]
     if not param_groups:
         raise ValueError("nothing to train: every parameter is frozen")
     optimizer = torch.optim.AdamW(param_groups, lr=optim.lr, betas=optim.betas, weight_decay=optim.weight_decay)
