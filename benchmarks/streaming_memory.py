@@ -46,7 +46,7 @@ def run_tokenizer(root: Path, work: Path, steps: int) -> None:
     config = named_config("demo")
     cfg = TokenizerConfig.model_validate({
         "steps": steps, "batch_size": 32, "shuffle_buffer": 1000, "work_dir": str(work), "image_log_every": 10**6,
-        "losses": {"gan_start_step": 10**6},
+        "losses": {"gan_start_step": 10**6, "perceptual_kind": "teacher"},
         "runtime": {"device": "cpu", "loader_workers": 0, "log_every": steps, "checkpoint_every": 10**6}})
     train_tokenizer(cfg, DualTokenModel(config), SiglipVisionModel(config.vision_config), split_shards(root, "train"),
                     DistContext(0, 1, 0, torch.device("cpu")), 0, {}, Console(quiet=True))

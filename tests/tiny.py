@@ -56,7 +56,8 @@ def tiny_tokenizer_config() -> DualTokenConfig:
 def tokenizer_cfg(work: Path, **overrides: Any) -> TokenizerConfig:
     base: dict[str, Any] = {"steps": 6, "batch_size": 8, "work_dir": str(work), "image_log_every": 1000,
                             "optim": {"lr": 1e-3, "warmup_steps": 1},
-                            "losses": {"gan_start_step": 2, "discriminator_channels": 8, "discriminator_layers": 2},
+                            "losses": {"gan_start_step": 2, "discriminator_channels": 8, "discriminator_layers": 2,
+                                       "perceptual_kind": "teacher"},  # no LPIPS weights ship
                             "runtime": {"log_every": 1, "checkpoint_every": 3, "device": "cpu", "loader_workers": 0}}
     for key, value in overrides.items():
         if isinstance(value, dict):

@@ -39,11 +39,13 @@ LLM_SHAPES = {
 
 def tokenizer_images_per_s(smoke: bool, steps: int, batch: int, work: Path) -> float:
     from rich.console import Console
+    from safetensors.torch import save_file
     from transformers import SiglipVisionModel
 
     from dualtoken.data.shards import split_shards
     from dualtoken.models.configuration import named_config
     from dualtoken.models.dualtoken import DualTokenModel
+    from dualtoken.models.lpips import LPIPS
     from dualtoken.training.distributed import init_distributed
     from dualtoken.training.tokenizer import train_tokenizer
     from dualtoken.training.tokenizer_config import TokenizerConfig
@@ -55,9 +57,12 @@ def tokenizer_images_per_s(smoke: bool, steps: int, batch: int, work: Path) -> f
     size = config.vision_config.image_size
     # streamed as the stage streams them: JPEG shards, decoded by the loader's workers
     corpus = write_curated_corpus(work / "curated", {"train": [batch * 2, batch * 2]}, size=size, image="jpg")
+    lpips = work / "lpips_random.safetensors"  # the released perceptual loss's cost; its weights do not matter here
+    save_file(LPIPS().state_dict(), str(lpips))
     cfg = TokenizerConfig.model_validate({
         "steps": steps, "batch_size": batch, "work_dir": str(work / "tokenizer"), "image_log_every": 10**6,
-        "losses": {"gan_start_step": 0}, "runtime": {"log_every": 1, "checkpoint_every": 10**6}})
+        "losses": {"gan_start_step": 0, "lpips_weights": str(lpips)},
+        "runtime": {"log_every": 1, "checkpoint_every": 10**6}})
     rates: list[float] = []
     ctx = init_distributed("auto")
     train_tokenizer(cfg, model, teacher, split_shards(corpus, "train"), ctx, 0, {}, Console(),

@@ -82,7 +82,13 @@ def test_training_sections_are_validated_with_their_keys():
     with pytest.raises(ConfigError, match=r"tokenizer\.losses\.perceptal: unknown key"):
         parse_config({**MINIMAL, "tokenizer": {"losses": {"perceptal": 1.0}}})
     with pytest.raises(ConfigError, match=r"tokenizer\.losses: .*lpips_weights"):
-        parse_config({**MINIMAL, "tokenizer": {"losses": {"perceptual_kind": "lpips"}}})
+        parse_config({**MINIMAL, "tokenizer": {"losses": {"perceptual_kind": "lpips", "lpips_weights": None}}})
+    with pytest.raises(ConfigError, match=r"tokenizer\.losses: .*stage_2\.gan: stage 2 freezes the decoder"):
+        parse_config({**MINIMAL, "tokenizer": {"losses": {"stage_2": {"semantic_tap": 1, "semantic_pooled": 5,
+                                                                      "gan": True}}}})
+    with pytest.raises(ConfigError, match=r"tokenizer\.losses\.stage_0\.semantic_tap_form: "):
+        parse_config({**MINIMAL, "tokenizer": {"losses": {"stage_0": {"semantic_tap": 1, "semantic_pooled": 5,
+                                                                      "gan": False, "semantic_tap_form": "l1"}}}})
     with pytest.raises(ConfigError, match=r"teacher\.optim\.betas: .*\[0, 1\)"):
         parse_config({**MINIMAL, "teacher": {"optim": {"betas": [0.9, 1.5]}}})
     with pytest.raises(ConfigError, match=r"tokenizer\.stage: .*got 3"):

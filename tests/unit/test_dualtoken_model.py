@@ -95,13 +95,29 @@ def test_bad_layouts_are_errors():
 
 
 def test_gan_pieces():
-    from dualtoken.models.layers import PatchDiscriminator, adaptive_gan_weight, hinge_d_loss, hinge_g_loss
+    from dualtoken.models.discriminator import (
+        PatchDiscriminator,
+        ResNetDiscriminator,
+        adaptive_gan_weight,
+        hinge_d_loss,
+        hinge_g_loss,
+    )
 
     logits = PatchDiscriminator(channels=16, layers=3)(torch.randn(2, 3, 64, 64))
     assert logits.shape[:2] == (2, 1) and logits.shape[-1] > 1  # one logit per patch
+    # the released discriminator at 256 px: three halvings to 32 x 32 patch logits; its parameters counted by
+    # hand (3x3 conv 3->64; residual steps 64->128, 128->256 (stride 2), 256->512 (stride 1), each GroupNorm +
+    # 3x3 conv + 1x1 shortcut; 3x3 conv 512->1)
+    released = ResNetDiscriminator(channels=64, layers=3)
+    assert released(torch.randn(1, 3, 256, 256)).shape == (1, 1, 32, 32)
+    assert sum(p.numel() for p in released.parameters()) == 1_729_409
+    assert all(m.num_groups == 32 for m in released.modules() if isinstance(m, torch.nn.GroupNorm))
+    assert ResNetDiscriminator(channels=8, layers=2)(torch.randn(1, 3, 32, 32)).shape == (1, 1, 8, 8)
     real, fake = torch.tensor([2.0, 0.5]), torch.tensor([-2.0, 0.0])
     # relu(1 - real) = [0, 0.5] -> 0.25; relu(1 + fake) = [0, 1] -> 0.5; half of the sum
     assert hinge_d_loss(real, fake).item() == pytest.approx(0.375)
+    # leaky (slope 0.01): a logit past its margin adds -0.01 instead of 0: 0.5 (0.245 + 0.495)
+    assert hinge_d_loss(real, fake, leaky=True).item() == pytest.approx(0.37)
     assert hinge_g_loss(fake).item() == pytest.approx(1.0)
     w = torch.nn.Parameter(torch.ones(3))
     big = adaptive_gan_weight((w * 100).sum(), (w * 0.001).sum(), w)  # ratio 1e5 -> clamped to 10

@@ -30,7 +30,8 @@ def evaluated(trained, tmp_path_factory):
     overrides = {k: v for k, v in TOKENIZER.items() if k != "latent_size"} | {"decoder_channel_mult": [1, 1, 2, 2]}
     raw = cfg.model_dump(mode="json")
     raw["tokenizer"].update(overrides=overrides, runtime={"device": "cpu", "log_every": 1},
-                            losses={"gan_start_step": 100, "discriminator_channels": 8, "discriminator_layers": 2})
+                            losses={"gan_start_step": 100, "discriminator_channels": 8, "discriminator_layers": 2,
+                                    "perceptual_kind": "teacher"})
     raw["ablation"] = {"variants": RAN, "steps": 2, "batch_size": 4, "output_dir": str(out / "ablation"),
                        "metrics_dir": str(out / "ablation-metrics"), "work_dir": str(out / "ablation-work")}
     raw["evaluate"] = {"split": "val", "output_dir": str(out / "reports"), "metrics_path": str(out / "evaluate.json"),

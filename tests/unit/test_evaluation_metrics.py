@@ -144,15 +144,16 @@ def test_ablation_variants_share_the_budget_and_differ_where_the_paper_says():
     assert configs["d_dualtoken"].overrides == {} and configs["d_dualtoken"].losses == tokenizer.losses
     one = configs["a_one_codebook"]
     assert one.overrides["single_codebook"] and one.overrides["layer_pixel"] == base.layer_semantic
-    assert one.losses.semantic_tap == tokenizer.losses.semantic_tap
+    assert one.losses == tokenizer.losses and one.losses.stage_1.semantic_tap > 0
     for name in ("b_recon_semantic_layer", "c_recon_pixel_layer"):
         c = configs[name]
-        assert c.losses.semantic_tap == c.losses.semantic_pooled == 0.0 and c.losses.reconstruction > 0
+        assert c.losses.stage_1.semantic_tap == c.losses.stage_1.semantic_pooled == 0.0 and c.losses.reconstruction > 0
     assert model_overrides("b_recon_semantic_layer", base)["layer_pixel"] == base.layer_semantic
     # (c) is (d)'s model, pixel tap and shortcut included: only the semantic losses differ between them
     assert configs["c_recon_pixel_layer"].overrides == configs["d_dualtoken"].overrides == {}
-    assert configs["c_recon_pixel_layer"].losses == configs["d_dualtoken"].losses.model_copy(
-        update={"semantic_tap": 0.0, "semantic_pooled": 0.0})
+    d_losses = configs["d_dualtoken"].losses
+    assert configs["c_recon_pixel_layer"].losses == d_losses.model_copy(update={"stage_1": d_losses.stage_1.model_copy(
+        update={"semantic_tap": 0.0, "semantic_pooled": 0.0})})
     assert len({c.output_dir for c in configs.values()}) == len(VARIANTS)
 
 

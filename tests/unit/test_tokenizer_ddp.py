@@ -53,7 +53,7 @@ def test_a_bad_shard_in_one_ranks_share_stops_the_stage_with_its_line(tmp_path):
         "teacher": {"output_dir": str(tmp_path / "teacher")},
         "tokenizer": {"overrides": TOKENIZER, "steps": 4, "batch_size": 4, "work_dir": str(tmp_path / "work"),
                       "output_dir": str(tmp_path / "tokenizer"), "metrics_path": str(tmp_path / "m.json"),
-                      "losses": {"discriminator_channels": 8, "discriminator_layers": 2},
+                      "losses": {"discriminator_channels": 8, "discriminator_layers": 2, "perceptual_kind": "teacher"},
                       "runtime": {"nproc": 2, "device": "cpu", "loader_workers": 1}},
         "tracking": {"tracking_uri": f"sqlite:///{tmp_path / 'mlflow.db'}"}}))
     proc = subprocess.run([sys.executable, "-m", "stages", "tokenizer", "--params", str(params)], cwd=REPO,

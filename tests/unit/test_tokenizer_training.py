@@ -11,8 +11,8 @@ from dualtoken.data.curated import to_model_input
 from dualtoken.data.shards import split_shards
 from dualtoken.evaluation.tokenizer import codebook_usage
 from dualtoken.metrics.reconstruction import psnr, ssim
+from dualtoken.models.discriminator import PatchDiscriminator, hinge_g_loss
 from dualtoken.models.dualtoken import DualTokenModel
-from dualtoken.models.layers import PatchDiscriminator, hinge_g_loss
 from dualtoken.training.distributed import DistContext
 from dualtoken.training.tokenizer import Objective, train_tokenizer
 from dualtoken.training.tokenizer_losses import apply_stage, stage_plan, teacher_feature_distance
@@ -108,7 +108,7 @@ def test_killed_run_resumes_with_the_same_losses(tmp_path):
     assert len(again) == 7 and any((tmp_path / "b").glob("checkpoints.stale-*"))
 
 
-@pytest.mark.parametrize(("stage", "tower_trains", "pixel_trains"), [(0, False, False), (1, True, True),
+@pytest.mark.parametrize(("stage", "tower_trains", "pixel_trains"), [(0, False, True), (1, True, True),
                                                                       (2, True, False)])
 def test_freezing_schedules(stage, tower_trains, pixel_trains):
     model = DualTokenModel(tiny_tokenizer_config()).train()
@@ -165,6 +165,81 @@ def test_lpips_loads_a_weight_file_strictly_and_measures_distance(tmp_path):
         LPIPS.from_file(tmp_path / "bad.safetensors")
     with pytest.raises(FileNotFoundError, match="perceptual_kind 'teacher'"):
         LPIPS.from_file(tmp_path / "none.safetensors")
+
+
+def test_lpips_weights_merge_from_the_reference_files_and_are_required_by_default(tmp_path):
+    """torchvision's VGG16 file (features + classifier) and the lpips package's heads become one strict file
+    (through the command the error names); the default perceptual loss is LPIPS, so a run without the file
+    fails at once, naming the key, the file and the command, instead of falling back to another loss."""
+    from safetensors.torch import load_file
+
+    from dualtoken.models import lpips as lpips_module
+    from dualtoken.schema import ConfigError
+    from dualtoken.training.tokenizer_config import LPIPS_WEIGHTS, TokenizerConfig
+    from dualtoken.training.tokenizer_losses import perceptual_loss
+
+    ours = lpips_module.LPIPS().state_dict()
+    vgg16 = {k: v for k, v in ours.items() if k.startswith("features.")}
+    vgg16 |= {"features.30.weight": torch.zeros(1), "classifier.0.weight": torch.zeros(4, 4)}  # dropped
+    heads = {k: v for k, v in ours.items() if k.startswith("lin")}
+    torch.save(vgg16, tmp_path / "vgg16.pth")
+    torch.save(heads, tmp_path / "vgg.pth")
+    out = tmp_path / "weights" / "lpips_vgg.safetensors"
+    lpips_module.main([str(tmp_path / "vgg16.pth"), str(tmp_path / "vgg.pth"), str(out)])
+    merged = load_file(str(out))
+    assert merged.keys() == ours.keys() and all(torch.equal(merged[k], ours[k]) for k in ours)
+    assert lpips_module.LPIPS.from_file(out) is not None
+    with pytest.raises(RuntimeError, match="lin4"):  # a heads file without the last head: named
+        lpips_module.merge_reference_weights(vgg16, {k: v for k, v in heads.items() if not k.startswith("lin4")})
+
+    losses = TokenizerConfig().losses
+    assert losses.perceptual_kind == "lpips" and losses.lpips_weights == LPIPS_WEIGHTS
+    missing = losses.model_copy(update={"lpips_weights": str(tmp_path / "absent.safetensors")})
+    with pytest.raises(ConfigError, match=r"tokenizer\.losses\.lpips_weights: .*absent\.safetensors not found.*"
+                                          r"python -m dualtoken\.models\.lpips"):
+        perceptual_loss(missing, tiny_teacher().vision_model, 1, torch.device("cpu"))
+    found = perceptual_loss(losses.model_copy(update={"lpips_weights": str(out)}), tiny_teacher().vision_model, 1,
+                            torch.device("cpu"))
+    images = to_model_input(tiny_split(2).images)
+    assert found(images, images).item() == pytest.approx(0.0, abs=1e-6)
+
+
+@pytest.mark.parametrize("stage", [0, 1, 2])
+def test_each_stage_optimises_the_released_weights(tmp_path, stage):
+    """Stage 0: 5 x pooled, no tap term, the pixel losses on; stage 1: 5 x tap (MSE + cos) + 1 x pooled; stage 2:
+    1 x tap by cosine alone + 5 x pooled, no pixel losses. The loss is recomputed here from the model's outputs."""
+    from dualtoken.training.tokenizer_losses import mse_cos, tower_states
+
+    teacher = tiny_teacher()
+    model = _model(teacher).eval()  # no codebook update between the objective's forward and ours
+    plan = stage_plan(stage, model.config)
+    apply_stage(model, plan)
+    model.eval()
+    cfg = tokenizer_cfg(tmp_path, stage=stage, losses={"gan_start_step": 0, "perceptual_kind": "none"})
+    objective = Objective(cfg, plan, teacher.vision_model, PatchDiscriminator(8, 2), None)
+    images = to_model_input(tiny_split(4).images)
+    loss, report, _ = objective(model, model, images, step=0)
+
+    layer = model.config.layer_semantic
+    with torch.no_grad():
+        out = model(images)
+        states, pooled = tower_states(teacher.vision_model, images, (layer,), pooled=True)
+        cos = (1 - torch.nn.functional.cosine_similarity(out.semantic_features, states[layer], dim=-1)).mean()
+        tap = {0: mse_cos(out.semantic_features, states[layer]), 1: mse_cos(out.semantic_features, states[layer]),
+               2: cos}[stage]
+        tap_weight, pooled_weight = {0: (0.0, 5.0), 1: (5.0, 1.0), 2: (1.0, 5.0)}[stage]
+        commitment = out.semantic.commitment_loss + out.semantic.codebook_loss
+        by_hand = tap_weight * tap + pooled_weight * mse_cos(out.pooled, pooled)
+        if stage != 2:
+            commitment = commitment + out.pixel.commitment_loss + out.pixel.codebook_loss
+            by_hand = by_hand + 5.0 * torch.nn.functional.mse_loss(out.reconstruction, images)
+        by_hand = by_hand + 5.0 * commitment
+    assert ("reconstruction" in report) == (stage != 2)
+    assert objective.gan_active(0) == (stage == 1) and ("gan_generator" in report) == (stage == 1)
+    if stage == 1:  # the GAN term is on top of the weighted sum
+        by_hand = by_hand + 0.75 * report["gan_adaptive_weight"] * report["gan_generator"]
+    assert report["semantic_tap"] == pytest.approx(tap.item(), rel=1e-5)
+    assert loss.item() == pytest.approx(by_hand.item(), rel=1e-5)
 
 
 def test_tokenizer_overrides_are_checked_against_the_model_config(tmp_path):

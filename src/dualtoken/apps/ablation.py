@@ -59,8 +59,9 @@ def main(cfg: Config, variant: str, console: Console | None = None) -> dict[str,
         train = split_shards(curated, "train", cfg.storage)
         held_out = read_images(curated, cfg.evaluate.split, cfg.evaluate.images, cfg.storage)
         with tracked(f"ablation@{variant}", cfg_v, ("seed", "tokenizer", "ablation"), ctx):
+            semantic = t.losses.stage_1
             console.print(f"\\[ablation] {VARIANTS[variant].row}: {t.steps} steps of {t.batch_size}, overrides "
-                          f"{t.overrides or '{}'}, semantic losses x{t.losses.semantic_tap}/{t.losses.semantic_pooled}")
+                          f"{t.overrides or '{}'}, semantic losses x{semantic.semantic_tap}/{semantic.semantic_pooled}")
             t0 = time.perf_counter()
             curve = CurveLog("train")
             train_tokenizer(t, model, teacher.vision_model, train, ctx, cfg.seed, identity, console,

@@ -61,7 +61,8 @@ def variant_config(tokenizer: TokenizerConfig, ablation: AblationConfig, name: s
     """The tokenizer config one variant trains with (its own folders, no registration, stage 1)."""
     losses = tokenizer.losses
     if not VARIANTS[name].semantic_loss:
-        losses = losses.model_copy(update={"semantic_tap": 0.0, "semantic_pooled": 0.0})
+        silent = losses.stage_1.model_copy(update={"semantic_tap": 0.0, "semantic_pooled": 0.0})
+        losses = losses.model_copy(update={"stage_1": silent})
     return tokenizer.model_copy(update={
         "steps": ablation.steps, "batch_size": ablation.batch_size, "losses": losses, "stage": 1, "init_from": None,
         "overrides": {**tokenizer.overrides, **model_overrides(name, base)},

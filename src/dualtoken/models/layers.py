@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
@@ -118,39 +117,3 @@ class PixelDecoder(nn.Module):
         for level in self.levels:
             x = level(x)
         return self.conv_out(x)
-
-
-class PatchDiscriminator(nn.Module):
-    """PatchGAN discriminator (pix2pix / VQGAN): one real/fake logit per overlapping patch."""
-
-    def __init__(self, channels: int = 64, layers: int = 3) -> None:
-        super().__init__()
-        blocks: list[nn.Module] = [nn.Conv2d(3, channels, 4, 2, 1), nn.LeakyReLU(0.2)]
-        width = channels
-        for i in range(1, layers + 1):
-            nxt = channels * min(2**i, 8)
-            stride = 2 if i < layers else 1
-            blocks += [nn.Conv2d(width, nxt, 4, stride, 1, bias=False), nn.GroupNorm(1, nxt), nn.LeakyReLU(0.2)]
-            width = nxt
-        blocks.append(nn.Conv2d(width, 1, 4, 1, 1))
-        self.net = nn.Sequential(*blocks)
-
-    def forward(self, images: Tensor) -> Tensor:
-        return self.net(images)
-
-
-def hinge_d_loss(real_logits: Tensor, fake_logits: Tensor) -> Tensor:
-    return 0.5 * (F.relu(1.0 - real_logits).mean() + F.relu(1.0 + fake_logits).mean())
-
-
-def hinge_g_loss(fake_logits: Tensor) -> Tensor:
-    return -fake_logits.mean()
-
-
-def adaptive_gan_weight(nll_loss: Tensor, g_loss: Tensor, last_layer: Tensor, low: float = 0.3,
-                        high: float = 10.0) -> Tensor:
-    """VQGAN rule: balance gradient norms at the decoder's last layer, clamped to [low, high]."""
-    nll_grad = torch.autograd.grad(nll_loss, last_layer, retain_graph=True)[0]
-    g_grad = torch.autograd.grad(g_loss, last_layer, retain_graph=True)[0]
-    weight = nll_grad.norm() / (g_grad.norm() + 1e-4)
-    return weight.clamp(low, high).detach()

@@ -2,7 +2,7 @@
 
 One optimizer step = ``grad_accum`` micro batches per process, each from its own stream of the training
 shards (``dualtoken.training.rank_data.rank_loader``). With the GAN active (from ``gan_start_step``), each micro
-batch also trains the PatchGAN discriminator on (image, reconstruction). A checkpoint holds both networks,
+batch also trains the patch discriminator on (image, reconstruction). A checkpoint holds both networks,
 both optimizers and schedules, the loader's position and every RNG.
 """
 
@@ -22,10 +22,11 @@ from dualtoken.data.curated import CuratedDecoder, from_model_output, model_imag
 from dualtoken.data.shards import Shard
 from dualtoken.metrics.reconstruction import image_grid
 from dualtoken.models.configuration import named_config
+from dualtoken.models.discriminator import adaptive_gan_weight, build_discriminator, hinge_d_loss, hinge_g_loss
 from dualtoken.models.dualtoken import DualTokenModel
-from dualtoken.models.layers import PatchDiscriminator, adaptive_gan_weight, hinge_d_loss, hinge_g_loss
 from dualtoken.schema import ConfigError
 from dualtoken.storage import StorageConfig
+from dualtoken.training.augment import crop_generator, random_resized_crop
 from dualtoken.training.checkpoint import open_checkpoints
 from dualtoken.training.distributed import DistContext
 from dualtoken.training.engine import Engine, StepLog, apply_activation_checkpointing
@@ -36,6 +37,7 @@ from dualtoken.training.tokenizer_losses import (
     Perceptual,
     StagePlan,
     apply_stage,
+    cos_distance,
     mse_cos,
     new_parameter_groups,
     perceptual_loss,
@@ -71,22 +73,26 @@ class Objective:
     cfg: TokenizerConfig
     plan: StagePlan
     teacher: SiglipVisionModel
-    discriminator: PatchDiscriminator
+    discriminator: torch.nn.Module
     perceptual: Perceptual | None
 
     def gan_active(self, step: int) -> bool:
-        return self.plan.pixel and self.cfg.losses.gan > 0 and step >= self.cfg.losses.gan_start_step
+        w = self.cfg.losses
+        return self.plan.pixel and w.for_stage(self.plan.stage).gan and w.gan > 0 and step >= w.gan_start_step
 
     def __call__(self, model: DualTokenModel, forward: Callable[[torch.Tensor], Any], images: torch.Tensor,
                  step: int) -> tuple[torch.Tensor, dict[str, float], torch.Tensor]:
         w, layer = self.cfg.losses, model.config.layer_semantic
+        stage = w.for_stage(self.plan.stage)
         with torch.no_grad():
             states, pooled = tower_states(self.teacher, images, (layer,), pooled=True)
         out = forward(images)
-        terms = {"semantic_tap": mse_cos(out.semantic_features, states[layer]),
+        tap_distance = mse_cos if stage.semantic_tap_form == "mse_cos" else cos_distance
+        terms = {"semantic_tap": tap_distance(out.semantic_features, states[layer]),
                  "semantic_pooled": mse_cos(out.pooled, pooled),
                  "commitment": out.semantic.commitment_loss + out.semantic.codebook_loss}
-        weights = {"semantic_tap": w.semantic_tap, "semantic_pooled": w.semantic_pooled, "commitment": w.commitment}
+        weights = {"semantic_tap": stage.semantic_tap, "semantic_pooled": stage.semantic_pooled,
+                   "commitment": w.commitment}
         if self.plan.pixel:
             if out.pixel is not out.semantic:  # one codebook: its commitment is counted once
                 terms["commitment"] = terms["commitment"] + out.pixel.commitment_loss + out.pixel.codebook_loss
@@ -137,8 +143,9 @@ def train_tokenizer(cfg: TokenizerConfig, model: DualTokenModel, teacher: Siglip
     apply_stage(model, plan)
     apply_activation_checkpointing(model, rt, ctx.device)
     teacher.to(ctx.device).eval().requires_grad_(False)
-    perceptual = perceptual_loss(cfg.losses, teacher, model.config.layer_pixel, ctx.device)
-    disc = PatchDiscriminator(cfg.losses.discriminator_channels, cfg.losses.discriminator_layers).to(ctx.device)
+    perceptual = perceptual_loss(cfg.losses, teacher, model.config.layer_pixel, ctx.device) if plan.pixel else None
+    disc = build_discriminator(cfg.losses.discriminator, cfg.losses.discriminator_channels,
+                               cfg.losses.discriminator_layers).to(ctx.device)
     objective = Objective(cfg, plan, teacher, disc, perceptual)
 
     tower, fresh = new_parameter_groups(model)
@@ -167,7 +174,7 @@ def train_tokenizer(cfg: TokenizerConfig, model: DualTokenModel, teacher: Siglip
     with loader:
         for step in range(start, cfg.steps):
             losses.append(_step(step, loader, streams, micro, objective, model, forward, engine, d_engine, ctx, cfg,
-                                log))
+                                log, seed))
             if on_images is not None and preview is not None and ctx.is_main and (step + 1) % cfg.image_log_every == 0:
                 on_images(step + 1, reconstruction_grid(model, preview, ctx.device))
             if (step + 1) % rt.checkpoint_every == 0 and step + 1 < cfg.steps:
@@ -177,7 +184,7 @@ def train_tokenizer(cfg: TokenizerConfig, model: DualTokenModel, teacher: Siglip
 
 def _step(step: int, loader: Any, streams: list[str], micro: int, objective: Objective, model: DualTokenModel,
           forward: Callable[[torch.Tensor], Any], engine: Engine, d_engine: Engine, ctx: DistContext,
-          cfg: TokenizerConfig, log: StepLog) -> float:
+          cfg: TokenizerConfig, log: StepLog, seed: int) -> float:
     """One optimizer step of both networks; returns its loss (this rank's)."""
     rt = cfg.runtime
     gan = objective.gan_active(step)
@@ -185,12 +192,15 @@ def _step(step: int, loader: Any, streams: list[str], micro: int, objective: Obj
     total = 0.0
     for m in range(rt.grad_accum):
         images = model_images(loader.take(streams[m], micro)["image"], ctx.device)
+        if cfg.random_crop_scale < 1:
+            images = random_resized_crop(images, cfg.random_crop_scale, crop_generator(seed, step, m, ctx.rank))
         with engine.micro_step(m), engine.autocast():
             loss, terms, recon = objective(model, forward, images, step)
             engine.backward(loss)
         if gan:
             with d_engine.micro_step(m), d_engine.autocast():
-                d_loss = hinge_d_loss(d_engine.model(images), d_engine.model(recon))
+                d_loss = hinge_d_loss(d_engine.model(images), d_engine.model(recon),
+                                      leaky=cfg.losses.discriminator_hinge == "leaky")
                 d_engine.backward(d_loss)
             terms["gan_discriminator"] = d_loss.item()
         total += loss.item() / rt.grad_accum

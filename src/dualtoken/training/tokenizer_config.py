@@ -11,30 +11,59 @@ from pydantic import Field, field_validator, model_validator
 from dualtoken.schema import Strict, curated_input
 from dualtoken.training.config import OptimConfig, RuntimeConfig, eval_images_field, shuffle_buffer_field
 
+LPIPS_WEIGHTS = "weights/lpips_vgg.safetensors"  # where python -m dualtoken.models.lpips is told to write
+
+
+class StageLosses(Strict):
+    """The terms that differ between the paper's stages: the semantic distillation weights and whether the GAN
+    runs. The pixel terms (reconstruction, perceptual, pixel commitment) apply whenever the stage trains the pixel
+    branch (``training.tokenizer_losses.stage_plan``)."""
+
+    semantic_tap: float = Field(ge=0.0, description="x distance to the teacher's hidden state at the semantic tap")
+    semantic_tap_form: Literal["mse_cos", "cos"] = Field(
+        "mse_cos", description="mse_cos: MSE + (1 - cos); cos: 1 - cos only (the released stage 2)")
+    semantic_pooled: float = Field(ge=0.0, description="x (MSE + 1 - cos) of the pooled outputs")
+    gan: bool = Field(description="the GAN term (from gan_start_step) in this stage")
+
 
 class LossConfig(Strict):
-    """Tokenizer loss weights (docs/method.md: the released stage-1 values are the defaults)."""
+    """Tokenizer loss weights; the defaults are the released code's (docs/method.md). Per stage: stage 0 distils
+    only the pooled output (5x) while the pixel branch learns to decode frozen features; stage 1 distils the tap
+    (5x) and the pooled output (1x) with the GAN; stage 2 the tap by cosine alone (1x) and the pooled output (5x)."""
 
-    semantic_tap: float = Field(5.0, ge=0.0, description="x (MSE + 1 - cos) at the semantic tap vs the teacher")
-    semantic_pooled: float = Field(1.0, ge=0.0, description="x (MSE + 1 - cos) of the pooled outputs")
+    stage_0: StageLosses = StageLosses(semantic_tap=0.0, semantic_pooled=5.0, gan=False)
+    stage_1: StageLosses = StageLosses(semantic_tap=5.0, semantic_pooled=1.0, gan=True)
+    stage_2: StageLosses = StageLosses(semantic_tap=1.0, semantic_tap_form="cos", semantic_pooled=5.0, gan=False)
     commitment: float = Field(5.0, ge=0.0, description="x (pixel + semantic commitment)")
     reconstruction: float = Field(5.0, ge=0.0, description="x MSE(reconstruction, image)")
     perceptual: float = Field(1.0, ge=0.0)
-    perceptual_kind: Literal["teacher", "lpips", "none"] = Field(
-        "teacher", description="teacher: feature distance in the frozen teacher tower; lpips: needs lpips_weights")
-    lpips_weights: str | None = Field(None, description="LPIPS-VGG weights (safetensors) for perceptual_kind=lpips")
+    perceptual_kind: Literal["lpips", "teacher", "none"] = Field(
+        "lpips", description="lpips: LPIPS-VGG from lpips_weights; teacher: feature distance in the frozen teacher "
+                             "tower (no weights needed)")
+    lpips_weights: str | None = Field(LPIPS_WEIGHTS, description="LPIPS-VGG weights (safetensors) for "
+                                      "perceptual_kind=lpips; python -m dualtoken.models.lpips writes them")
     gan: float = Field(0.75, ge=0.0, description="x adaptive weight x hinge generator loss")
     gan_start_step: int = Field(0, ge=0)
     gan_weight_min: float = Field(0.3, ge=0.0)
     gan_weight_max: float = Field(10.0, ge=0.0)
+    discriminator: Literal["resnet", "patchgan"] = Field(
+        "resnet", description="resnet: the released 3x3 pre-activation residual PatchGAN (GroupNorm); patchgan: "
+                              "pix2pix's 4x4 convolutions")
+    discriminator_hinge: Literal["leaky", "relu"] = Field(
+        "leaky", description="the discriminator's hinge: leaky (slope 0.01, as released) or relu (VQGAN's)")
     discriminator_channels: int = Field(64, ge=4)
     discriminator_layers: int = Field(3, ge=1)
 
     @model_validator(mode="after")
-    def _lpips_has_weights(self) -> LossConfig:
+    def _consistent(self) -> LossConfig:
         if self.perceptual_kind == "lpips" and not self.lpips_weights:
             raise ValueError("perceptual_kind 'lpips' needs lpips_weights (a local path; nothing is downloaded)")
+        if self.stage_2.gan:
+            raise ValueError("stage_2.gan: stage 2 freezes the decoder, so there is no generator for a GAN to train")
         return self
+
+    def for_stage(self, stage: int) -> StageLosses:
+        return {0: self.stage_0, 1: self.stage_1, 2: self.stage_2}[stage]
 
 
 class ArchitectureOverrides(Strict):
@@ -73,7 +102,8 @@ class TokenizerConfig(Strict):
     overrides: dict[str, Any] = Field(default_factory=dict, description="DualTokenConfig keys (ArchitectureOverrides), "
                                       "e.g. layer_pixel")
     init_from: str | None = Field(None, description="a saved DualToken model to continue from; null: the teacher")
-    stage: Literal[0, 1, 2] = Field(1, description="0: semantic branch only; 1: all; 2: pixel branch frozen")
+    stage: Literal[0, 1, 2] = Field(1, description="0: the tower frozen through the semantic tap; 1: all; 2: the "
+                                    "pixel branch, decoder and the layers below the pixel tap frozen")
     output_dir: str = "models/tokenizer"
     metrics_path: str = "metrics/tokenizer.json"
     plots_path: str | None = Field("plots/tokenizer/train.csv", description="training curve CSV (DVC plot)")
@@ -83,6 +113,8 @@ class TokenizerConfig(Strict):
     shuffle_buffer: int = shuffle_buffer_field()
     eval_batch_size: int = Field(128, ge=1)
     eval_images: int = eval_images_field()
+    random_crop_scale: float = Field(0.9, gt=0.0, le=1.0, description="RandomResizedCrop's smallest area fraction "
+                                     "(as released, 0.9); 1: no augmentation")
     new_params_lr_scale: float = Field(1.0, gt=0.0, description="lr multiplier for parts the teacher lacks")
     # The released recipe: no clipping, cosine to 0; the discriminator's cosine ends at 4e-5 (5/9 of 7.2e-5)
     optim: OptimConfig = OptimConfig(grad_clip=0.0, min_lr_ratio=0.0)
@@ -99,7 +131,8 @@ class TokenizerConfig(Strict):
 
     def training_identity(self) -> dict[str, Any]:
         """What decides the training run (checkpoints of another one are not resumed): not where things go,
-        how the processes run, what is logged or how much is evaluated."""
-        return self.model_dump(mode="json", exclude={"input", "output_dir", "metrics_path", "plots_path", "work_dir",
-                                                     "runtime", "register_as", "image_log_every", "eval_images",
-                                                     "eval_batch_size"})
+        how the processes run, what is logged or how much is evaluated, nor the other stages' loss weights."""
+        ignored = ("input", "output_dir", "metrics_path", "plots_path", "work_dir", "runtime", "register_as",
+                   "image_log_every", "eval_images", "eval_batch_size")
+        other_stages = {f"stage_{k}": True for k in (0, 1, 2) if k != self.stage}
+        return self.model_dump(mode="json", exclude={"losses": other_stages, **dict.fromkeys(ignored, True)})

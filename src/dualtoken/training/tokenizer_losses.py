@@ -1,8 +1,9 @@
 """DualToken training objective (docs/method.md) and the paper's freezing schedules.
 
-Everything compares against a frozen teacher tower: distillation targets at the semantic tap and on the
-pooled output, and, for the default perceptual loss, feature distances in its early layers (no LPIPS
-download needed). Which terms are active follows from what the stage trains.
+Everything semantic compares against a frozen teacher tower: distillation targets at the semantic tap and on
+the pooled output. The perceptual loss is LPIPS-VGG from a local file (as released) or, needing no weights,
+feature distances in the teacher's early layers. Which terms are active follows from what the stage trains and
+the stage's weights (``LossConfig.for_stage``).
 """
 
 from __future__ import annotations
@@ -18,12 +19,18 @@ from transformers import SiglipVisionModel
 from dualtoken.models.configuration import DualTokenConfig
 from dualtoken.models.dualtoken import DualTokenModel
 from dualtoken.models.lpips import LPIPS
+from dualtoken.schema import ConfigError
 from dualtoken.training.tokenizer_config import LossConfig
+
+
+def cos_distance(x: Tensor, target: Tensor) -> Tensor:
+    """1 - cosine similarity over the feature dimension, averaged (the released code's -cos, offset by 1)."""
+    return (1 - F.cosine_similarity(x.float(), target.float(), dim=-1)).mean()
 
 
 def mse_cos(x: Tensor, target: Tensor) -> Tensor:
     """MSE + (1 - cosine similarity) over the feature dimension, the released distillation loss."""
-    return F.mse_loss(x.float(), target.float()) + (1 - F.cosine_similarity(x.float(), target.float(), dim=-1)).mean()
+    return F.mse_loss(x.float(), target.float()) + cos_distance(x, target)
 
 
 def tower_states(tower: SiglipVisionModel, pixels: Tensor, layers: tuple[int, ...], pooled: bool = False
@@ -59,7 +66,10 @@ def perceptual_loss(cfg: LossConfig, teacher: SiglipVisionModel, layer_pixel: in
     if cfg.perceptual_kind == "none" or cfg.perceptual == 0:
         return None
     if cfg.perceptual_kind == "lpips":
-        lpips = LPIPS.from_file(cfg.lpips_weights or "").to(device)
+        try:
+            lpips = LPIPS.from_file(cfg.lpips_weights or "").to(device)
+        except FileNotFoundError as err:
+            raise ConfigError(f"tokenizer.losses.lpips_weights: {err}") from None
         return lambda images, reconstruction: lpips(images, reconstruction)
     layers = tuple(range(1, layer_pixel + 1))
     return lambda images, reconstruction: teacher_feature_distance(teacher, images, reconstruction, layers)
@@ -76,12 +86,14 @@ class StagePlan:
 
 
 def stage_plan(stage: int, config: DualTokenConfig) -> StagePlan:
-    """0: the semantic quantizer and the layers above its tap; 1: everything; 2: the pixel branch, the
-    decoder and the layers feeding the pixel tap frozen (so the pixel codes the decoder knows stay valid)."""
+    """As the released code: 0 freezes the tower through the semantic tap, so the semantic quantizer and the
+    layers above it train while the pixel branch and decoder learn to reconstruct from the frozen features;
+    1 trains everything; 2 freezes the pixel branch, the decoder and the layers feeding the pixel tap (so the
+    pixel codes the decoder knows stay valid)."""
     if config.single_codebook and stage != 1:
         raise ValueError(f"stage {stage} freezes one branch, but a single-codebook model has only one: use stage 1")
     if stage == 0:
-        return StagePlan(0, frozen_layers=config.layer_semantic, pixel=False)
+        return StagePlan(0, frozen_layers=config.layer_semantic, pixel=True)
     if stage == 1:
         return StagePlan(1, frozen_layers=0, pixel=True)
     if stage == 2:
