@@ -10,6 +10,7 @@ from mlflow.tracking import MlflowClient
 
 from dualtoken.apps.ablation import main as ablation_main
 from dualtoken.apps.evaluate import main as evaluate_main
+from dualtoken.data.curated import iter_image_batches
 from dualtoken.schema import ConfigError
 from stages.cli import main as cli
 from tiny import TOKENIZER
@@ -72,6 +73,11 @@ def test_evaluation_metrics_cover_the_tokenizer_the_mllm_and_the_ablation(evalua
     tok = metrics["tokenizer"]
     assert tok["images"] == 4 and "native resolution" in tok["reconstruction"]["protocol"]
     assert metrics["fd_features"] == "FD-teacher" and tok["reconstruction"]["FD-teacher"] >= 0
+    # the Fréchet distance over the whole split (the clean-fid protocol), however many images the rest read
+    whole = sum(len(b) for b in iter_image_batches(_cfg.curated(_cfg.evaluate.input), "val", 100))
+    assert tok["reconstruction"]["fd_images"] == whole and "JPEG" in tok["reconstruction"]["fd_protocol"]
+    retrieval = tok["retrieval"]
+    assert retrieval["pairs"] == 4 and 0 <= retrieval["tokenizer"]["image_to_text"] <= 1
     assert 1 <= tok["codes"]["pixel"]["perplexity"]["d1"] <= tok["codes"]["pixel"]["codebook_size"]
     vqa = metrics["mllm"]["vqa"]
     assert vqa["questions"] == 6 and sum(t["questions"] for t in vqa["per_type"].values()) == 6
@@ -98,6 +104,7 @@ def test_report_is_self_contained_with_every_section_and_logged(evaluated, capsy
     assert f"mllm: {cfg.mllm.plots_path}" in report  # the MLLM's training curve
     assert "(d) DualToken" in (out / "reports" / "ablation.md").read_text()
     assert "VQA accuracy" in (out / "reports" / "summary.md").read_text()
+    assert "retrieval R@1" in (out / "reports" / "summary.md").read_text() and "Retrieval: R@1 among 4" in report
     client = MlflowClient(cfg.tracking.tracking_uri)
     (run,) = client.search_runs([client.get_experiment_by_name("dualtoken").experiment_id],
                                 "tags.`dualtoken.stage` = 'evaluate'")

@@ -18,11 +18,11 @@ from rich.console import Console
 
 from dualtoken.application import CurveLog, log_final_metrics, setup_process, tracked, write_metrics
 from dualtoken.config import Config
-from dualtoken.data.curated import corpus_digest, read_images
+from dualtoken.data.curated import corpus_digest, iter_image_batches, read_images
 from dualtoken.data.shards import split_shards
 from dualtoken.evaluation.ablation import VARIANTS, variant_config
 from dualtoken.evaluation.features import feature_extractor
-from dualtoken.evaluation.tokenizer import code_usage, reconstruct_split, reconstruction_quality, zero_shot_paths
+from dualtoken.evaluation.tokenizer import measure_tokenizer, reconstruct_split, zero_shot_tasks
 from dualtoken.metrics.reconstruction import image_grid
 from dualtoken.models.configuration import named_config
 from dualtoken.models.teacher import checkpoint_digest, load_teacher
@@ -69,7 +69,8 @@ def main(cfg: Config, variant: str, console: Console | None = None) -> dict[str,
             train_seconds = time.perf_counter() - t0
             if not ctx.is_main:
                 return {}
-            metrics = measure(cfg, model.eval(), teacher.to(ctx.device).eval(), text_tokenizer, held_out, ctx.device)
+            metrics = measure(cfg, model.eval(), teacher.to(ctx.device).eval(), text_tokenizer, curated, held_out,
+                              ctx.device)
             metrics.update({"variant": variant, "row": VARIANTS[variant].row, "steps": t.steps,
                             "batch_size": t.batch_size, "train_seconds": round(train_seconds, 1),
                             "overrides": t.overrides, "split": cfg.evaluate.split})
@@ -97,10 +98,11 @@ def main(cfg: Config, variant: str, console: Console | None = None) -> dict[str,
         shutdown_distributed()
 
 
-def measure(cfg: Config, model: Any, teacher: Any, text_tokenizer: Any, held_out: Any, device: Any) -> dict[str, Any]:
+def measure(cfg: Config, model: Any, teacher: Any, text_tokenizer: Any, curated: str, held_out: Any, device: Any
+            ) -> dict[str, Any]:
+    """The evaluate stage's tokenizer metrics (its split, protocols and tasks), so the table's rows compare."""
     e = cfg.evaluate
-    extractor = feature_extractor(e.inception_weights, teacher, device)
-    r = reconstruct_split(model, held_out.images, e.batch_size, device)
-    return {"reconstruction": reconstruction_quality(r, extractor, e.batch_size),
-            "zero_shot": zero_shot_paths(model, teacher, text_tokenizer, held_out, e.batch_size, device),
-            "codes": code_usage(model, r), "images": len(held_out)}
+    extractor = feature_extractor(e.inception_weights, teacher, device, e.fid.resize)
+    batches = iter_image_batches(curated, e.split, e.batch_size, e.fid.images, cfg.storage)
+    return measure_tokenizer(model, teacher, text_tokenizer, held_out, batches, e, extractor, device,
+                             zero_shot_tasks(e))[0]

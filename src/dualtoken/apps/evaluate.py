@@ -1,8 +1,9 @@
 """The evaluation stage: every trained model on the held-out split, one metrics file, one report.
 
-Tokenizer: PSNR, SSIM, LPIPS (with its weights), a Fréchet distance (FID-inception with local Inception
-weights, else FD-teacher), zero-shot through the teacher / the teacher with quantized features / the
-tokenizer, code usage and perplexity per depth. MLLM: VQA exact match per type beside the majority
+Tokenizer: PSNR, SSIM, LPIPS (with its weights), a Fréchet distance over the split by the clean-fid protocol
+(FID-inception with local Inception weights, else FD-teacher), zero-shot (the demo attributes and any
+configured labelled source) and image-text R@1 through the teacher / the teacher with quantized features /
+the tokenizer, code usage and perplexity per depth. MLLM: VQA exact match per type beside the majority
 baseline, caption BLEU-4 and CIDEr-D, generated images (Fréchet distance to the real images of their
 prompts, teacher zero-shot on the prompted shape / colour / count). The ablation table, when its
 variants ran. Outputs: ``metrics/evaluate.json``, ``reports/report.html`` (self-contained),
@@ -23,13 +24,13 @@ from rich.console import Console
 
 from dualtoken.application import log_final_metrics, setup_process, tracked, write_metrics
 from dualtoken.config import Config
-from dualtoken.data.curated import from_model_output, read_images
+from dualtoken.data.curated import from_model_output, iter_image_batches, read_images
 from dualtoken.data.tokens import check_layout, read_text_stats, read_token_split
 from dualtoken.evaluation.ablation import ablation_table, table_markdown
 from dualtoken.evaluation.features import feature_extractor
 from dualtoken.evaluation.mllm import caption_quality, generation_quality, generation_rows, vqa_accuracy
 from dualtoken.evaluation.report_content import Plots, build_report, summary_markdown
-from dualtoken.evaluation.tokenizer import code_usage, reconstruct_split, reconstruction_quality, zero_shot_paths
+from dualtoken.evaluation.tokenizer import measure_tokenizer, zero_shot_tasks
 from dualtoken.models.lpips import LPIPS
 from dualtoken.models.mllm_generation import generate_codes
 from dualtoken.models.teacher import checkpoint_digest, load_teacher
@@ -89,11 +90,13 @@ def main(cfg: Config, console: Console | None = None) -> dict[str, Any]:
 def measure(cfg: Config, device: torch.device, console: Console) -> tuple[dict[str, Any], dict[str, Any]]:
     """(metrics for the JSON, images and examples for the report)."""
     e = cfg.evaluate
+    tasks = zero_shot_tasks(e)  # a bad class-names or templates file fails before any model loads
     teacher, teacher_tokenizer = load_teacher(cfg.teacher.output_dir)
     teacher = teacher.to(device).eval()
-    extractor = feature_extractor(e.inception_weights, teacher, device)
+    extractor = feature_extractor(e.inception_weights, teacher, device, e.fid.resize)
     lpips = LPIPS.from_file(e.lpips_weights).to(device) if e.lpips_weights else None
-    held_out = read_images(cfg.curated(e.input), e.split, e.images, cfg.storage)
+    curated = cfg.curated(e.input)
+    held_out = read_images(curated, e.split, e.images, cfg.storage)
     visual_path = cfg.mllm.tokenizer or cfg.tokenizer.output_dir  # the tokenizer the MLLM trained with
     loaded = load_mllm(cfg.mllm.output_dir, visual_path, device.type)
     visual = loaded.visual
@@ -104,11 +107,9 @@ def measure(cfg: Config, device: torch.device, console: Console) -> tuple[dict[s
     check_layout(tokens_root, visual.config, cfg.storage)
     console.print(f"\\[evaluate] the first {len(held_out)} images of the {e.split} split; features for Fréchet "
                   f"distances: {extractor.name}")
-    r = reconstruct_split(visual, held_out.images, e.batch_size, device)
-    tokenizer_metrics = {"reconstruction": reconstruction_quality(r, extractor, e.batch_size, lpips),
-                         "zero_shot": zero_shot_paths(visual, teacher, teacher_tokenizer, held_out, e.batch_size,
-                                                      device),
-                         "codes": code_usage(visual, r), "images": len(held_out)}
+    batches = iter_image_batches(curated, e.split, e.batch_size, e.fid.images, cfg.storage)
+    tokenizer_metrics, r = measure_tokenizer(visual, teacher, teacher_tokenizer, held_out, batches, e, extractor,
+                                             device, tasks, lpips)
     console.print("\\[evaluate] tokenizer measured; now the MLLM")
     split = read_token_split(tokens_root, e.split, e.images, cfg.storage)
     majority = read_text_stats(tokens_root, "train", cfg.storage).majority()

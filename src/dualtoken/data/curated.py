@@ -131,6 +131,15 @@ def read_images(root: str | Path, split: str, limit: int, storage: StorageConfig
     return CuratedSplit(torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2).contiguous(), meta, keys)
 
 
+def iter_image_batches(root: str | Path, split: str, batch_size: int, limit: int | None = None,
+                       storage: StorageConfig | None = None) -> Iterator[torch.Tensor]:
+    """The split's images (its first ``limit``, or all) as uint8 (n, 3, H, W) batches, streamed: memory holds
+    one batch whatever the split's size."""
+    samples = itertools.islice(iter_samples(shard_urls(root, split, storage), storage), limit)
+    while batch := [s.image for s in itertools.islice(samples, batch_size)]:
+        yield torch.from_numpy(np.stack(batch)).permute(0, 3, 1, 2).contiguous()
+
+
 class CuratedDecoder:
     """Curated samples -> columns for training: ``image`` uint8 (n, H, W, 3) and ``key``; with ``caption_ids``
     (texts -> (n, L) token ids) also ``caption_ids`` of one caption per sample, chosen by its draw; with

@@ -6,10 +6,35 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, field_validator
 
 from dualtoken.models.sampling import SamplingConfig
 from dualtoken.schema import Strict, curated_input
+
+
+class ZeroShotTaskConfig(Strict):
+    """Zero-shot classification on a labelled source, as the paper's ImageNet protocol (OpenCLIP's): one
+    prompt-ensemble embedding per class, top-1 accuracy through the teacher, the teacher with the tokenizer's
+    semantic quantizer and the tokenizer."""
+
+    name: str = Field(min_length=1, description="the task's name in the metrics, e.g. imagenet")
+    classes: str = Field(description="class-names file: one name per line, line i is class i")
+    label_key: str = Field("label", description="sample metadata field with the class name or its 0-based index; "
+                                                "dots reach nested fields (attributes.label)")
+    templates: str = Field("openai-imagenet", description="openai-imagenet (the 80 OpenAI ImageNet prompts), photo "
+                                                          "('a photo of a {c}.') or a file, one template per line")
+
+
+class FidConfig(Strict):
+    """How reconstruction FID is measured; the defaults are the released evaluation's (clean-fid)."""
+
+    resize: Literal["clean", "bilinear"] = Field(
+        "clean", description="to Inception's 299 px: clean = antialiased bicubic (clean-fid); bilinear = "
+                             "pytorch-fid's")
+    jpeg_quality: int | None = Field(95, ge=1, le=100, description="both sides saved as JPEG at this quality and "
+                                     "read back first, as the released evaluation; null: none")
+    images: int | None = Field(None, ge=2, description="held-out images (the split's first N), streamed; null: "
+                                                       "the whole split")
 
 
 class EvaluateConfig(Strict):
@@ -26,6 +51,21 @@ class EvaluateConfig(Strict):
     inception_weights: str | None = Field(
         None, description="pytorch-fid Inception-v3 weights (local .pth/.safetensors): FID; null: FD-teacher")
     lpips_weights: str | None = Field(None, description="LPIPS-VGG weights (safetensors); null: no LPIPS")
+    fid: FidConfig = FidConfig()
+    zero_shot: list[ZeroShotTaskConfig] = Field(
+        default_factory=list, description="labelled-source tasks, besides the demo attribute tasks (which run "
+                                          "where images carry the demo attributes)")
+    retrieval: bool = Field(True, description="image-text R@1 over the held-out images' first captions, through "
+                                              "the teacher and the tokenizer's semantic path")
+
+    @field_validator("zero_shot")
+    @classmethod
+    def _distinct_names(cls, tasks: list[ZeroShotTaskConfig]) -> list[ZeroShotTaskConfig]:
+        names = [t.name for t in tasks]
+        repeated = sorted({n for n in names if names.count(n) > 1})
+        if repeated:
+            raise ValueError(f"task names must be distinct, repeated: {repeated}")
+        return tasks
     vqa_questions: int = Field(512, ge=0)
     caption_images: int = Field(256, ge=0, description="images captioned greedily (BLEU-4, CIDEr-D)")
     generated_images: int = Field(64, ge=0, description="images generated from captions (one each)")

@@ -10,11 +10,14 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
 from dualtoken.data.curated import to_model_input
+from dualtoken.models.inception import INPUT_SIZE
 
 
 @dataclass(frozen=True)
@@ -38,18 +41,31 @@ def teacher_extractor(teacher: torch.nn.Module, device: torch.device) -> Feature
                             "resolution, SigLIP normalisation", embed)
 
 
-def inception_extractor(weights: str | Path, device: torch.device) -> FeatureExtractor:
+def clean_resize(images: Tensor, size: int = INPUT_SIZE) -> Tensor:
+    """clean-fid's resize: antialiased bicubic (PIL's kernel) of float images, no rounding back to uint8."""
+    return F.interpolate(images.float(), size=(size, size), mode="bicubic", antialias=True, align_corners=False)
+
+
+def inception_extractor(weights: str | Path, device: torch.device, resize: Literal["clean", "bilinear"] = "clean"
+                        ) -> FeatureExtractor:
     from dualtoken.models.inception import FIDInceptionV3
 
     model = FIDInceptionV3.from_file(weights).to(device)
 
     def embed(images: Tensor) -> Tensor:
-        return model(images.to(device).float() / 255.0)
+        x = images.to(device).float()
+        if resize == "clean":  # at 299 px already, the model's own bilinear resize is the identity
+            x = clean_resize(x)
+        return model(x / 255.0)
 
-    return FeatureExtractor("FID-inception", "Inception-v3 pool3 (pytorch-fid weights), images bilinearly resized "
-                            "to 299 px from the tokenizer's input resolution", embed)
+    how = ("antialiased bicubic (clean-fid)" if resize == "clean" else "bilinear (pytorch-fid)")
+    return FeatureExtractor("FID-inception", f"Inception-v3 pool3 (pytorch-fid weights), images resized {how} to "
+                            "299 px from the tokenizer's input resolution", embed)
 
 
-def feature_extractor(inception_weights: str | None, teacher: torch.nn.Module, device: torch.device
-                      ) -> FeatureExtractor:
-    return inception_extractor(inception_weights, device) if inception_weights else teacher_extractor(teacher, device)
+def feature_extractor(inception_weights: str | None, teacher: torch.nn.Module, device: torch.device,
+                      resize: Literal["clean", "bilinear"] = "clean") -> FeatureExtractor:
+    """FID-inception with the weights, else FD-teacher (whose input is the teacher's own, so ``resize`` is moot)."""
+    if inception_weights:
+        return inception_extractor(inception_weights, device, resize)
+    return teacher_extractor(teacher, device)

@@ -27,12 +27,13 @@ def _tokenizer_section(metrics: dict[str, Any], assets: dict[str, Any]) -> Secti
     fd = rec.get("fd_name", "FD")
     blocks = [table(["images", "PSNR (dB)", "SSIM", "LPIPS", fd],
                     [[t["images"], rec["psnr"], rec["ssim"], rec.get("lpips"), rec.get(fd)]]),
-              paragraph(f"Protocol: {rec['protocol']}. {fd} features: {rec.get('fd_features', '-')}. LPIPS needs "
-                        "evaluate.lpips_weights.", note=True),
-              table(["task", "images", "teacher (continuous)", "teacher + the semantic quantizer",
-                     "tokenizer semantic path"],
-                    [[task, r["images"], r["teacher"], r["teacher_quantized"], r["tokenizer"]]
-                     for task, r in t["zero_shot"].items()]),
+              paragraph(f"Protocol: {rec['protocol']}. {fd}: {rec.get('fd_protocol', '-')}, over "
+                        f"{rec.get('fd_images', '-')} images. LPIPS needs evaluate.lpips_weights.", note=True),
+              table(["task", "images", "classes", "prompts", "teacher (continuous)",
+                     "teacher + the semantic quantizer", "tokenizer semantic path"],
+                    [[task, r["images"], r.get("classes"), r.get("templates"), r["teacher"], r["teacher_quantized"],
+                      r["tokenizer"]] for task, r in t["zero_shot"].items()]),
+              *_retrieval_blocks(t.get("retrieval") or {}),
               table(["stream", "codebook", "usage (all depths)", "perplexity (all depths)", "perplexity per depth"],
                     [[s, c["codebook_size"], c["usage"]["all_depths"], c["perplexity"]["all_depths"],
                       ", ".join(f"{k} {v:.1f}" for k, v in c["perplexity"].items() if k != "all_depths")]
@@ -40,6 +41,15 @@ def _tokenizer_section(metrics: dict[str, Any], assets: dict[str, Any]) -> Secti
               figure(image_grid([assets["originals"], assets["reconstructions"]]).numpy(),
                      "originals (top) and reconstructions from the pixel codes (bottom)", width=768)]
     return Section("Tokenizer", blocks)
+
+
+def _retrieval_blocks(retrieval: dict[str, Any]) -> list[Any]:
+    if not retrieval:
+        return []
+    return [table(["path", "image -> text R@1", "text -> image R@1"],
+                  [[path, retrieval[path]["image_to_text"], retrieval[path]["text_to_image"]]
+                   for path in ("teacher", "tokenizer")]),
+            paragraph(f"Retrieval: {retrieval['protocol']}.", note=True)]
 
 
 def _ablation_section(ablation: AblationConfig, metrics: dict[str, Any]) -> Section:
@@ -156,6 +166,9 @@ def headline(metrics: dict[str, Any]) -> list[tuple[str, Any]]:
     out = [("tokenizer PSNR (dB)", rec["psnr"]), ("tokenizer SSIM", rec["ssim"]), (f"tokenizer {fd}", rec.get(fd)),
            *((f"zero-shot {k}: teacher / quantized / tokenizer",
               f"{v['teacher']:.3f} / {v['teacher_quantized']:.3f} / {v['tokenizer']:.3f}") for k, v in zs.items())]
+    if retrieval := t.get("retrieval"):
+        out.append(("retrieval R@1 image -> text: teacher / tokenizer",
+                    f"{retrieval['teacher']['image_to_text']:.3f} / {retrieval['tokenizer']['image_to_text']:.3f}"))
     if m["vqa"]:
         vqa = m["vqa"]
         out.append(("VQA accuracy (majority baseline)", f"{vqa['accuracy']:.3f} ({vqa['majority_baseline']:.3f})"))

@@ -1,12 +1,14 @@
-"""Metrics of a trained tokenizer on a split: reconstruction (PSNR, SSIM, LPIPS, a Fréchet distance), zero-shot
-accuracy through the teacher, the teacher with the tokenizer's semantic quantizer at its tap, and the
-tokenizer's own semantic path, and codebook usage / perplexity per depth.
+"""Metrics of a trained tokenizer on a split: reconstruction (PSNR, SSIM, LPIPS; the Fréchet distance is
+``evaluation.fid``'s), zero-shot accuracy and image-text retrieval through the teacher, the teacher with the
+tokenizer's semantic quantizer at its tap, and the tokenizer's own semantic path, and codebook usage /
+perplexity per depth.
 
 Ground truth is the centre-cropped uint8 images the tokenizer saw, at its native input resolution.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -16,14 +18,18 @@ from torch import Tensor
 from transformers import PreTrainedTokenizerBase, SiglipModel
 
 from dualtoken.data.curated import CuratedSplit, from_model_output, to_model_input
-from dualtoken.evaluation.distance import frechet_distance
+from dualtoken.evaluation.config import EvaluateConfig
 from dualtoken.evaluation.features import FeatureExtractor
+from dualtoken.evaluation.fid import reconstruction_fd
+from dualtoken.metrics.prompts import read_classes, read_templates
 from dualtoken.metrics.reconstruction import psnr, ssim
-from dualtoken.metrics.zeroshot import embed_in_batches, zero_shot
+from dualtoken.metrics.zeroshot import TASKS, Task, embed_in_batches, labelled_task, retrieval_r1, zero_shot
 from dualtoken.models.dualtoken import DualTokenModel
 from dualtoken.models.teacher import image_embedder, text_embedder
+from dualtoken.schema import ConfigError
 from dualtoken.tokenization.stats import code_statistics, depth_histogram
 
+TextEmbedder = Callable[[list[str]], Tensor]
 PROTOCOL = "uint8 centre-cropped inputs at the tokenizer's native resolution vs decoded pixel codes"
 
 
@@ -57,15 +63,11 @@ def reconstruct_split(model: DualTokenModel, images: Tensor, batch_size: int, de
 
 
 @torch.no_grad()
-def reconstruction_quality(r: Reconstructed, extractor: FeatureExtractor | None, batch_size: int,
-                           lpips: torch.nn.Module | None = None) -> dict[str, Any]:
-    """PSNR / SSIM means, the Fréchet distance named by its extractor, and LPIPS when its weights were given."""
+def reconstruction_quality(r: Reconstructed, batch_size: int, lpips: torch.nn.Module | None = None
+                           ) -> dict[str, Any]:
+    """PSNR / SSIM means, and LPIPS when its weights were given."""
     out: dict[str, Any] = {"psnr": float(psnr(r.images, r.reconstructions).mean()),
                            "ssim": float(ssim(r.images, r.reconstructions).mean()), "protocol": PROTOCOL}
-    if extractor is not None:
-        out[extractor.name] = frechet_distance(extractor.features(r.images, batch_size),
-                                               extractor.features(r.reconstructions, batch_size))
-        out["fd_name"], out["fd_features"] = extractor.name, extractor.protocol
     if lpips is not None:
         device = next(lpips.parameters()).device
         total = 0.0
@@ -102,19 +104,87 @@ def teacher_quantized_embedding(teacher: SiglipModel, model: DualTokenModel, pix
     return tower.head(tower.post_layernorm(hidden))
 
 
+PATHS = ("teacher", "teacher_quantized", "tokenizer")  # the semantic paths every zero-shot row compares
+
+
+def zero_shot_tasks(e: EvaluateConfig) -> tuple[Task, ...]:
+    """The demo attribute tasks and the configured labelled-source ones; a file that is missing or malformed is
+    an error naming its key."""
+    tasks = list(TASKS)
+    for i, t in enumerate(e.zero_shot):
+        if t.name in {task.name for task in TASKS}:
+            raise ConfigError(f"evaluate.zero_shot.{i}.name: {t.name!r} is a demo attribute task's name; the "
+                              f"built-in tasks are {', '.join(task.name for task in TASKS)}")
+        try:
+            classes = read_classes(t.classes)
+        except (OSError, ValueError) as err:
+            raise ConfigError(f"evaluate.zero_shot.{i}.classes: {err}") from None
+        try:
+            templates = read_templates(t.templates)
+        except (OSError, ValueError) as err:
+            raise ConfigError(f"evaluate.zero_shot.{i}.templates: {err}") from None
+        tasks.append(labelled_task(t.name, classes, templates, t.label_key, t.templates))
+    return tuple(tasks)
+
+
 @torch.no_grad()
-def zero_shot_paths(model: DualTokenModel, teacher: SiglipModel, tokenizer: PreTrainedTokenizerBase,
-                    split: CuratedSplit, batch_size: int, device: torch.device) -> dict[str, dict[str, float]]:
-    """task -> accuracy through the continuous teacher, the teacher with quantized features, the tokenizer."""
-    embed_texts = text_embedder(teacher, tokenizer, teacher.config.text_config.max_position_embeddings, device)
+def path_embeddings(model: DualTokenModel, teacher: SiglipModel, images: Tensor, batch_size: int,
+                    device: torch.device) -> dict[str, Tensor]:
+    """Unit image embeddings of uint8 ``images`` through the continuous teacher, the teacher with quantized
+    features at the semantic tap, and the tokenizer's semantic path."""
     paths = {"teacher": lambda x: image_embedder(teacher)(x),
              "teacher_quantized": lambda x: teacher_quantized_embedding(teacher, model, x),
              "tokenizer": model.semantic_embedding}
-    results = {name: zero_shot(embed_in_batches(lambda x, f=fn: f(to_model_input(x).to(device)), split.images,
-                                                batch_size), split.meta, embed_texts)
-               for name, fn in paths.items()}
-    return {task: {name: results[name][task]["accuracy"] for name in paths} | {"images": r["images"]}
+    return {name: embed_in_batches(lambda x, f=paths[name]: f(to_model_input(x).to(device)), images, batch_size)
+            for name in PATHS}
+
+
+@torch.no_grad()
+def zero_shot_paths(embeds: dict[str, Tensor], metas: list[dict[str, Any]], embed_texts: TextEmbedder,
+                    tasks: Sequence[Task] = TASKS) -> dict[str, dict[str, Any]]:
+    """task -> accuracy through each path, the images it was measured on and the prompts used."""
+    results = {name: zero_shot(embeds[name], metas, embed_texts, tasks) for name in PATHS}
+    by_name = {t.name: t for t in tasks}
+    return {task: {name: results[name][task]["accuracy"] for name in PATHS}
+            | {"images": r["images"], "classes": len(by_name[task].classes),
+               "templates": f"{by_name[task].template_set} ({len(by_name[task].templates)})"}
             for task, r in results["teacher"].items()}
+
+
+@torch.no_grad()
+def retrieval_paths(embeds: dict[str, Tensor], metas: list[dict[str, Any]], embed_texts: TextEmbedder
+                    ) -> dict[str, Any]:
+    """Image-text R@1 both ways over the images that have a caption (its first), through the teacher and the
+    tokenizer's semantic path; empty when fewer than two images have one."""
+    rows = [i for i, m in enumerate(metas) if m.get("captions")]
+    if len(rows) < 2:
+        return {}
+    captions = [metas[i]["captions"][0] for i in rows]
+    texts = F.normalize(embed_texts(captions).float(), dim=-1)
+    out: dict[str, Any] = {name: retrieval_r1(embeds[name][rows], texts, captions) for name in ("teacher",
+                                                                                             "tokenizer")}
+    out.update(pairs=len(rows), protocol=f"R@1 among {len(rows)} held-out image-caption pairs (each image's "
+               "first caption; an identical caption of another image counts), SigLIP text tower")
+    return out
+
+
+@torch.no_grad()
+def measure_tokenizer(model: DualTokenModel, teacher: SiglipModel, tokenizer: PreTrainedTokenizerBase,
+                      held_out: CuratedSplit, batches: Iterable[Tensor], e: EvaluateConfig, extractor: FeatureExtractor,
+                      device: torch.device, tasks: Sequence[Task] = TASKS, lpips: torch.nn.Module | None = None
+                      ) -> tuple[dict[str, Any], Reconstructed]:
+    """Everything the evaluate and ablation stages record about one tokenizer: reconstruction on
+    ``held_out`` (and the Fréchet distance over ``batches``, the split streamed), zero-shot, retrieval and
+    codes."""
+    r = reconstruct_split(model, held_out.images, e.batch_size, device)
+    embed_texts = text_embedder(teacher, tokenizer, teacher.config.text_config.max_position_embeddings, device)
+    embeds = path_embeddings(model, teacher, held_out.images, e.batch_size, device)
+    metrics = {"reconstruction": reconstruction_quality(r, e.batch_size, lpips)
+               | reconstruction_fd(model, batches, extractor, e.fid, device),
+               "zero_shot": zero_shot_paths(embeds, held_out.meta, embed_texts, tasks),
+               "retrieval": retrieval_paths(embeds, held_out.meta, embed_texts) if e.retrieval else {},
+               "codes": code_usage(model, r), "images": len(held_out)}
+    return metrics, r
 
 
 @torch.no_grad()

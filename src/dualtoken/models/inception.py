@@ -20,6 +20,7 @@ from torch import Tensor, nn
 WEIGHTS_NAME = "pt_inception-2015-12-05-6726825d.pth"
 WEIGHTS_URL = f"https://github.com/mseitzer/pytorch-fid/releases/download/fid_weights/{WEIGHTS_NAME}"
 Size = int | tuple[int, int]
+INPUT_SIZE = 299
 
 
 class BasicConv2d(nn.Module):
@@ -199,7 +200,8 @@ class FIDInceptionV3(nn.Module):
         """(N, 3, H, W) images in [0, 1] (float, or uint8 in [0, 255]) -> (N, 2048) pool3 features."""
         if images.dtype == torch.uint8:
             images = images.float() / 255.0
-        x = F.interpolate(images.to(self.fc.weight.dtype), size=(299, 299), mode="bilinear", align_corners=False)
+        x = F.interpolate(images.to(self.fc.weight.dtype), size=(INPUT_SIZE, INPUT_SIZE), mode="bilinear",
+                          align_corners=False)
         x = 2 * x - 1
         x = _chain(x, self.Conv2d_1a_3x3, self.Conv2d_2a_3x3, self.Conv2d_2b_3x3)
         x = _chain(F.max_pool2d(x, 3, stride=2), self.Conv2d_3b_1x1, self.Conv2d_4a_3x3)
