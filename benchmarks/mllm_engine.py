@@ -20,14 +20,11 @@ from pathlib import Path
 
 import torch
 
+from dualtoken.models.mllm_shapes import SHAPES
+
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
-SHAPES = {  # LM shapes (random init from config); the visual parts follow the demo tokenizer's layout
-    "demo": {"hidden_size": 256, "num_hidden_layers": 4, "num_attention_heads": 4, "num_key_value_heads": 2,
-             "intermediate_size": 704},
-    "qwen2.5-0.5b": {"hidden_size": 896, "num_hidden_layers": 24, "num_attention_heads": 14,
-                     "num_key_value_heads": 2, "intermediate_size": 4864, "vocab_size": 151_936},
-}
+RELEASED_VOCAB = 151_936  # Qwen2.5's: the logits' real cost
 
 
 def build(shape: str, tokenizer):
@@ -36,11 +33,10 @@ def build(shape: str, tokenizer):
     from dualtoken.models.mllm import DualTokenMLLM, DualTokenMLLMConfig
 
     torch.manual_seed(0)
-    llm = {"model_type": "qwen2", "vocab_size": len(tokenizer), "max_position_embeddings": 512,
-           "tie_word_embeddings": True, **SHAPES[shape]}
+    # the named LM shape; the visual parts are the demo's, on the demo tokenizer's layout
+    llm = SHAPES[shape].llm_config(len(tokenizer) if shape == "demo" else max(len(tokenizer), RELEASED_VOCAB))
     codes = {"grid": [8, 8], **{s: {"depth": 4, "codebook_size": 512, "dim": 16, "books": 1} for s in STREAMS}}
-    config = DualTokenMLLMConfig(llm_config=llm, codes=codes, projector_hidden=512, head_width=128, head_layers=2,
-                                 head_heads=4,
+    config = DualTokenMLLMConfig(llm_config=llm, codes=codes, **SHAPES["demo"].visual(),
                                  special_token_ids={t: tokenizer.convert_tokens_to_ids(t) for t in SPECIAL_TOKENS})
     return DualTokenMLLM(config)
 

@@ -3,7 +3,8 @@
 1. Tokenizer training at so400m-patch14-384 (bf16 autocast, gradient checkpointing): images/s through the
    real trainer (``train_tokenizer``: all losses, discriminator, checkpoints off the timed path).
 2. MLLM training (``train_mllm``: DeepSpeed, the ZeRO stage given, SDPA, bf16, gradient checkpointing) on
-   Qwen2.5-0.5B- and 3B-shaped LMs with the so400m code layout (27 x 27 positions, depth 8, 16384 codes):
+   the named Qwen2.5-0.5B and 3B shapes (released LM configs, the paper's heads) with the so400m code layout
+   (27 x 27 positions, depth 8, 16384 codes):
    tokens/s and MFU = 6 x parameters x tokens/s / peak bf16 FLOP/s (attention FLOPs left out: a lower bound).
 
     python benchmarks/gpu/paper_scale.py [--zero 2] [--peak-tflops 989] [--steps 12]
@@ -27,14 +28,9 @@ import torch
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "tests"))
 
-LLM_SHAPES = {
-    "qwen2.5-0.5b": {"hidden_size": 896, "num_hidden_layers": 24, "num_attention_heads": 14, "num_key_value_heads": 2,
-                     "intermediate_size": 4864, "vocab_size": 151_936},
-    "qwen2.5-3b": {"hidden_size": 2048, "num_hidden_layers": 36, "num_attention_heads": 16, "num_key_value_heads": 2,
-                   "intermediate_size": 11008, "vocab_size": 151_936},
-    "smoke": {"hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 2,
-              "intermediate_size": 64, "vocab_size": 400},
-}
+RELEASED_VOCAB = 151_936  # Qwen2.5's: the logits' real cost
+SMOKE = {"hidden_size": 32, "layers": 2, "heads": 4, "kv_heads": 2, "intermediate_size": 64, "max_positions": 2048,
+         "projector_hidden": 32, "head_width": 16, "head_layers": 1, "head_heads": 2}
 
 
 def tokenizer_images_per_s(smoke: bool, steps: int, batch: int, work: Path) -> float:
@@ -77,6 +73,7 @@ def mllm_tokens_per_s(shape: str, smoke: bool, steps: int, batch: int, zero: int
     from dualtoken.data.shards import split_shards
     from dualtoken.data.tokens import STREAMS, read_layout
     from dualtoken.models.mllm import DualTokenMLLM, DualTokenMLLMConfig
+    from dualtoken.models.mllm_shapes import named_shape
     from dualtoken.training.distributed import init_distributed
     from dualtoken.training.mllm import TokenSource, train_mllm
     from dualtoken.training.mllm_config import MllmConfig
@@ -85,13 +82,13 @@ def mllm_tokens_per_s(shape: str, smoke: bool, steps: int, batch: int, zero: int
     grid, depth, book, dim = (2, 2, 32, 8) if smoke else (27, 8, 16384, 32)
     root = write_token_corpus(work / f"tokens-{shape}", {"train": [32, 32]}, grid=grid, depth=depth, codebook=book)
     tokenizer = tiny_text_tokenizer(root)
-    llm = {"model_type": "qwen2", "max_position_embeddings": 2048, "tie_word_embeddings": True, **LLM_SHAPES[shape]}
-    llm["vocab_size"] = max(llm["vocab_size"], len(tokenizer))
+    # the named shape: the released LM and the paper's heads (smoke: the demo's, tiny)
+    named = named_shape("demo", **SMOKE) if smoke else named_shape(shape)
+    llm = named.llm_config(len(tokenizer) if smoke else max(len(tokenizer), RELEASED_VOCAB))
     codes = {"grid": [grid, grid], **{s: {"depth": depth, "codebook_size": book, "dim": dim, "books": 1}
                                       for s in STREAMS}}
-    config = DualTokenMLLMConfig(llm_config=llm, codes=codes, projector_hidden=2048, head_width=512, head_layers=2,
-                                 head_heads=8, special_token_ids={t: tokenizer.convert_tokens_to_ids(t)
-                                                                  for t in SPECIAL_TOKENS})
+    config = DualTokenMLLMConfig(llm_config=llm, codes=codes, **named.visual(),
+                                 special_token_ids={t: tokenizer.convert_tokens_to_ids(t) for t in SPECIAL_TOKENS})
     model = DualTokenMLLM(config)
     params = sum(p.numel() for p in model.parameters())
     cfg = MllmConfig.model_validate({

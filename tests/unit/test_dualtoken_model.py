@@ -134,3 +134,70 @@ def test_token_projection_shapes(kind):
     x = torch.randn(2, 10, 64)
     assert down(x).shape == (2, 10, 8) and up(down(x)).shape == (2, 10, 64)
     assert (down.attention is None) == (kind == "linear")
+
+
+def test_the_released_projection_by_hand():
+    """Down (64 -> 8): 8 heads of 8 read the wide input and are averaged; up (8 -> 64): the narrow input makes
+    8 heads of 8, concatenated. Both: linear path + attention path, then a residual GeGLU MLP."""
+    from dualtoken.models.layers import ReleasedProjection
+
+    torch.manual_seed(0)
+    x = torch.randn(2, 5, 64)
+    down, up = ReleasedProjection(64, 8), ReleasedProjection(8, 64)
+    for proj, inp, wide in ((down, x, 64), (up, down(x), 64)):
+        q, k, v = proj.qkv(proj.norm_attention(inp)).view(2, 5, 3, 8, 8).unbind(2)  # (b, n, heads, 8)
+        weights = torch.softmax(torch.einsum("bnhd,bmhd->bhnm", q, k) / 8**0.5, dim=-1)
+        heads = torch.einsum("bhnm,bmhd->bnhd", weights, v)
+        attended = heads.mean(2) if proj.down else heads.reshape(2, 5, wide)
+        y = proj.linear(proj.norm_linear(inp)) + proj.out(attended)
+        m = proj.mlp.norm(proj.norm_mlp(y))
+        by_hand = y + proj.mlp.w2(torch.nn.functional.gelu(proj.mlp.w0(m), approximate="tanh") * proj.mlp.w1(m))
+        assert torch.allclose(proj(inp), by_hand, atol=1e-5)
+    assert down(x).shape == (2, 5, 8) and up(down(x)).shape == (2, 5, 64)
+    # parameters: LN + linear, LN + qkv (3 x wide) + out, LN + GeGLU (LN, 2 x (out -> 2 out), 2 out -> out)
+    for proj, i, o in ((down, 64, 8), (up, 8, 64)):
+        count = 2 * i + i * o + o + 2 * i + i * 3 * 64 + 3 * 64 + o * o + o + 2 * o + 2 * o + 2 * (o * 2 * o + 2 * o) \
+            + 2 * o * o + o
+        assert sum(p.numel() for p in proj.parameters()) == count
+    with pytest.raises(ValueError, match="divide"):
+        ReleasedProjection(64, 12)
+
+
+@pytest.mark.parametrize("space", ["code", "width"])
+def test_the_shortcut_joins_the_pixel_tap_in_code_or_width_space(space):
+    from tiny import VISION, tiny_tokenizer_config
+
+    base = tiny_tokenizer_config().to_dict()
+    for key in ("vision_config", "model_type", "transformers_version", "architectures"):
+        base.pop(key, None)
+    config = DualTokenConfig(vision_config=VISION, **{**base, "layer_pixel": 2, "layer_semantic": 3,
+                                                      "layer_shortcut": 1, "shortcut_space": space})
+    torch.manual_seed(0)
+    model = DualTokenModel(config).eval()
+    images = torch.rand(2, 3, 32, 32) * 2 - 1
+    pixel, shortcut, _ = model._taps(images)
+    with torch.no_grad():
+        hidden = model.vision.embeddings(images)
+        h1 = model.layers[0](hidden, attention_mask=None)
+        h2 = model.layers[1](h1, attention_mask=None)
+        if space == "code":  # its own projection, added to the projected tap
+            by_hand = model.pixel_down(h2) + 0.6 * model.shortcut_down(h1)
+        else:
+            by_hand = model.pixel_down(h2 + 0.6 * h1)
+            assert not hasattr(model, "shortcut_down")
+        assert torch.allclose(model._pixel_latent(pixel, shortcut), by_hand, atol=1e-5)
+
+
+def test_the_released_structure_is_the_paper_configs_and_the_decoder_input_block_runs():
+    from dualtoken.models.layers import PixelDecoder, ReleasedProjection, ResBlock
+
+    config = named_config("so400m-patch14-384")
+    assert (config.projection, config.shortcut_space, config.decoder_input_block) == ("released", "code", True)
+    demo = named_config("demo-32px")
+    assert (demo.projection, demo.shortcut_space, demo.decoder_input_block) == ("attention", "width", False)
+    with torch.device("meta"):
+        model = DualTokenModel(config)
+    assert all(isinstance(getattr(model, n), ReleasedProjection) for n in ("pixel_down", "shortcut_down", "pixel_up",
+                                                                            "semantic_down", "semantic_up"))
+    decoder = PixelDecoder(64, 8, [1, 2], 1, input_block=True)
+    assert isinstance(decoder.conv_in[0], ResBlock) and decoder(torch.randn(1, 64, 4, 4)).shape == (1, 3, 8, 8)

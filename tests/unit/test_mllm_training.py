@@ -108,7 +108,24 @@ def test_each_phase_trains_only_its_parts(data, tmp_path, zero):
     assert changed == {"heads"}
     assert freeze_for(model, cfg.phases[0]) == sum(p.numel() for p in [*model.input_codes.parameters(),
                                                                         *model.projector.parameters(),
-                                                                        *model.llm.parameters()])
+                                                                        *model.llm.parameters(),
+                                                                        *model.special_embeddings.parameters()])
+
+
+def test_the_papers_first_phase_trains_the_added_tokens_with_the_projector_and_leaves_the_lm(data, tmp_path):
+    """Phase 1 trains the projector alone, the LM frozen: the image delimiters' input embeddings (new rows,
+    random in a frozen LM table before) train with it; the LM's own weights do not move."""
+    model = tiny_mllm(data.tokenizer)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    align = [{"name": "align", "steps": 3, "lr": 3e-3, "train": ["projector"], "tasks": {"caption": 1}}]
+    train_mllm(_cfg(tmp_path, phases=align), model, data, CPU, 0, {}, QUIET)
+    changed = {k.split(".")[0] for k, v in model.state_dict().items() if not torch.equal(v, before[k])}
+    assert changed == {"input_codes", "projector", "special_embeddings"}
+    # the embedding the LM reads at an added token is that table's row, not the LM's
+    token = model.special_tokens()[0]
+    ids = torch.tensor([[model.config.token_id(token)]])
+    assert torch.equal(model.embed(ids)[0, 0], model.special_embeddings.weight[0])
+    assert not torch.equal(model.embed(ids)[0, 0], model.llm.get_input_embeddings().weight[ids[0, 0]])
 
 
 def test_a_changed_configuration_does_not_resume_old_checkpoints(data, tmp_path):

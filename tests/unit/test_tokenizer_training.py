@@ -73,7 +73,7 @@ def test_the_adaptive_gan_weight_balances_the_unweighted_reconstruction_loss(tmp
         model = _model(teacher).eval()  # no codebook update between the objective's forward and ours
         torch.manual_seed(2)
         disc = PatchDiscriminator(8, 2)
-        objective = Objective(cfg, stage_plan(1, model.config), teacher.vision_model, disc, None)
+        objective = Objective(cfg, stage_plan(1, model.config), teacher.vision_model, disc, None, 0)
         reported.append(objective(model, model, images, step=0)[1]["gan_adaptive_weight"])
     out = model(images)
     last = model.decoder_last_layer
@@ -216,7 +216,7 @@ def test_each_stage_optimises_the_released_weights(tmp_path, stage):
     apply_stage(model, plan)
     model.eval()
     cfg = tokenizer_cfg(tmp_path, stage=stage, losses={"gan_start_step": 0, "perceptual_kind": "none"})
-    objective = Objective(cfg, plan, teacher.vision_model, PatchDiscriminator(8, 2), None)
+    objective = Objective(cfg, plan, teacher.vision_model, PatchDiscriminator(8, 2), None, 0)
     images = to_model_input(tiny_split(4).images)
     loss, report, _ = objective(model, model, images, step=0)
 
@@ -240,6 +240,15 @@ def test_each_stage_optimises_the_released_weights(tmp_path, stage):
         by_hand = by_hand + 0.75 * report["gan_adaptive_weight"] * report["gan_generator"]
     assert report["semantic_tap"] == pytest.approx(tap.item(), rel=1e-5)
     assert loss.item() == pytest.approx(by_hand.item(), rel=1e-5)
+
+
+def test_the_gan_starts_half_an_epoch_in_unless_a_step_is_given(tmp_path):
+    from dualtoken.data.shards import Shard
+    from dualtoken.training.tokenizer import gan_start_step
+
+    train = [Shard("a", "a", 1000), Shard("b", "b", 600)]  # 1600 samples: 800 are half an epoch
+    assert gan_start_step(tokenizer_cfg(tmp_path, batch_size=32, losses={"gan_start_step": None}), train) == 25
+    assert gan_start_step(tokenizer_cfg(tmp_path, batch_size=32, losses={"gan_start_step": 7}), train) == 7
 
 
 def test_tokenizer_overrides_are_checked_against_the_model_config(tmp_path):

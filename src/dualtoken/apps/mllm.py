@@ -28,6 +28,7 @@ from dualtoken.data.tokens import STREAMS, TokenSplit, check_layout, read_layout
 from dualtoken.evaluation.mllm import generation_quality, generation_rows, vqa_accuracy
 from dualtoken.models.dualtoken import DualTokenModel
 from dualtoken.models.mllm import DualTokenMLLM, DualTokenMLLMConfig
+from dualtoken.models.mllm_shapes import MllmShape, named_shape
 from dualtoken.models.teacher import checkpoint_digest, load_teacher
 from dualtoken.schema import ConfigError
 from dualtoken.storage import StorageConfig, location, save_folder_atomically
@@ -51,31 +52,41 @@ def text_tokenizer(cfg: MllmConfig, train_urls: list[str], storage: StorageConfi
                      extra_special_tokens=SPECIAL_TOKENS)
 
 
-def language_model(cfg: MllmConfig, vocab_size: int) -> PreTrainedModel:
-    """The pretrained LM (embeddings resized for the added tokens), or one built from the configured shape."""
-    llm = cfg.llm
-    if llm.pretrained:
-        model = AutoModelForCausalLM.from_pretrained(llm.pretrained, local_files_only=True)
+def mllm_shape(cfg: MllmConfig) -> MllmShape:
+    """The named architecture with its overrides; an unknown name, or a shape that does not fit, names the key."""
+    try:
+        return named_shape(cfg.architecture, **cfg.overrides)
+    except ValueError as err:
+        key = "mllm.architecture" if "unknown MLLM architecture" in str(err) else "mllm.overrides"
+        raise ConfigError(f"{key}: {err}") from None
+
+
+def language_model(cfg: MllmConfig, shape: MllmShape, vocab_size: int) -> PreTrainedModel:
+    """The pretrained LM (embeddings resized for the added tokens), or one built from the architecture's shape.
+    A pretrained LM of another width than the architecture's is an error: the heads are sized for that width."""
+    if cfg.llm.pretrained:
+        model = AutoModelForCausalLM.from_pretrained(cfg.llm.pretrained, local_files_only=True)
+        if model.config.hidden_size != shape.hidden_size:
+            raise ConfigError(f"mllm.llm.pretrained: {cfg.llm.pretrained} is {model.config.hidden_size} wide, "
+                              f"mllm.architecture {cfg.architecture!r} {shape.hidden_size}: name the architecture "
+                              "of that LM (e.g. qwen2.5-7b) or override hidden_size")
         model.resize_token_embeddings(vocab_size)
         return model
-    shape = AutoConfig.for_model(llm.model_type, hidden_size=llm.hidden_size, num_hidden_layers=llm.layers,
-                                 num_attention_heads=llm.heads, num_key_value_heads=llm.kv_heads,
-                                 intermediate_size=llm.intermediate_size, max_position_embeddings=llm.max_positions,
-                                 vocab_size=vocab_size, tie_word_embeddings=True)
-    return AutoModelForCausalLM.from_config(shape, attn_implementation="sdpa")
+    config = AutoConfig.for_model(**shape.llm_config(vocab_size))
+    return AutoModelForCausalLM.from_config(config, attn_implementation="sdpa")
 
 
-def build_model(cfg: MllmConfig, tokenizer: Any, visual: DualTokenModel, tokenizer_path: str) -> DualTokenMLLM:
+def build_model(cfg: MllmConfig, shape: MllmShape, tokenizer: Any, visual: DualTokenModel, tokenizer_path: str
+                ) -> DualTokenMLLM:
     quantizers = {"pixel": visual.pixel_quantizer, "semantic": visual.semantic_quantizer}
     grid = visual.config.grid_size
     codes = {"grid": [grid, grid], **{s: {"depth": q.depth, "codebook_size": q.codebook_size, "dim": q.dim,
                                           "books": q.codebooks.shape[0]} for s, q in quantizers.items()}}
     config = DualTokenMLLMConfig(
-        codes=codes, projector_hidden=cfg.head.projector_hidden, head_width=cfg.head.width,
-        head_layers=cfg.head.layers, head_heads=cfg.head.heads,
+        codes=codes, **shape.visual(),
         special_token_ids={t: tokenizer.convert_tokens_to_ids(t) for t in SPECIAL_TOKENS},
         tokenizer_path=tokenizer_path, tokenizer_sha256=checkpoint_digest(tokenizer_path))
-    llm = language_model(cfg, len(tokenizer))
+    llm = language_model(cfg, shape, len(tokenizer))
     return DualTokenMLLM.from_parts(llm, config, {s: quantizers[s].codebooks.detach().float() for s in STREAMS})
 
 
@@ -97,6 +108,7 @@ def main(cfg: Config, console: Console | None = None) -> dict[str, Any]:
     m = cfg.mllm
     ctx = setup_process(m.runtime, cfg.seed)
     try:
+        shape = mllm_shape(m)  # a bad architecture or override fails before any data is read
         tokens_root = m.tokens or cfg.tokenize.output_dir
         visual_path = m.tokenizer or cfg.tokenizer.output_dir
         if not (Path(visual_path) / "config.json").is_file():
@@ -109,7 +121,7 @@ def main(cfg: Config, console: Console | None = None) -> dict[str, Any]:
         check_tasks(m, texts)
         val = read_token_split(tokens_root, "val", m.eval.images, cfg.storage)
         tokenizer = text_tokenizer(m, [s.url for s in train], cfg.storage)
-        model = build_model(m, tokenizer, visual, visual_path)
+        model = build_model(m, shape, tokenizer, visual, visual_path)
         source = TokenSource(train, read_layout(tokens_root, cfg.storage), tokenizer, cfg.storage)
         index_digest = hashlib.sha256(str(read_shard_index(tokens_root, cfg.storage)).encode()).hexdigest()[:16]
         identity = {"seed": cfg.seed, "tokens": index_digest, "tokenizer": model.config.tokenizer_sha256,

@@ -17,6 +17,12 @@ class DualTokenConfig(PretrainedConfig):
     ``restart_threshold``: a code whose EMA count falls below it takes a vector of the batch at that update;
     1.0 is the released code's rule (a code unused for one update at decay 0.99 restarts at once).
 
+    ``projection``: ``released`` is the official structure (linear + attention paths, a GeGLU MLP);
+    ``attention`` / ``linear`` are lighter. ``shortcut_space``: the layer-``layer_shortcut`` state is added to
+    the pixel tap in ``code`` space through its own down projection (released) or in ``width`` space before
+    the one projection. ``decoder_input_block``: a residual block before the decoder (the released
+    PostQuantResnetBlock).
+
     ``single_codebook=True`` is the paper's conflict baseline (its ablation row (a)): one tap, one quantizer,
     whose codes both feed the remaining layers and are decoded to pixels (``layer_pixel == layer_semantic``).
     """
@@ -33,6 +39,7 @@ class DualTokenConfig(PretrainedConfig):
         layer_semantic: int = 26,
         projection: str = "attention",
         projection_heads: int = 8,
+        shortcut_space: str = "width",
         pixel_codebook_size: int = 16384,
         pixel_code_dim: int = 32,
         pixel_depth: int = 8,
@@ -49,6 +56,7 @@ class DualTokenConfig(PretrainedConfig):
         decoder_res_blocks: int = 2,
         decoder_attention_levels: int = 1,
         latent_size: int | None = None,
+        decoder_input_block: bool = False,
         single_codebook: bool = False,
         **kwargs: Any,
     ) -> None:
@@ -57,7 +65,7 @@ class DualTokenConfig(PretrainedConfig):
         self.vision_config = vision_config if vision_config is not None else SiglipVisionConfig()
         self.layer_pixel, self.layer_shortcut, self.weight_shortcut = layer_pixel, layer_shortcut, weight_shortcut
         self.layer_semantic = layer_semantic
-        self.projection, self.projection_heads = projection, projection_heads
+        self.projection, self.projection_heads, self.shortcut_space = projection, projection_heads, shortcut_space
         self.pixel_codebook_size, self.pixel_code_dim, self.pixel_depth = (
             pixel_codebook_size, pixel_code_dim, pixel_depth)
         self.semantic_codebook_size, self.semantic_code_dim, self.semantic_depth = (
@@ -68,7 +76,7 @@ class DualTokenConfig(PretrainedConfig):
         self.decoder_channels = decoder_channels
         self.decoder_channel_mult = list(decoder_channel_mult)
         self.decoder_res_blocks, self.decoder_attention_levels = decoder_res_blocks, decoder_attention_levels
-        self.latent_size = latent_size
+        self.latent_size, self.decoder_input_block = latent_size, decoder_input_block
         self.single_codebook = single_codebook
         if single_codebook:  # one codebook: the pixel codes are the semantic codes
             self.pixel_codebook_size, self.pixel_code_dim, self.pixel_depth = (
@@ -95,8 +103,10 @@ class DualTokenConfig(PretrainedConfig):
             raise ValueError(f"single_codebook quantizes one tap: needs layer_pixel == layer_semantic (got "
                              f"{self.layer_pixel} and {self.layer_semantic}) and layer_shortcut null "
                              f"(got {self.layer_shortcut})")
-        if self.projection not in ("attention", "linear"):
-            raise ValueError(f"projection must be 'attention' or 'linear', got {self.projection!r}")
+        if self.projection not in ("released", "attention", "linear"):
+            raise ValueError(f"projection must be 'released', 'attention' or 'linear', got {self.projection!r}")
+        if self.shortcut_space not in ("width", "code"):
+            raise ValueError(f"shortcut_space must be 'width' or 'code', got {self.shortcut_space!r}")
         out = self.decoder_latent_size * 2 ** (len(self.decoder_channel_mult) - 1)
         if out != self.vision_config.image_size:
             levels = len(self.decoder_channel_mult) - 1
@@ -136,7 +146,8 @@ NAMED_CONFIGS: dict[str, dict[str, Any]] = {
         "vision_config": _siglip(image_size=384, patch_size=14, hidden_size=1152, intermediate_size=4304,
                                  num_hidden_layers=27, num_attention_heads=16),
         "layer_pixel": 6, "layer_shortcut": 4, "weight_shortcut": 0.6, "layer_semantic": 26,
-        "projection_heads": 16,
+        # the released structure: its projections, the shortcut in code space, a residual block before the decoder
+        "projection": "released", "shortcut_space": "code", "decoder_input_block": True,
         "pixel_codebook_size": 16384, "pixel_code_dim": 32, "pixel_depth": 8,
         "semantic_codebook_size": 16384, "semantic_code_dim": 32, "semantic_depth": 8,
         "decoder_channels": 128, "decoder_channel_mult": [1, 1, 4, 4, 8], "latent_size": 24,

@@ -18,12 +18,12 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 from transformers import AutoConfig, AutoModel, PreTrainedModel, SiglipVisionModel
 
 from dualtoken.models.configuration import DualTokenConfig
 from dualtoken.models.conv_stem import with_conv_stem
-from dualtoken.models.layers import PixelDecoder, TokenProjection
+from dualtoken.models.layers import PixelDecoder, token_projection
 from dualtoken.models.quantizer import QuantizerOutput, ResidualQuantizer
 
 
@@ -58,8 +58,8 @@ class DualTokenModel(DualTokenPreTrainedModel):
         width = vision.hidden_size
         self.vision = with_conv_stem(SiglipVisionModel._from_config(vision))
 
-        def projection(a: int, b: int) -> TokenProjection:
-            return TokenProjection(a, b, config.projection, config.projection_heads)
+        def projection(a: int, b: int) -> nn.Module:
+            return token_projection(a, b, config.projection, config.projection_heads)
 
         def quantizer(size: int, dim: int, depth: int, update: str) -> ResidualQuantizer:
             return ResidualQuantizer(dim, size, depth, shared_codebook=config.shared_codebook, update=update,
@@ -70,13 +70,16 @@ class DualTokenModel(DualTokenPreTrainedModel):
             self.pixel_down = projection(width, config.pixel_code_dim)
             self.pixel_quantizer = quantizer(config.pixel_codebook_size, config.pixel_code_dim, config.pixel_depth,
                                              config.pixel_update)
+        if config.layer_shortcut is not None and config.shortcut_space == "code":
+            self.shortcut_down = projection(width, config.pixel_code_dim)
         self.pixel_up = projection(config.pixel_code_dim, width)
         self.semantic_down = projection(width, config.semantic_code_dim)
         self.semantic_quantizer = quantizer(config.semantic_codebook_size, config.semantic_code_dim,
                                             config.semantic_depth, config.semantic_update)
         self.semantic_up = projection(config.semantic_code_dim, width)
         self.decoder = PixelDecoder(width, config.decoder_channels, config.decoder_channel_mult,
-                                    config.decoder_res_blocks, config.decoder_attention_levels, config.latent_size)
+                                    config.decoder_res_blocks, config.decoder_attention_levels, config.latent_size,
+                                    config.decoder_input_block)
         self.post_init()
 
     @classmethod
@@ -98,7 +101,7 @@ class DualTokenModel(DualTokenPreTrainedModel):
 
     # One codebook: the pixel branch's down projection and quantizer are the semantic ones (registered once).
     @property
-    def pixel_down(self) -> TokenProjection:
+    def pixel_down(self) -> nn.Module:
         return self._modules["semantic_down" if self.config.single_codebook else "pixel_down"]
 
     @property
@@ -121,17 +124,26 @@ class DualTokenModel(DualTokenPreTrainedModel):
             hidden = layer(hidden, attention_mask=None)
         return hidden
 
-    def _taps(self, pixel_values: Tensor) -> tuple[Tensor, Tensor]:
+    def _taps(self, pixel_values: Tensor) -> tuple[Tensor, Tensor | None, Tensor]:
+        """(pixel tap, shortcut layer's state or None, semantic tap)."""
         cfg = self.config
         hidden = self.vision.embeddings(pixel_values)
         shortcut = None
         if cfg.layer_shortcut is not None:
             hidden = self._run_layers(hidden, 0, cfg.layer_shortcut)
             shortcut = hidden
-        hidden = self._run_layers(hidden, cfg.layer_shortcut or 0, cfg.layer_pixel)
-        pixel_features = hidden if shortcut is None else hidden + cfg.weight_shortcut * shortcut
-        hidden = self._run_layers(hidden, cfg.layer_pixel, cfg.layer_semantic)
-        return pixel_features, hidden
+        pixel = hidden = self._run_layers(hidden, cfg.layer_shortcut or 0, cfg.layer_pixel)
+        return pixel, shortcut, self._run_layers(hidden, cfg.layer_pixel, cfg.layer_semantic)
+
+    def _pixel_latent(self, pixel: Tensor, shortcut: Tensor | None) -> Tensor:
+        """The pixel quantizer's input: the down-projected pixel tap plus ``weight_shortcut`` x the shortcut
+        layer's state, added in code space (its own projection) or in width space (before the one)."""
+        cfg = self.config
+        if shortcut is None:
+            return self.pixel_down(pixel)
+        if cfg.shortcut_space == "code":
+            return self.pixel_down(pixel) + cfg.weight_shortcut * self.shortcut_down(shortcut)
+        return self.pixel_down(pixel + cfg.weight_shortcut * shortcut)
 
     def _finish_tower(self, semantic: Tensor) -> tuple[Tensor, Tensor | None]:
         hidden = self._run_layers(semantic, self.config.layer_semantic, len(self.layers))
@@ -150,10 +162,10 @@ class DualTokenModel(DualTokenPreTrainedModel):
 
     # ----------------------------------------------------------------------------------- public API
     def forward(self, pixel_values: Tensor) -> DualTokenOutput:
-        pixel_features, semantic_features = self._taps(pixel_values)
+        pixel_features, shortcut, semantic_features = self._taps(pixel_values)
         semantic_q = self.semantic_quantizer(self._grid(self.semantic_down(semantic_features)))
         pixel_q = (semantic_q if self.config.single_codebook
-                   else self.pixel_quantizer(self._grid(self.pixel_down(pixel_features))))
+                   else self.pixel_quantizer(self._grid(self._pixel_latent(pixel_features, shortcut))))
         b = pixel_values.shape[0]
         pixel_tokens = self.pixel_up(pixel_q.quantized.reshape(b, -1, pixel_q.quantized.shape[-1]))
         semantic_tokens = self.semantic_up(semantic_q.quantized.reshape(b, -1, self.config.semantic_code_dim))
@@ -163,11 +175,11 @@ class DualTokenModel(DualTokenPreTrainedModel):
 
     @torch.no_grad()
     def encode(self, pixel_values: Tensor) -> DualTokenCodes:
-        pixel_features, semantic_features = self._taps(pixel_values)
+        pixel_features, shortcut, semantic_features = self._taps(pixel_values)
         semantic = self.semantic_quantizer.quantize(self._grid(self.semantic_down(semantic_features)))
         if self.config.single_codebook:
             return DualTokenCodes(pixel=semantic, semantic=semantic)
-        pixel = self.pixel_quantizer.quantize(self._grid(self.pixel_down(pixel_features)))
+        pixel = self.pixel_quantizer.quantize(self._grid(self._pixel_latent(pixel_features, shortcut)))
         return DualTokenCodes(pixel=pixel, semantic=semantic)
 
     def embed_codes(self, pixel: Tensor | None = None, semantic: Tensor | None = None) -> dict[str, Tensor]:
@@ -193,7 +205,7 @@ class DualTokenModel(DualTokenPreTrainedModel):
     @torch.no_grad()
     def semantic_embedding(self, pixel_values: Tensor) -> Tensor:
         """Pooled output through the quantized semantic path: comparable with SigLIP text embeddings."""
-        _, semantic_features = self._taps(pixel_values)
+        _, _, semantic_features = self._taps(pixel_values)
         codes = self.semantic_quantizer.quantize(self._grid(self.semantic_down(semantic_features)))
         vectors = self.semantic_quantizer.embed_codes(codes).reshape(pixel_values.shape[0], -1,
                                                                      self.config.semantic_code_dim)

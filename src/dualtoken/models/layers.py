@@ -48,6 +48,53 @@ class TokenProjection(nn.Module):
         return x
 
 
+class GeGLU(nn.Module):
+    """LayerNorm, then ``w2(gelu_tanh(w0 x) * w1 x)`` (SigLIP-style gated MLP)."""
+
+    def __init__(self, dim: int, hidden: int) -> None:
+        super().__init__()
+        self.norm = nn.LayerNorm(dim, eps=1e-6)
+        self.w0, self.w1, self.w2 = nn.Linear(dim, hidden), nn.Linear(dim, hidden), nn.Linear(hidden, dim)
+
+    def forward(self, x: Tensor) -> Tensor:
+        x = self.norm(x)
+        return self.w2(F.gelu(self.w0(x), approximate="tanh") * self.w1(x))
+
+
+class ReleasedProjection(nn.Module):
+    """The released code's projection between the tower's width and a code dimension: a linear path plus an
+    attention path, then a residual GeGLU MLP (twice the output width) at the output width.
+
+    The attention has wide / narrow heads, each ``narrow`` wide: going down, every head reads the wide input
+    and the heads' outputs are averaged into one narrow vector; going up, the narrow input makes every head's
+    queries, keys and values and the heads are concatenated to the wide width.
+    """
+
+    def __init__(self, in_dim: int, out_dim: int) -> None:
+        super().__init__()
+        wide, narrow = max(in_dim, out_dim), min(in_dim, out_dim)
+        if wide % narrow:
+            raise ValueError(f"the released projection needs one width to divide the other, got {in_dim} -> {out_dim}")
+        self.heads, self.down = wide // narrow, in_dim > out_dim
+        self.norm_linear, self.linear = nn.LayerNorm(in_dim), nn.Linear(in_dim, out_dim)
+        self.norm_attention, self.qkv = nn.LayerNorm(in_dim), nn.Linear(in_dim, 3 * wide)
+        self.out = nn.Linear(out_dim, out_dim)
+        self.norm_mlp, self.mlp = nn.LayerNorm(out_dim), GeGLU(out_dim, 2 * out_dim)
+
+    def forward(self, x: Tensor) -> Tensor:
+        b, n, _ = x.shape
+        q, k, v = self.qkv(self.norm_attention(x)).view(b, n, 3, self.heads, -1).permute(2, 0, 3, 1, 4)
+        attended = F.scaled_dot_product_attention(q, k, v)  # (b, heads, n, narrow)
+        attended = attended.mean(1) if self.down else attended.transpose(1, 2).reshape(b, n, -1)
+        x = self.linear(self.norm_linear(x)) + self.out(attended)
+        return x + self.mlp(self.norm_mlp(x))
+
+
+def token_projection(in_dim: int, out_dim: int, kind: str, heads: int) -> nn.Module:
+    """``released`` (the official structure), or ``attention`` / ``linear`` (``TokenProjection``)."""
+    return ReleasedProjection(in_dim, out_dim) if kind == "released" else TokenProjection(in_dim, out_dim, kind, heads)
+
+
 def _norm(channels: int) -> nn.GroupNorm:
     return nn.GroupNorm(min(32, channels // 4) if channels >= 8 else 1, channels, eps=1e-6)
 
@@ -87,11 +134,16 @@ class PixelDecoder(nn.Module):
     """
 
     def __init__(self, in_channels: int, channels: int, channel_mult: list[int], res_blocks: int,
-                 attention_levels: int = 1, latent_size: int | None = None) -> None:
+                 attention_levels: int = 1, latent_size: int | None = None, input_block: bool = False) -> None:
         super().__init__()
         self.latent_size = latent_size
         widths = [channels * m for m in channel_mult]
-        self.conv_in = nn.Conv2d(in_channels, widths[-1], 3, padding=1)
+        self.conv_in: nn.Module
+        if input_block:  # the released PostQuantResnetBlock: a residual block from the tower's width, then conv_in
+            self.conv_in = nn.Sequential(ResBlock(in_channels, widths[-1]),
+                                         nn.Conv2d(widths[-1], widths[-1], 3, padding=1))
+        else:
+            self.conv_in = nn.Conv2d(in_channels, widths[-1], 3, padding=1)
         self.mid = nn.Sequential(ResBlock(widths[-1], widths[-1]), SpatialAttention(widths[-1]),
                                  ResBlock(widths[-1], widths[-1]))
         levels: list[nn.Module] = []

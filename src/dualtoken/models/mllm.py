@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, PretrainedConfig, PreTrainedModel
 
-from dualtoken.data.sequences import IMAGE_TOKEN
+from dualtoken.data.sequences import IMAGE_TOKEN, SPECIAL_TOKENS
 from dualtoken.data.tokens import STREAMS
 from dualtoken.models.depth_head import CodeEmbedding, DepthHead
 
@@ -96,7 +96,14 @@ class DualTokenMLLM(PreTrainedModel):
                                        nn.GELU(), nn.Linear(config.projector_hidden, width))
         self.heads = nn.ModuleDict({s: DepthHead(width, config.head_width, config.head_layers, config.head_heads,
                                                  table(s)) for s in STREAMS})
+        # The input embeddings of the tokens added to the LM's vocabulary (image delimiters), apart from the LM's
+        # table so that they train with the projector when the LM is frozen (the paper's phase 1), not stay random
+        self.special_embeddings = nn.Embedding(len(self.special_tokens()), width)
         self.post_init()
+
+    def special_tokens(self) -> tuple[str, ...]:
+        """The added tokens whose input embedding ``special_embeddings`` holds (the placeholder's is visual)."""
+        return tuple(t for t in SPECIAL_TOKENS if t != IMAGE_TOKEN and t in self.config.special_token_ids)
 
     def _init_weights(self, module: nn.Module) -> None:
         if isinstance(module, PreTrainedModel) and module is not self:
@@ -105,24 +112,32 @@ class DualTokenMLLM(PreTrainedModel):
             nn.init.normal_(module.weight, std=0.02)
             if module.bias is not None:
                 nn.init.zeros_(module.bias)
+        if isinstance(module, nn.Embedding):
+            nn.init.normal_(module.weight, std=0.02)
 
     # ------------------------------------------------------------------------------- construction
     @classmethod
     def from_parts(cls, llm: PreTrainedModel, config: DualTokenMLLMConfig, codebooks: dict[str, Tensor]
                    ) -> DualTokenMLLM:
-        """An MLLM around an existing LM (its weights kept) with code tables from the tokenizer's codebooks."""
+        """An MLLM around an existing LM (its weights kept) with code tables from the tokenizer's codebooks and the
+        added tokens' input embeddings from the LM's rows for them (as its embedding resize initialised them)."""
         config.llm_config = llm.config.to_dict()
         model = cls(config)
         model.llm.load_state_dict(llm.state_dict())
+        ids = torch.tensor([config.token_id(t) for t in model.special_tokens()], dtype=torch.long)
+        with torch.no_grad():
+            model.special_embeddings.weight.copy_(llm.get_input_embeddings().weight[ids])
         for stream, books in codebooks.items():
             model.input_codes[stream].copy_codebooks(books)
             model.heads[stream].embedding.copy_codebooks(books)
         return model
 
     def parameter_groups(self) -> dict[str, list[nn.Parameter]]:
-        """The parts training phases freeze or train: ``projector`` (input code tables + MLP), ``llm``, ``heads``."""
-        return {"projector": [*self.input_codes.parameters(), *self.projector.parameters()],
-                "llm": list(self.llm.parameters()), "heads": list(self.heads.parameters())}
+        """The parts training phases freeze or train: ``projector`` (input code tables + MLP), ``llm``, ``heads``.
+        The added tokens' embeddings belong to both the projector and the LM: they train when either does."""
+        special = list(self.special_embeddings.parameters())
+        return {"projector": [*self.input_codes.parameters(), *self.projector.parameters(), *special],
+                "llm": [*self.llm.parameters(), *special], "heads": list(self.heads.parameters())}
 
     # ------------------------------------------------------------------------------- embeddings
     def visual_embeddings(self, semantic: Tensor, pixel: Tensor) -> Tensor:
@@ -131,11 +146,19 @@ class DualTokenMLLM(PreTrainedModel):
         return self.projector(joint.to(self.projector[1].weight.dtype))
 
     def embed(self, input_ids: Tensor, semantic: Tensor | None = None, pixel: Tensor | None = None) -> Tensor:
-        """Token embeddings with every placeholder replaced by its position's visual embedding.
+        """Token embeddings, the added tokens' from ``special_embeddings``, with every placeholder replaced by its
+        position's visual embedding.
 
         ``semantic``/``pixel`` hold the codes of all placeholders in reading order, (P, depth) each.
         """
         embeds = self.llm.get_input_embeddings()(input_ids)
+        if self.special_embeddings.num_embeddings:
+            rows = torch.full_like(input_ids, -1)
+            for row, token in enumerate(self.special_tokens()):
+                rows = rows.masked_fill(input_ids == self.config.token_id(token), row)
+            # through the module's forward, so ZeRO-3 gathers its partitioned weight
+            special = self.special_embeddings(rows.clamp(min=0)).to(embeds.dtype)
+            embeds = torch.where(rows.unsqueeze(-1) >= 0, special, embeds)
         placeholders = input_ids == self.config.token_id(IMAGE_TOKEN)
         count = int(placeholders.sum())
         if semantic is None or pixel is None:

@@ -119,13 +119,13 @@ def phase_micro_batch(cfg: MllmConfig, phase: MllmPhase, world: int) -> int:
 
 
 def freeze_for(model: DualTokenMLLM, phase: MllmPhase) -> int:
-    """Trainable parameters of the phase (count); everything else frozen."""
-    count = 0
-    for part, params in model.parameter_groups().items():
-        for p in params:
-            p.requires_grad_(part in phase.train)
-            count += p.numel() if part in phase.train else 0
-    return count
+    """Trainable parameters of the phase (count): those of any part it trains (a parameter may belong to two
+    parts); everything else frozen."""
+    groups = model.parameter_groups()
+    trained = {id(p): p for part in phase.train for p in groups[part]}
+    for p in model.parameters():
+        p.requires_grad_(id(p) in trained)
+    return sum(p.numel() for p in trained.values())
 
 
 def train_mllm(cfg: MllmConfig, model: DualTokenMLLM, source: TokenSource, ctx: DistContext, seed: int,

@@ -4,7 +4,7 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import Field, field_validator, model_validator
 
@@ -17,34 +17,34 @@ MllmPart = Literal["projector", "llm", "heads"]
 
 
 class LLMConfig(Strict):
-    """The causal LM: a local pretrained folder, or a model built from this shape (random weights)."""
+    """Where the causal LM comes from: a local pretrained folder, or built from ``mllm.architecture``'s shape with
+    random weights and a BPE tokenizer trained on the corpus."""
 
-    pretrained: str | None = Field(None, description="local LM folder (save_pretrained + tokenizer); null: from "
-                                                     "the shape below with a BPE tokenizer trained on the corpus")
-    model_type: str = Field("qwen2", description="transformers architecture for the from-shape model")
-    hidden_size: int = Field(256, ge=8)
-    layers: int = Field(4, ge=1)
-    heads: int = Field(4, ge=1)
-    kv_heads: int = Field(2, ge=1)
-    intermediate_size: int = Field(704, ge=8)
-    max_positions: int = Field(512, ge=16)
-    vocab_size: int = Field(1024, ge=64, description="BPE vocabulary trained on the corpus text (demo only)")
+    pretrained: str | None = Field(None, description="local LM folder (save_pretrained + tokenizer); its width must "
+                                                     "be the architecture's; null: built from the architecture")
+    vocab_size: int = Field(1024, ge=64, description="BPE vocabulary trained on the corpus text (no pretrained LM)")
     bpe_samples: int = Field(100_000, ge=1, description="the BPE is trained on the texts of the first N train "
                                                         "samples (only the shards they are in are read)")
 
-    @model_validator(mode="after")
-    def _heads_fit(self) -> LLMConfig:
-        if self.hidden_size % self.heads or self.heads % self.kv_heads:
-            raise ValueError(f"hidden_size ({self.hidden_size}) must be divisible by heads ({self.heads}) and heads "
-                             f"by kv_heads ({self.kv_heads})")
-        return self
 
+class MllmShapeOverrides(Strict):
+    """``MllmShape`` keys a params file changes on top of the named ``mllm.architecture``, each checked for its
+    type and range when the configuration loads; the name, and how the keys fit together, are checked when the
+    mllm stage starts (``apps.mllm.mllm_shape``), as the tokenizer's architecture is when its model is built."""
 
-class VisualHeadConfig(Strict):
-    projector_hidden: int = Field(512, ge=8, description="hidden width of the input projector MLP")
-    width: int = Field(256, ge=8, description="depth-transformer width")
-    layers: int = Field(3, ge=1, description="depth-transformer layers (the paper's 3)")
-    heads: int = Field(4, ge=1)
+    model_type: str = None  # type: ignore[assignment]
+    hidden_size: int = Field(None, ge=8)
+    layers: int = Field(None, ge=1)
+    heads: int = Field(None, ge=1)
+    kv_heads: int = Field(None, ge=1)
+    intermediate_size: int = Field(None, ge=8)
+    max_positions: int = Field(None, ge=16)
+    rope_theta: float = Field(None, gt=0.0)
+    tie_word_embeddings: bool = None  # type: ignore[assignment]
+    projector_hidden: int = Field(None, ge=8, description="hidden width of the input projector MLP")
+    head_width: int = Field(None, ge=8, description="depth-transformer width")
+    head_layers: int = Field(None, ge=1, description="depth-transformer layers (the paper's 3)")
+    head_heads: int = Field(None, ge=1)
 
 
 class MllmPhase(Strict):
@@ -91,8 +91,11 @@ class MllmConfig(Strict):
     metrics_path: str = "metrics/mllm.json"
     plots_path: str | None = Field("plots/mllm/train.csv", description="training curve CSV (DVC plot)")
     work_dir: str = Field("data/.work/mllm", description="DeepSpeed checkpoints (resume)")
+    architecture: str = Field("qwen2.5-3b", description="named MLLM shape (dualtoken.models.mllm_shapes): the LM "
+                                                        "and the visual heads; demo, qwen2.5-0.5b/3b/7b")
+    overrides: dict[str, Any] = Field(default_factory=dict, description="MllmShape keys (MllmShapeOverrides), "
+                                      "e.g. head_layers")
     llm: LLMConfig = LLMConfig()
-    head: VisualHeadConfig = VisualHeadConfig()
     phases: list[MllmPhase] = Field(default_factory=_paper_phases, min_length=1)
     run_phases: list[str] | None = Field(None, description="names of the phases to run, in order; null: all")
     batch_size: int = Field(32, ge=1, description="global batch (sequences per optimizer step) of a phase that "
@@ -110,6 +113,11 @@ class MllmConfig(Strict):
     runtime: RuntimeConfig = RuntimeConfig()
     eval: MllmEvalConfig = MllmEvalConfig()
     register_as: str | None = Field("dualtoken-mllm", description="MLflow registered model; null skips")
+
+    @field_validator("overrides")
+    @classmethod
+    def _typed_overrides(cls, overrides: dict[str, Any]) -> dict[str, Any]:
+        return MllmShapeOverrides.model_validate(overrides).model_dump(exclude_unset=True)
 
     @model_validator(mode="after")
     def _phases_known(self) -> MllmConfig:

@@ -1,9 +1,9 @@
 """Training the DualToken tokenizer against a frozen SigLIP teacher (losses in ``tokenizer_losses``).
 
 One optimizer step = ``grad_accum`` micro batches per process, each from its own stream of the training
-shards (``dualtoken.training.rank_data.rank_loader``). With the GAN active (from ``gan_start_step``), each micro
-batch also trains the patch discriminator on (image, reconstruction). A checkpoint holds both networks,
-both optimizers and schedules, the loader's position and every RNG.
+shards (``dualtoken.training.rank_data.rank_loader``). With the GAN active (from ``gan_start_step``, by
+default half an epoch in), each micro batch also trains the patch discriminator on (image, reconstruction).
+A checkpoint holds both networks, both optimizers and schedules, the loader's position and every RNG.
 """
 
 from __future__ import annotations
@@ -75,10 +75,11 @@ class Objective:
     teacher: SiglipVisionModel
     discriminator: torch.nn.Module
     perceptual: Perceptual | None
+    gan_start: int  # the first step of the GAN term (``gan_start_step``)
 
     def gan_active(self, step: int) -> bool:
         w = self.cfg.losses
-        return self.plan.pixel and w.for_stage(self.plan.stage).gan and w.gan > 0 and step >= w.gan_start_step
+        return self.plan.pixel and w.for_stage(self.plan.stage).gan and w.gan > 0 and step >= self.gan_start
 
     def __call__(self, model: DualTokenModel, forward: Callable[[torch.Tensor], Any], images: torch.Tensor,
                  step: int) -> tuple[torch.Tensor, dict[str, float], torch.Tensor]:
@@ -117,6 +118,13 @@ class Objective:
         return loss, report, out.reconstruction.detach()
 
 
+def gan_start_step(cfg: TokenizerConfig, train: list[Shard]) -> int:
+    """``losses.gan_start_step``, or half an epoch of the training shards in (the released code's start)."""
+    if cfg.losses.gan_start_step is not None:
+        return cfg.losses.gan_start_step
+    return sum(s.samples for s in train) // (2 * cfg.batch_size)
+
+
 @torch.no_grad()
 def reconstruction_grid(model: DualTokenModel, images: torch.Tensor, device: torch.device) -> torch.Tensor:
     """Originals above their reconstructions (uint8 HWC), for the MLflow image log."""
@@ -146,13 +154,15 @@ def train_tokenizer(cfg: TokenizerConfig, model: DualTokenModel, teacher: Siglip
     perceptual = perceptual_loss(cfg.losses, teacher, model.config.layer_pixel, ctx.device) if plan.pixel else None
     disc = build_discriminator(cfg.losses.discriminator, cfg.losses.discriminator_channels,
                                cfg.losses.discriminator_layers).to(ctx.device)
-    objective = Objective(cfg, plan, teacher, disc, perceptual)
+    objective = Objective(cfg, plan, teacher, disc, perceptual, gan_start_step(cfg, train))
+    if objective.gan_active(cfg.steps - 1):
+        console.print(f"\\[tokenizer] GAN from step {objective.gan_start}")
 
     tower, fresh = new_parameter_groups(model)
     optimizer, scheduler = build_optimizer([{"params": tower}, {"params": fresh, "lr_scale": cfg.new_params_lr_scale}],
                                            cfg.optim, cfg.steps)
     engine = Engine(model, optimizer, scheduler, ctx, rt.grad_accum, cfg.optim.grad_clip, rt.precision)
-    gan_steps = max(1, cfg.steps - cfg.losses.gan_start_step)  # its schedule starts when the GAN does
+    gan_steps = max(1, cfg.steps - objective.gan_start)  # its schedule starts when the GAN does
     d_optimizer, d_scheduler = build_optimizer([{"params": disc.parameters()}], cfg.discriminator_optim, gan_steps)
     d_engine = Engine(disc, d_optimizer, d_scheduler, ctx, rt.grad_accum, cfg.discriminator_optim.grad_clip,
                       rt.precision)

@@ -43,7 +43,8 @@ class LossConfig(Strict):
     lpips_weights: str | None = Field(LPIPS_WEIGHTS, description="LPIPS-VGG weights (safetensors) for "
                                       "perceptual_kind=lpips; python -m dualtoken.models.lpips writes them")
     gan: float = Field(0.75, ge=0.0, description="x adaptive weight x hinge generator loss")
-    gan_start_step: int = Field(0, ge=0)
+    gan_start_step: int | None = Field(None, ge=0, description="the GAN's first step; null: half an epoch of the "
+                                       "training split in, as released")
     gan_weight_min: float = Field(0.3, ge=0.0)
     gan_weight_max: float = Field(10.0, ge=0.0)
     discriminator: Literal["resnet", "patchgan"] = Field(
@@ -75,8 +76,9 @@ class ArchitectureOverrides(Strict):
     layer_shortcut: int | None = Field(None, ge=1, description="earlier layer added to the pixel tap; null: none")
     weight_shortcut: float = Field(None, ge=0.0)
     layer_semantic: int = Field(None, ge=1, description="encoder layer the semantic branch taps and replaces")
-    projection: Literal["attention", "linear"] = None  # type: ignore[assignment]
-    projection_heads: int = Field(None, ge=1)
+    projection: Literal["released", "attention", "linear"] = None  # type: ignore[assignment]
+    projection_heads: int = Field(None, ge=1, description="heads of the attention projection (released: wide/narrow)")
+    shortcut_space: Literal["width", "code"] = None  # type: ignore[assignment]
     pixel_codebook_size: int = Field(None, ge=2)
     pixel_code_dim: int = Field(None, ge=1)
     pixel_depth: int = Field(None, ge=1)
@@ -93,6 +95,7 @@ class ArchitectureOverrides(Strict):
     decoder_res_blocks: int = Field(None, ge=0)
     decoder_attention_levels: int = Field(None, ge=0)
     latent_size: int | None = Field(None, ge=1)
+    decoder_input_block: bool = None  # type: ignore[assignment]
     single_codebook: bool = None  # type: ignore[assignment]
 
 
