@@ -2,6 +2,8 @@
 the uninterrupted losses (through the streaming loader, with workers), the trainer streams rather than holds
 its split, SigLIP initialisation from a saved checkpoint, metrics on known inputs."""
 
+import math
+
 import pytest
 import torch
 from rich.console import Console
@@ -14,6 +16,7 @@ from dualtoken.metrics.reconstruction import psnr, ssim
 from dualtoken.models.discriminator import PatchDiscriminator, hinge_g_loss
 from dualtoken.models.dualtoken import DualTokenModel
 from dualtoken.training.distributed import DistContext
+from dualtoken.training.gan import GanSchedule
 from dualtoken.training.tokenizer import Objective, train_tokenizer
 from dualtoken.training.tokenizer_losses import apply_stage, stage_plan, teacher_feature_distance
 from tiny import TOKENIZER, tiny_split, tiny_teacher, tiny_tokenizer_config, tokenizer_cfg, write_curated_corpus
@@ -24,6 +27,9 @@ QUIET = Console(quiet=True)
 
 class Killed(Exception):
     pass
+
+
+GAN_NOW = GanSchedule(start=0, epoch_steps=1, total=1, d_loss_weight=0.75, restart_epochs=None)
 
 
 def _model(teacher):
@@ -73,7 +79,7 @@ def test_the_adaptive_gan_weight_balances_the_unweighted_reconstruction_loss(tmp
         model = _model(teacher).eval()  # no codebook update between the objective's forward and ours
         torch.manual_seed(2)
         disc = PatchDiscriminator(8, 2)
-        objective = Objective(cfg, stage_plan(1, model.config), teacher.vision_model, disc, None, 0)
+        objective = Objective(cfg, stage_plan(1, model.config), teacher.vision_model, disc, None, GAN_NOW)
         reported.append(objective(model, model, images, step=0)[1]["gan_adaptive_weight"])
     out = model(images)
     last = model.decoder_last_layer
@@ -84,17 +90,32 @@ def test_the_adaptive_gan_weight_balances_the_unweighted_reconstruction_loss(tmp
     assert reported[1] == pytest.approx(by_hand.item(), rel=1e-5)
 
 
-def test_killed_run_resumes_with_the_same_losses(tmp_path):
+def test_killed_run_resumes_with_the_same_losses(tmp_path, monkeypatch):
+    import dualtoken.training.tokenizer as trainer
+
+    renewals = []
+
+    def renew(disc, fresh, optimizer):
+        renewals.append(sum(len(state) for state in optimizer.state.values()) > 0)  # it had moments to forget
+        trainer_renew(disc, fresh, optimizer)
+        assert not optimizer.state and all(torch.equal(a, b) for a, b in
+                                           zip(disc.state_dict().values(), fresh.state_dict().values(), strict=True))
+
+    trainer_renew = trainer.renew_discriminator
+    monkeypatch.setattr(trainer, "renew_discriminator", renew)
     teacher = tiny_teacher()
     data = _shards(tmp_path, [10, 7, 9])  # 26 samples: steps of 8 cross shard and epoch boundaries
-    full = train_tokenizer(tokenizer_cfg(tmp_path / "a", shuffle_buffer=8, runtime={"loader_workers": 2}),
-                           _model(teacher), teacher.vision_model, data, CPU, 0, {}, QUIET)
+    # 3 steps an epoch: the GAN from step 2, a fresh discriminator at step 3 (where the resumed run starts)
+    gan = {"discriminator_restart_epochs": 1}
+    full = train_tokenizer(tokenizer_cfg(tmp_path / "a", shuffle_buffer=8, runtime={"loader_workers": 2},
+                                         losses=gan), _model(teacher), teacher.vision_model, data, CPU, 0, {}, QUIET)
+    assert renewals == [True]
 
     def kill_at_step_5(step, metrics):
         if step == 5:
             raise Killed
 
-    cfg = tokenizer_cfg(tmp_path / "b", shuffle_buffer=8)  # 0 workers: the same batches
+    cfg = tokenizer_cfg(tmp_path / "b", shuffle_buffer=8, losses=gan)  # 0 workers: the same batches
     with pytest.raises(Killed):  # dies after step 5, the last checkpoint being step 3
         train_tokenizer(cfg, _model(teacher), teacher.vision_model, data, CPU, 0, {}, QUIET, sink=kill_at_step_5)
     torch.manual_seed(99)  # a new process starts from other RNG state and other weights
@@ -102,6 +123,7 @@ def test_killed_run_resumes_with_the_same_losses(tmp_path):
     rest = train_tokenizer(cfg, fresh, teacher.vision_model, data, CPU, 0, {}, QUIET)
     assert len(full) == 6 and len(rest) == 3
     assert rest == full[3:]  # bit-identical: weights, both optimizers, EMA codebooks, sampler and RNG restored
+    assert renewals == [True, True, True]  # the killed run passed step 3, and the resumed one starts there
 
     changed = tokenizer_cfg(tmp_path / "b", shuffle_buffer=8, steps=7)  # another configuration: set aside
     again = train_tokenizer(changed, _model(teacher), teacher.vision_model, data, CPU, 0, {"other": 1}, QUIET)
@@ -216,7 +238,7 @@ def test_each_stage_optimises_the_released_weights(tmp_path, stage):
     apply_stage(model, plan)
     model.eval()
     cfg = tokenizer_cfg(tmp_path, stage=stage, losses={"gan_start_step": 0, "perceptual_kind": "none"})
-    objective = Objective(cfg, plan, teacher.vision_model, PatchDiscriminator(8, 2), None, 0)
+    objective = Objective(cfg, plan, teacher.vision_model, PatchDiscriminator(8, 2), None, GAN_NOW)
     images = to_model_input(tiny_split(4).images)
     loss, report, _ = objective(model, model, images, step=0)
 
@@ -244,11 +266,33 @@ def test_each_stage_optimises_the_released_weights(tmp_path, stage):
 
 def test_the_gan_starts_half_an_epoch_in_unless_a_step_is_given(tmp_path):
     from dualtoken.data.shards import Shard
-    from dualtoken.training.tokenizer import gan_start_step
+    from dualtoken.training.gan import gan_schedule
 
-    train = [Shard("a", "a", 1000), Shard("b", "b", 600)]  # 1600 samples: 800 are half an epoch
-    assert gan_start_step(tokenizer_cfg(tmp_path, batch_size=32, losses={"gan_start_step": None}), train) == 25
-    assert gan_start_step(tokenizer_cfg(tmp_path, batch_size=32, losses={"gan_start_step": 7}), train) == 7
+    train = [Shard("a", "a", 1000), Shard("b", "b", 600)]  # 1600 samples: 50 steps of 32 are an epoch
+    schedule = gan_schedule(tokenizer_cfg(tmp_path, batch_size=32, losses={"gan_start_step": None}), train)
+    assert (schedule.start, schedule.epoch_steps) == (25, 50)
+    assert gan_schedule(tokenizer_cfg(tmp_path, batch_size=32, losses={"gan_start_step": 7}), train).start == 7
+
+
+def test_the_discriminator_loss_counts_fully_only_in_the_epoch_the_gan_starts():
+    mid = GanSchedule(start=25, epoch_steps=50, total=400, d_loss_weight=0.75, restart_epochs=None)
+    assert [mid.d_weight(s) for s in (25, 49, 50, 399)] == [1.0, 1.0, 0.75, 0.75]
+    late = GanSchedule(start=60, epoch_steps=50, total=400, d_loss_weight=0.75, restart_epochs=None)
+    assert [late.d_weight(s) for s in (60, 99, 100)] == [1.0, 1.0, 0.75]
+    assert mid.restarts() == []
+
+
+def test_a_fresh_discriminator_every_n_epochs_restarts_its_lr_schedule():
+    from dualtoken.training.config import OptimConfig
+
+    schedule = GanSchedule(start=25, epoch_steps=50, total=400, d_loss_weight=0.75, restart_epochs=2)
+    assert schedule.restarts() == [100, 200, 300]  # epochs 2, 4, 6 after the GAN's first (epoch 0)
+    optim = OptimConfig(warmup_steps=0, min_lr_ratio=0.0)
+    lr = [schedule.d_lr_multiplier(step - 25, optim) for step in range(25, 400)]
+    assert lr[0] == 1.0 and lr[100 - 25] == lr[200 - 25] == lr[300 - 25] == 1.0  # each life starts at the peak
+    first_life = 100 - 25  # steps 25-99, cosine to 0 over 75 steps
+    assert lr[first_life - 1] == pytest.approx(0.5 * (1 + math.cos(math.pi * 74 / 75)))
+    assert lr[-1] == pytest.approx(0.5 * (1 + math.cos(math.pi * 99 / 100)))  # the last life: 300-399
 
 
 def test_tokenizer_overrides_are_checked_against_the_model_config(tmp_path):

@@ -4,7 +4,7 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import torch
@@ -26,10 +26,12 @@ def warmup_cosine_scheduler(optimizer: torch.optim.Optimizer, warmup_steps: int,
         optimizer, lambda step: warmup_cosine(step, warmup_steps, total_steps, min_ratio))
 
 
-def build_optimizer(groups: Iterable[dict[str, Any]], optim: OptimConfig, total_steps: int
+def build_optimizer(groups: Iterable[dict[str, Any]], optim: OptimConfig, total_steps: int,
+                    multiplier: Callable[[int], float] | None = None
                     ) -> tuple[torch.optim.AdamW, torch.optim.lr_scheduler.LambdaLR]:
-    """AdamW over parameter groups (each may carry an ``lr_scale``), warm-up + cosine schedule. Unless
-    ``decay_biases_and_norms``, each group's 1-D parameters form a group of their own without weight decay."""
+    """AdamW over parameter groups (each may carry an ``lr_scale``), warm-up + cosine schedule over
+    ``total_steps`` (or ``multiplier(step)`` of the peak). Unless ``decay_biases_and_norms``, each group's 1-D
+    parameters form a group of their own without weight decay."""
     param_groups = []
     for group in groups:
         params = [p for p in group["params"] if p.requires_grad]
@@ -43,4 +45,6 @@ def build_optimizer(groups: Iterable[dict[str, Any]], optim: OptimConfig, total_
     if not param_groups:
         raise ValueError("nothing to train: every parameter is frozen")
     optimizer = torch.optim.AdamW(param_groups, lr=optim.lr, betas=optim.betas, weight_decay=optim.weight_decay)
+    if multiplier is not None:
+        return optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, multiplier)
     return optimizer, warmup_cosine_scheduler(optimizer, optim.warmup_steps, total_steps, optim.min_lr_ratio)

@@ -1,8 +1,8 @@
 """Training the DualToken tokenizer against a frozen SigLIP teacher (losses in ``tokenizer_losses``).
 
 One optimizer step = ``grad_accum`` micro batches per process, each from its own stream of the training
-shards (``dualtoken.training.rank_data.rank_loader``). With the GAN active (from ``gan_start_step``, by
-default half an epoch in), each micro batch also trains the patch discriminator on (image, reconstruction).
+shards (``dualtoken.training.rank_data.rank_loader``). With the GAN active (``training.gan`` times it: by
+default from half an epoch in), each micro batch also trains the patch discriminator on (image, reconstruction).
 A checkpoint holds both networks, both optimizers and schedules, the loader's position and every RNG.
 """
 
@@ -30,6 +30,7 @@ from dualtoken.training.augment import crop_generator, random_resized_crop
 from dualtoken.training.checkpoint import open_checkpoints
 from dualtoken.training.distributed import DistContext
 from dualtoken.training.engine import Engine, StepLog, apply_activation_checkpointing
+from dualtoken.training.gan import GanSchedule, gan_schedule, renew_discriminator
 from dualtoken.training.rank_data import micro_batch, rank_loader
 from dualtoken.training.schedule import build_optimizer
 from dualtoken.training.tokenizer_config import TokenizerConfig
@@ -75,11 +76,11 @@ class Objective:
     teacher: SiglipVisionModel
     discriminator: torch.nn.Module
     perceptual: Perceptual | None
-    gan_start: int  # the first step of the GAN term (``gan_start_step``)
+    gan: GanSchedule
 
     def gan_active(self, step: int) -> bool:
         w = self.cfg.losses
-        return self.plan.pixel and w.for_stage(self.plan.stage).gan and w.gan > 0 and step >= self.gan_start
+        return self.plan.pixel and w.for_stage(self.plan.stage).gan and w.gan > 0 and step >= self.gan.start
 
     def __call__(self, model: DualTokenModel, forward: Callable[[torch.Tensor], Any], images: torch.Tensor,
                  step: int) -> tuple[torch.Tensor, dict[str, float], torch.Tensor]:
@@ -118,11 +119,9 @@ class Objective:
         return loss, report, out.reconstruction.detach()
 
 
-def gan_start_step(cfg: TokenizerConfig, train: list[Shard]) -> int:
-    """``losses.gan_start_step``, or half an epoch of the training shards in (the released code's start)."""
-    if cfg.losses.gan_start_step is not None:
-        return cfg.losses.gan_start_step
-    return sum(s.samples for s in train) // (2 * cfg.batch_size)
+def _discriminator(cfg: TokenizerConfig) -> torch.nn.Module:
+    w = cfg.losses
+    return build_discriminator(w.discriminator, w.discriminator_channels, w.discriminator_layers)
 
 
 @torch.no_grad()
@@ -152,18 +151,21 @@ def train_tokenizer(cfg: TokenizerConfig, model: DualTokenModel, teacher: Siglip
     apply_activation_checkpointing(model, rt, ctx.device)
     teacher.to(ctx.device).eval().requires_grad_(False)
     perceptual = perceptual_loss(cfg.losses, teacher, model.config.layer_pixel, ctx.device) if plan.pixel else None
-    disc = build_discriminator(cfg.losses.discriminator, cfg.losses.discriminator_channels,
-                               cfg.losses.discriminator_layers).to(ctx.device)
-    objective = Objective(cfg, plan, teacher, disc, perceptual, gan_start_step(cfg, train))
+    disc = _discriminator(cfg).to(ctx.device)
+    gan = gan_schedule(cfg, train)
+    objective = Objective(cfg, plan, teacher, disc, perceptual, gan)
+    restarts = set(gan.restarts()) if objective.gan_active(cfg.steps - 1) else set()
     if objective.gan_active(cfg.steps - 1):
-        console.print(f"\\[tokenizer] GAN from step {objective.gan_start}")
+        renewed = f", a fresh discriminator at steps {sorted(restarts)}" if restarts else ""
+        console.print(f"\\[tokenizer] GAN from step {gan.start}{renewed}")
 
     tower, fresh = new_parameter_groups(model)
     optimizer, scheduler = build_optimizer([{"params": tower}, {"params": fresh, "lr_scale": cfg.new_params_lr_scale}],
                                            cfg.optim, cfg.steps)
     engine = Engine(model, optimizer, scheduler, ctx, rt.grad_accum, cfg.optim.grad_clip, rt.precision)
-    gan_steps = max(1, cfg.steps - objective.gan_start)  # its schedule starts when the GAN does
-    d_optimizer, d_scheduler = build_optimizer([{"params": disc.parameters()}], cfg.discriminator_optim, gan_steps)
+    d_optimizer, d_scheduler = build_optimizer(
+        [{"params": disc.parameters()}], cfg.discriminator_optim, cfg.steps,
+        lambda d_steps: gan.d_lr_multiplier(d_steps, cfg.discriminator_optim))
     d_engine = Engine(disc, d_optimizer, d_scheduler, ctx, rt.grad_accum, cfg.discriminator_optim.grad_clip,
                       rt.precision)
     loader, streams = rank_loader(train, CuratedDecoder(), seed, cfg.shuffle_buffer, ctx, rt, storage)
@@ -183,6 +185,10 @@ def train_tokenizer(cfg: TokenizerConfig, model: DualTokenModel, teacher: Siglip
     losses = []
     with loader:
         for step in range(start, cfg.steps):
+            if step in restarts:
+                with torch.random.fork_rng(devices=[]):
+                    torch.manual_seed(seed + step)  # the same fresh weights on every rank and after a resume
+                    renew_discriminator(disc, _discriminator(cfg), d_optimizer)
             losses.append(_step(step, loader, streams, micro, objective, model, forward, engine, d_engine, ctx, cfg,
                                 log, seed))
             if on_images is not None and preview is not None and ctx.is_main and (step + 1) % cfg.image_log_every == 0:
@@ -211,7 +217,7 @@ def _step(step: int, loader: Any, streams: list[str], micro: int, objective: Obj
             with d_engine.micro_step(m), d_engine.autocast():
                 d_loss = hinge_d_loss(d_engine.model(images), d_engine.model(recon),
                                       leaky=cfg.losses.discriminator_hinge == "leaky")
-                d_engine.backward(d_loss)
+                d_engine.backward(objective.gan.d_weight(step) * d_loss)
             terms["gan_discriminator"] = d_loss.item()
         total += loss.item() / rt.grad_accum
         for k, v in terms.items():

@@ -54,6 +54,11 @@ class LossConfig(Strict):
         "leaky", description="the discriminator's hinge: leaky (slope 0.01, as released) or relu (VQGAN's)")
     discriminator_channels: int = Field(64, ge=4)
     discriminator_layers: int = Field(3, ge=1)
+    discriminator_loss: float = Field(0.75, gt=0.0, description="x the discriminator's hinge loss after the epoch "
+                                      "the GAN starts in (1x within it), as released")
+    discriminator_restart_epochs: int | None = Field(
+        None, ge=1, description="a fresh discriminator (weights, optimizer moments, lr warm-up) every N epochs after "
+                                "the GAN's first; null: never (the released runs set restart_gan to their epoch count)")
 
     @model_validator(mode="after")
     def _consistent(self) -> LossConfig:
