@@ -30,8 +30,38 @@ def test_paper_shapes_have_the_released_lm_and_the_papers_258m_heads(name, vocab
     for stream in STREAMS:  # "an additional visual head: 258M parameters" (the paper, at 3B)
         assert _count(model.heads[stream]) / 1e6 == pytest.approx(258, rel=0.03)
         assert len(model.heads[stream].transformer.layers) == 3 and model.heads[stream].depth == 8
-    assert model.projector[1].in_features == 64 and model.projector[1].out_features == 2048  # 2048 -> 2048 -> LM
+    # the paper's "16M VQ embedding": a 16,384 x 1024 input table per stream, concatenated into its 2048 -> 2048
+    for stream in STREAMS:
+        assert tuple(model.input_codes[stream].weight.shape) == (1, 16384, 1024)
+    assert model.projector[1].in_features == 2048 and model.projector[1].out_features == 2048
     assert model.projector[-1].out_features == shape.hidden_size
+
+
+def test_wide_input_tables_start_as_an_isometric_lift_of_the_codebooks():
+    """Each input code vector and so each residual sum keeps its lengths and angles; the heads keep the codes."""
+    from dualtoken.models.depth_head import CodeEmbedding
+
+    codes = {"grid": [2, 2], **{s: {"depth": 3, "codebook_size": 10, "dim": 4, "books": 1} for s in STREAMS}}
+    llm = named_shape("demo").llm_config(64) | {"hidden_size": 32, "num_attention_heads": 2, "num_key_value_heads": 1,
+                                                "intermediate_size": 64, "num_hidden_layers": 1}
+    lm = DualTokenMLLM(DualTokenMLLMConfig(llm_config=llm, codes=codes, projector_hidden=16, head_width=8,
+                                           head_layers=1, head_heads=2)).llm
+    torch.manual_seed(0)
+    books = {s: torch.randn(1, 10, 4) for s in STREAMS}
+    config = DualTokenMLLMConfig(codes=codes, projector_hidden=16, head_width=8, head_layers=1, head_heads=2,
+                                 input_code_dim=12)
+    model = DualTokenMLLM.from_parts(lm, config, books)
+    picked = torch.tensor([[3, 7, 1], [0, 0, 9]])
+    for s in STREAMS:
+        wide = model.input_codes[s]
+        assert tuple(wide.weight.shape) == (1, 10, 12)
+        assert torch.allclose(wide.weight[0] @ wide.weight[0].T, books[s][0] @ books[s][0].T, atol=1e-5)
+        narrow = CodeEmbedding(1, 10, 4, 3)
+        narrow.copy_codebooks(books[s])
+        sums, reference = wide.summed(picked), narrow.summed(picked)
+        assert torch.allclose(sums.norm(dim=-1), reference.norm(dim=-1), atol=1e-5)
+        assert torch.equal(model.heads[s].embedding.weight, books[s])  # the heads predict the tokenizer's codes
+    assert model.projector[1].in_features == 24
 
 
 def test_the_demo_shape_is_the_demo_models():

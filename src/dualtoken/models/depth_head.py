@@ -40,7 +40,14 @@ class CodeEmbedding(nn.Module):
         return self(codes).sum(-2)
 
     @torch.no_grad()
-    def copy_codebooks(self, codebooks: Tensor) -> None:
+    def copy_codebooks(self, codebooks: Tensor, lift: bool = False) -> None:
+        """The quantizer's code vectors; with ``lift``, into a wider table through fixed orthonormal columns, so
+        that the table starts with the codebooks' geometry (every inner product, hence every residual sum's)."""
+        books, size, dim = self.weight.shape
+        if lift and codebooks.shape[:2] == (books, size) and codebooks.shape[2] < dim:
+            columns = torch.linalg.qr(torch.randn(dim, codebooks.shape[2], generator=torch.Generator().manual_seed(0),
+                                                  dtype=torch.float64)).Q
+            codebooks = codebooks.double() @ columns.T.to(codebooks.device)
         if codebooks.shape != self.weight.shape:
             raise ValueError(f"codebooks of shape {tuple(codebooks.shape)} do not fit {tuple(self.weight.shape)}")
         self.weight.copy_(codebooks)

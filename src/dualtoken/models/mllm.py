@@ -25,7 +25,8 @@ class DualTokenMLLMConfig(PretrainedConfig):
     """The wrapped LM's config (``llm_config``, any causal LM architecture) plus the visual parts.
 
     ``codes`` describes the tokenizer's code layout (grid, per stream: depth, codebook size, code dim,
-    number of codebooks); ``tokenizer_path``/``tokenizer_sha256`` point at the DualToken tokenizer that
+    number of codebooks); ``input_code_dim`` widens the input code tables (None: the code dim);
+    ``tokenizer_path``/``tokenizer_sha256`` point at the DualToken tokenizer that
     decodes generated pixel codes. Special token ids are those of the saved text tokenizer.
     """
 
@@ -33,13 +34,13 @@ class DualTokenMLLMConfig(PretrainedConfig):
 
     def __init__(self, llm_config: dict[str, Any] | None = None, codes: dict[str, Any] | None = None,
                  projector_hidden: int = 512, head_width: int = 256, head_layers: int = 2, head_heads: int = 4,
-                 special_token_ids: dict[str, int] | None = None, tokenizer_path: str | None = None,
-                 tokenizer_sha256: str | None = None, **kwargs: Any) -> None:
+                 input_code_dim: int | None = None, special_token_ids: dict[str, int] | None = None,
+                 tokenizer_path: str | None = None, tokenizer_sha256: str | None = None, **kwargs: Any) -> None:
         self.llm_config = dict(llm_config or {"model_type": "qwen2"})
         self.codes = dict(codes or {"grid": [8, 8],
                                     **{s: {"depth": 4, "codebook_size": 512, "dim": 16, "books": 1} for s in STREAMS}})
         self.projector_hidden, self.head_width = projector_hidden, head_width
-        self.head_layers, self.head_heads = head_layers, head_heads
+        self.head_layers, self.head_heads, self.input_code_dim = head_layers, head_heads, input_code_dim
         self.special_token_ids = dict(special_token_ids or {})
         self.tokenizer_path, self.tokenizer_sha256 = tokenizer_path, tokenizer_sha256
         super().__init__(**kwargs)
@@ -87,11 +88,12 @@ class DualTokenMLLM(PreTrainedModel):
         width = self.llm.config.hidden_size
         specs = {s: config.codes[s] for s in STREAMS}
 
-        def table(s: str) -> CodeEmbedding:
-            return CodeEmbedding(specs[s]["books"], specs[s]["codebook_size"], specs[s]["dim"], specs[s]["depth"])
+        def table(s: str, dim: int | None = None) -> CodeEmbedding:
+            return CodeEmbedding(specs[s]["books"], specs[s]["codebook_size"], dim or specs[s]["dim"],
+                                 specs[s]["depth"])
 
-        self.input_codes = nn.ModuleDict({s: table(s) for s in STREAMS})
-        code_width = sum(specs[s]["dim"] for s in STREAMS)
+        self.input_codes = nn.ModuleDict({s: table(s, config.input_code_dim) for s in STREAMS})
+        code_width = sum(t.weight.shape[-1] for t in self.input_codes.values())
         self.projector = nn.Sequential(nn.LayerNorm(code_width), nn.Linear(code_width, config.projector_hidden),
                                        nn.GELU(), nn.Linear(config.projector_hidden, width))
         self.heads = nn.ModuleDict({s: DepthHead(width, config.head_width, config.head_layers, config.head_heads,
@@ -119,8 +121,9 @@ class DualTokenMLLM(PreTrainedModel):
     @classmethod
     def from_parts(cls, llm: PreTrainedModel, config: DualTokenMLLMConfig, codebooks: dict[str, Tensor]
                    ) -> DualTokenMLLM:
-        """An MLLM around an existing LM (its weights kept) with code tables from the tokenizer's codebooks and the
-        added tokens' input embeddings from the LM's rows for them (as its embedding resize initialised them)."""
+        """An MLLM around an existing LM (its weights kept) with code tables from the tokenizer's codebooks (wider
+        input tables: their isometric lift) and the added tokens' input embeddings from the LM's rows for them (as
+        its embedding resize initialised them)."""
         config.llm_config = llm.config.to_dict()
         model = cls(config)
         model.llm.load_state_dict(llm.state_dict())
@@ -128,7 +131,7 @@ class DualTokenMLLM(PreTrainedModel):
         with torch.no_grad():
             model.special_embeddings.weight.copy_(llm.get_input_embeddings().weight[ids])
         for stream, books in codebooks.items():
-            model.input_codes[stream].copy_codebooks(books)
+            model.input_codes[stream].copy_codebooks(books, lift=True)
             model.heads[stream].embedding.copy_codebooks(books)
         return model
 

@@ -45,6 +45,8 @@ class MllmShapeOverrides(Strict):
     head_width: int = Field(None, ge=8, description="depth-transformer width")
     head_layers: int = Field(None, ge=1, description="depth-transformer layers (the paper's 3)")
     head_heads: int = Field(None, ge=1)
+    input_code_dim: int | None = Field(None, ge=1, description="width of the input code tables (lifted from the "
+                                       "tokenizer's codebooks); null: the code vectors themselves")
 
 
 class MllmPhase(Strict):
