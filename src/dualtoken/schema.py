@@ -9,6 +9,8 @@ it) defined beside the code that consumes it; ``dualtoken.config`` composes them
 from __future__ import annotations
 
 import copy
+from collections import Counter
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -24,6 +26,11 @@ class ConfigError(DualtokenError, ValueError):
 
 class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+def repeated(names: Iterable[str]) -> list[str]:
+    """The names given more than once, sorted: what a list that must name its items distinctly reports."""
+    return sorted(n for n, count in Counter(names).items() if count > 1)
 
 
 def _s3_url(value: str) -> str:

@@ -11,6 +11,7 @@ from mlflow.tracking import MlflowClient
 from dualtoken.apps.ablation import main as ablation_main
 from dualtoken.apps.evaluate import main as evaluate_main
 from dualtoken.data.curated import iter_image_batches
+from dualtoken.evaluation.config import ZeroShotTaskConfig
 from dualtoken.schema import ConfigError
 from stages.cli import main as cli
 from tiny import TOKENIZER
@@ -64,6 +65,12 @@ def test_ablation_variants_are_trained_measured_and_logged(evaluated):
     assert "reconstruction.psnr" in runs[0].data.metrics
     with pytest.raises(ConfigError, match="not selected"):
         ablation_main(cfg, "c_recon_pixel_layer")
+    # a bad class-names file stops the variant before anything loads (here the teacher would be missing, too)
+    task = ZeroShotTaskConfig(name="in1k", classes=str(out / "none.txt"))
+    broken = cfg.model_copy(update={"evaluate": cfg.evaluate.model_copy(update={"zero_shot": [task]}),
+                                    "teacher": cfg.teacher.model_copy(update={"output_dir": str(out / "none")})})
+    with pytest.raises(ConfigError, match=r"evaluate\.zero_shot\.0\.classes"):
+        ablation_main(broken, "d_dualtoken")
 
 
 def test_evaluation_metrics_cover_the_tokenizer_the_mllm_and_the_ablation(evaluated):

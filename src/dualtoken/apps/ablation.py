@@ -46,11 +46,14 @@ def main(cfg: Config, variant: str, console: Console | None = None) -> dict[str,
         raise ConfigError(f"tokenizer.overrides: {err}") from None
     t = variant_config(cfg.tokenizer, cfg.ablation, variant, base)
     cfg_v = cfg.model_copy(update={"tokenizer": t})
+    tasks = zero_shot_tasks(cfg.evaluate)  # a bad class-names or templates file fails before training, not after
     ctx = setup_process(t.runtime, cfg.seed)
     try:
         if not (Path(cfg.teacher.output_dir) / "config.json").is_file():
             raise FileNotFoundError(f"no teacher in {cfg.teacher.output_dir}: run the teacher stage first")
         teacher, text_tokenizer = load_teacher(cfg.teacher.output_dir)
+        e = cfg.evaluate
+        extractor = feature_extractor(e.inception_weights, teacher, ctx.device, e.fid.resize)  # as early
         model = build_tokenizer_model(t, teacher.vision_model)
         curated = cfg.curated(t.input)
         data = corpus_digest(curated, cfg.storage)
@@ -69,8 +72,9 @@ def main(cfg: Config, variant: str, console: Console | None = None) -> dict[str,
             train_seconds = time.perf_counter() - t0
             if not ctx.is_main:
                 return {}
-            metrics = measure(cfg, model.eval(), teacher.to(ctx.device).eval(), text_tokenizer, curated, held_out,
-                              ctx.device)
+            batches = iter_image_batches(curated, e.split, e.batch_size, e.fid.images, cfg.storage)
+            metrics = measure_tokenizer(model.eval(), teacher.to(ctx.device).eval(), text_tokenizer, held_out,
+                                        batches, e, extractor, ctx.device, tasks)[0]
             metrics.update({"variant": variant, "row": VARIANTS[variant].row, "steps": t.steps,
                             "batch_size": t.batch_size, "train_seconds": round(train_seconds, 1),
                             "overrides": t.overrides, "split": cfg.evaluate.split})
@@ -97,12 +101,3 @@ def main(cfg: Config, variant: str, console: Console | None = None) -> dict[str,
     finally:
         shutdown_distributed()
 
-
-def measure(cfg: Config, model: Any, teacher: Any, text_tokenizer: Any, curated: str, held_out: Any, device: Any
-            ) -> dict[str, Any]:
-    """The evaluate stage's tokenizer metrics (its split, protocols and tasks), so the table's rows compare."""
-    e = cfg.evaluate
-    extractor = feature_extractor(e.inception_weights, teacher, device, e.fid.resize)
-    batches = iter_image_batches(curated, e.split, e.batch_size, e.fid.images, cfg.storage)
-    return measure_tokenizer(model, teacher, text_tokenizer, held_out, batches, e, extractor, device,
-                             zero_shot_tasks(e))[0]

@@ -7,7 +7,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import Field, field_validator
 
-from dualtoken.schema import Strict
+from dualtoken.schema import Strict, repeated
 
 
 class DemoSource(Strict):
@@ -78,8 +78,7 @@ class DataConfig(Strict):
     @classmethod
     def _unique_names(cls, sources: list[Any]) -> list[Any]:
         names = [s.name for s in sources]
-        dupes = sorted({n for n in names if names.count(n) > 1})
-        if dupes:
+        if dupes := repeated(names):
             raise ValueError(f"source names must be unique, repeated: {dupes}")
         bad = [n for n in names if not n.replace("-", "").replace("_", "").isalnum()]
         if bad:

@@ -9,7 +9,7 @@ from typing import Literal
 from pydantic import Field, field_validator
 
 from dualtoken.models.sampling import SamplingConfig
-from dualtoken.schema import Strict, curated_input
+from dualtoken.schema import Strict, curated_input, repeated
 
 
 class ZeroShotTaskConfig(Strict):
@@ -58,14 +58,6 @@ class EvaluateConfig(Strict):
     retrieval: bool = Field(True, description="image-text R@1 over the held-out images' first captions, through "
                                               "the teacher and the tokenizer's semantic path")
 
-    @field_validator("zero_shot")
-    @classmethod
-    def _distinct_names(cls, tasks: list[ZeroShotTaskConfig]) -> list[ZeroShotTaskConfig]:
-        names = [t.name for t in tasks]
-        repeated = sorted({n for n in names if names.count(n) > 1})
-        if repeated:
-            raise ValueError(f"task names must be distinct, repeated: {repeated}")
-        return tasks
     vqa_questions: int = Field(512, ge=0)
     caption_images: int = Field(256, ge=0, description="images captioned greedily (BLEU-4, CIDEr-D)")
     generated_images: int = Field(64, ge=0, description="images generated from captions (one each)")
@@ -75,6 +67,13 @@ class EvaluateConfig(Strict):
     seed: int = Field(0, description="seeds every sampled image")
     device: Literal["auto", "cpu", "cuda"] = "auto"
     threads: int | None = Field(None, ge=1, description="torch CPU threads; null keeps torch's choice")
+
+    @field_validator("zero_shot")
+    @classmethod
+    def _distinct_names(cls, tasks: list[ZeroShotTaskConfig]) -> list[ZeroShotTaskConfig]:
+        if names := repeated(t.name for t in tasks):
+            raise ValueError(f"task names must be distinct, repeated: {names}")
+        return tasks
 
 
 AblationVariant = Literal["a_one_codebook", "b_recon_semantic_layer", "c_recon_pixel_layer", "d_dualtoken"]

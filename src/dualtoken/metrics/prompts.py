@@ -7,8 +7,9 @@ A task may instead name a text file with one template per line.
 
 from __future__ import annotations
 
-from collections import Counter
 from pathlib import Path
+
+from dualtoken.schema import repeated
 
 OPENAI_IMAGENET = (
     "a bad photo of a {c}.", "a photo of many {c}.", "a sculpture of a {c}.", "a photo of the hard to see {c}.",
@@ -58,7 +59,7 @@ def read_classes(path: str | Path) -> tuple[str, ...]:
     if not path.is_file():
         raise FileNotFoundError(f"class-names file {path} not found")
     names = tuple(line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip())
-    duplicated = sorted(n for n, count in Counter(names).items() if count > 1)
+    duplicated = repeated(names)
     if len(names) < 2 or duplicated:
         raise ValueError(f"class-names file {path}: needs two or more distinct names"
                          + (f"; repeated: {duplicated[:5]}" if duplicated else ""))
