@@ -136,17 +136,21 @@ def test_token_projection_shapes(kind):
     assert (down.attention is None) == (kind == "linear")
 
 
-def test_the_released_projection_by_hand():
+@pytest.mark.parametrize("causal", [False, True])
+def test_the_released_projection_by_hand(causal):
     """Down (64 -> 8): 8 heads of 8 read the wide input and are averaged; up (8 -> 64): the narrow input makes
-    8 heads of 8, concatenated. Both: linear path + attention path, then a residual GeGLU MLP."""
+    8 heads of 8, concatenated. Both: linear path + attention path, then a residual GeGLU MLP. Causal: token n
+    attends to tokens 0..n only."""
     from dualtoken.models.layers import ReleasedProjection
 
     torch.manual_seed(0)
     x = torch.randn(2, 5, 64)
-    down, up = ReleasedProjection(64, 8), ReleasedProjection(8, 64)
+    down, up = ReleasedProjection(64, 8, causal), ReleasedProjection(8, 64, causal)
+    later = torch.ones(5, 5, dtype=torch.bool).triu(1)  # (n, m): m after n
     for proj, inp, wide in ((down, x, 64), (up, down(x), 64)):
         q, k, v = proj.qkv(proj.norm_attention(inp)).view(2, 5, 3, 8, 8).unbind(2)  # (b, n, heads, 8)
-        weights = torch.softmax(torch.einsum("bnhd,bmhd->bhnm", q, k) / 8**0.5, dim=-1)
+        scores = torch.einsum("bnhd,bmhd->bhnm", q, k) / 8**0.5
+        weights = torch.softmax(scores.masked_fill(later, float("-inf")) if causal else scores, dim=-1)
         heads = torch.einsum("bhnm,bmhd->bnhd", weights, v)
         attended = heads.mean(2) if proj.down else heads.reshape(2, 5, wide)
         y = proj.linear(proj.norm_linear(inp)) + proj.out(attended)
@@ -154,6 +158,10 @@ def test_the_released_projection_by_hand():
         by_hand = y + proj.mlp.w2(torch.nn.functional.gelu(proj.mlp.w0(m), approximate="tanh") * proj.mlp.w1(m))
         assert torch.allclose(proj(inp), by_hand, atol=1e-5)
     assert down(x).shape == (2, 5, 8) and up(down(x)).shape == (2, 5, 64)
+    if causal:  # a later token does not change an earlier one's output
+        changed = x.clone()
+        changed[:, 3:] += 1
+        assert torch.allclose(down(changed)[:, :3], down(x)[:, :3], atol=1e-6)
     # parameters: LN + linear, LN + qkv (3 x wide) + out, LN + GeGLU (LN, 2 x (out -> 2 out), 2 out -> out)
     for proj, i, o in ((down, 64, 8), (up, 8, 64)):
         count = 2 * i + i * o + o + 2 * i + i * 3 * 64 + 3 * 64 + o * o + o + 2 * o + 2 * o + 2 * (o * 2 * o + 2 * o) \
@@ -199,5 +207,32 @@ def test_the_released_structure_is_the_paper_configs_and_the_decoder_input_block
         model = DualTokenModel(config)
     assert all(isinstance(getattr(model, n), ReleasedProjection) for n in ("pixel_down", "shortcut_down", "pixel_up",
                                                                             "semantic_down", "semantic_up"))
+    # the up projections attend causally, the down ones do not (the released code's latest version)
+    assert [getattr(model, n).causal for n in ("pixel_down", "shortcut_down", "semantic_down")] == [False] * 3
+    assert model.pixel_up.causal and model.semantic_up.causal
+    with pytest.raises(ValueError, match="up_projection_causal needs projection 'released'"):
+        named_config("demo-32px", up_projection_causal=True)
     decoder = PixelDecoder(64, 8, [1, 2], 1, input_block=True)
     assert isinstance(decoder.conv_in[0], ResBlock) and decoder(torch.randn(1, 64, 4, 4)).shape == (1, 3, 8, 8)
+    assert decoder.conv_in[0].body[2].kernel_size == (1, 1)  # PostQuantResnetBlock: a 1x1, then a 3x3 convolution
+
+
+def test_the_conv_projection_is_a_residual_block_on_the_token_grid_by_hand():
+    """The first released checkpoint's ProjectResnetBlock: GroupNorm(32), SiLU, 1x1 conv, GroupNorm, SiLU, 3x3 conv,
+    plus a 1x1 shortcut, on the tokens laid out as their square grid (row-major)."""
+    import torch.nn.functional as F
+
+    from dualtoken.models.layers import ConvProjection
+
+    torch.manual_seed(0)
+    proj = ConvProjection(128, 256)
+    for p in proj.parameters():  # not the default init: every weight matters
+        p.data.normal_(0, 0.1)
+    x = torch.randn(2, 9, 128)
+    grid = x.transpose(1, 2).reshape(2, 128, 3, 3)
+    b = proj.block.body
+    h = F.conv2d(F.silu(F.group_norm(grid, 32, b[0].weight, b[0].bias, 1e-6)), b[2].weight, b[2].bias)
+    h = F.conv2d(F.silu(F.group_norm(h, 32, b[3].weight, b[3].bias, 1e-6)), b[5].weight, b[5].bias, padding=1)
+    by_hand = (F.conv2d(grid, proj.block.skip.weight, proj.block.skip.bias) + h).flatten(2).transpose(1, 2)
+    assert b[2].kernel_size == (1, 1) and torch.allclose(proj(x), by_hand, atol=1e-5)
+    assert proj(x).shape == (2, 9, 256)

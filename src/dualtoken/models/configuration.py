@@ -17,8 +17,10 @@ class DualTokenConfig(PretrainedConfig):
     ``restart_threshold``: a code whose EMA count falls below it takes a vector of the batch at that update;
     1.0 is the released code's rule (a code unused for one update at decay 0.99 restarts at once).
 
-    ``projection``: ``released`` is the official structure (linear + attention paths, a GeGLU MLP);
-    ``attention`` / ``linear`` are lighter. ``shortcut_space``: the layer-``layer_shortcut`` state is added to
+    ``projection``: ``released`` is the official structure (linear + attention paths, a GeGLU MLP), whose up
+    projections attend causally in raster order with ``up_projection_causal`` (the latest released code);
+    ``conv`` is the first released checkpoint's residual convolution block; ``attention`` / ``linear`` are
+    lighter. ``shortcut_space``: the layer-``layer_shortcut`` state is added to
     the pixel tap in ``code`` space through its own down projection (released) or in ``width`` space before
     the one projection. ``decoder_input_block``: a residual block before the decoder (the released
     PostQuantResnetBlock).
@@ -39,6 +41,7 @@ class DualTokenConfig(PretrainedConfig):
         layer_semantic: int = 26,
         projection: str = "attention",
         projection_heads: int = 8,
+        up_projection_causal: bool = False,
         shortcut_space: str = "width",
         pixel_codebook_size: int = 16384,
         pixel_code_dim: int = 32,
@@ -66,6 +69,7 @@ class DualTokenConfig(PretrainedConfig):
         self.layer_pixel, self.layer_shortcut, self.weight_shortcut = layer_pixel, layer_shortcut, weight_shortcut
         self.layer_semantic = layer_semantic
         self.projection, self.projection_heads, self.shortcut_space = projection, projection_heads, shortcut_space
+        self.up_projection_causal = up_projection_causal
         self.pixel_codebook_size, self.pixel_code_dim, self.pixel_depth = (
             pixel_codebook_size, pixel_code_dim, pixel_depth)
         self.semantic_codebook_size, self.semantic_code_dim, self.semantic_depth = (
@@ -103,8 +107,11 @@ class DualTokenConfig(PretrainedConfig):
             raise ValueError(f"single_codebook quantizes one tap: needs layer_pixel == layer_semantic (got "
                              f"{self.layer_pixel} and {self.layer_semantic}) and layer_shortcut null "
                              f"(got {self.layer_shortcut})")
-        if self.projection not in ("released", "attention", "linear"):
-            raise ValueError(f"projection must be 'released', 'attention' or 'linear', got {self.projection!r}")
+        if self.projection not in ("released", "conv", "attention", "linear"):
+            raise ValueError(f"projection must be 'released', 'conv', 'attention' or 'linear', got "
+                             f"{self.projection!r}")
+        if self.up_projection_causal and self.projection != "released":
+            raise ValueError(f"up_projection_causal needs projection 'released', got {self.projection!r}")
         if self.shortcut_space not in ("width", "code"):
             raise ValueError(f"shortcut_space must be 'width' or 'code', got {self.shortcut_space!r}")
         out = self.decoder_latent_size * 2 ** (len(self.decoder_channel_mult) - 1)
@@ -146,8 +153,9 @@ NAMED_CONFIGS: dict[str, dict[str, Any]] = {
         "vision_config": _siglip(image_size=384, patch_size=14, hidden_size=1152, intermediate_size=4304,
                                  num_hidden_layers=27, num_attention_heads=16),
         "layer_pixel": 6, "layer_shortcut": 4, "weight_shortcut": 0.6, "layer_semantic": 26,
-        # the released structure: its projections, the shortcut in code space, a residual block before the decoder
-        "projection": "released", "shortcut_space": "code", "decoder_input_block": True,
+        # the released structure (the code of the 32-d configs): its projections, the up ones causal, the shortcut
+        # in code space, a residual block before the decoder
+        "projection": "released", "up_projection_causal": True, "shortcut_space": "code", "decoder_input_block": True,
         "pixel_codebook_size": 16384, "pixel_code_dim": 32, "pixel_depth": 8,
         "semantic_codebook_size": 16384, "semantic_code_dim": 32, "semantic_depth": 8,
         "decoder_channels": 128, "decoder_channel_mult": [1, 1, 4, 4, 8], "latent_size": 24,
@@ -167,6 +175,15 @@ NAMED_CONFIGS["siglip-l16-256"] = {
     "vision_config": _siglip(image_size=256, patch_size=16, hidden_size=1024, intermediate_size=4096,
                              num_hidden_layers=24, num_attention_heads=16),
     "layer_semantic": 23,
+}
+
+# The released checkpoint (the README's DualToken-256: 384 px, 729 tokens, 256-d codes), an earlier code: SigLIP
+# So400m/14-384, taps after layers 6 and 26 and no shortcut, 32,768 codes of 256 in 8 depths per branch, the
+# residual convolution projections. ``python -m dualtoken.models.released_checkpoint`` imports its weights.
+NAMED_CONFIGS["dualtoken-256"] = {
+    **NAMED_CONFIGS["so400m-patch14-384"],
+    "layer_shortcut": None, "projection": "conv", "up_projection_causal": False,
+    "pixel_codebook_size": 32768, "pixel_code_dim": 256, "semantic_codebook_size": 32768, "semantic_code_dim": 256,
 }
 
 

@@ -59,7 +59,8 @@ class DualTokenModel(DualTokenPreTrainedModel):
         self.vision = with_conv_stem(SiglipVisionModel._from_config(vision))
 
         def projection(a: int, b: int) -> nn.Module:
-            return token_projection(a, b, config.projection, config.projection_heads)
+            causal = config.up_projection_causal and a < b
+            return token_projection(a, b, config.projection, config.projection_heads, causal)
 
         def quantizer(size: int, dim: int, depth: int, update: str) -> ResidualQuantizer:
             return ResidualQuantizer(dim, size, depth, shared_codebook=config.shared_codebook, update=update,

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import torch.nn.functional as F
 from torch import Tensor, nn
 
@@ -67,11 +69,13 @@ class ReleasedProjection(nn.Module):
 
     The attention has wide / narrow heads, each ``narrow`` wide: going down, every head reads the wide input
     and the heads' outputs are averaged into one narrow vector; going up, the narrow input makes every head's
-    queries, keys and values and the heads are concatenated to the wide width.
+    queries, keys and values and the heads are concatenated to the wide width. ``causal``: each token attends
+    to those before it in raster order (the released code's up projections, in its latest version).
     """
 
-    def __init__(self, in_dim: int, out_dim: int) -> None:
+    def __init__(self, in_dim: int, out_dim: int, causal: bool = False) -> None:
         super().__init__()
+        self.causal = causal
         wide, narrow = max(in_dim, out_dim), min(in_dim, out_dim)
         if wide % narrow:
             raise ValueError(f"the released projection needs one width to divide the other, got {in_dim} -> {out_dim}")
@@ -84,15 +88,10 @@ class ReleasedProjection(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         b, n, _ = x.shape
         q, k, v = self.qkv(self.norm_attention(x)).view(b, n, 3, self.heads, -1).permute(2, 0, 3, 1, 4)
-        attended = F.scaled_dot_product_attention(q, k, v)  # (b, heads, n, narrow)
+        attended = F.scaled_dot_product_attention(q, k, v, is_causal=self.causal)  # (b, heads, n, narrow)
         attended = attended.mean(1) if self.down else attended.transpose(1, 2).reshape(b, n, -1)
         x = self.linear(self.norm_linear(x)) + self.out(attended)
         return x + self.mlp(self.norm_mlp(x))
-
-
-def token_projection(in_dim: int, out_dim: int, kind: str, heads: int) -> nn.Module:
-    """``released`` (the official structure), or ``attention`` / ``linear`` (``TokenProjection``)."""
-    return ReleasedProjection(in_dim, out_dim) if kind == "released" else TokenProjection(in_dim, out_dim, kind, heads)
 
 
 def _norm(channels: int) -> nn.GroupNorm:
@@ -100,14 +99,41 @@ def _norm(channels: int) -> nn.GroupNorm:
 
 
 class ResBlock(nn.Module):
-    def __init__(self, cin: int, cout: int) -> None:
+    """(GroupNorm, SiLU, convolution) twice, plus the input (through a 1x1 convolution where the width changes).
+    ``first_kernel=1``: the released PostQuantResnetBlock and ProjectResnetBlock's 1x1 first convolution."""
+
+    def __init__(self, cin: int, cout: int, first_kernel: int = 3) -> None:
         super().__init__()
-        self.body = nn.Sequential(_norm(cin), nn.SiLU(), nn.Conv2d(cin, cout, 3, padding=1),
+        self.body = nn.Sequential(_norm(cin), nn.SiLU(), nn.Conv2d(cin, cout, first_kernel, padding=first_kernel // 2),
                                   _norm(cout), nn.SiLU(), nn.Conv2d(cout, cout, 3, padding=1))
         self.skip = nn.Conv2d(cin, cout, 1) if cin != cout else nn.Identity()
 
     def forward(self, x: Tensor) -> Tensor:
         return self.skip(x) + self.body(x)
+
+
+class ConvProjection(nn.Module):
+    """The first released checkpoint's projection (its ProjectResnetBlock): a residual block, a 1x1 then a 3x3
+    convolution, over the square token grid, so each token's projection sees its 3 x 3 neighbourhood."""
+
+    def __init__(self, in_dim: int, out_dim: int) -> None:
+        super().__init__()
+        self.block = ResBlock(in_dim, out_dim, first_kernel=1)
+
+    def forward(self, x: Tensor) -> Tensor:
+        b, n, c = x.shape
+        side = math.isqrt(n)
+        return self.block(x.transpose(1, 2).reshape(b, c, side, side)).flatten(2).transpose(1, 2)
+
+
+def token_projection(in_dim: int, out_dim: int, kind: str, heads: int, causal: bool = False) -> nn.Module:
+    """``released`` (the official structure; ``causal`` attention for its up projections), ``conv`` (the
+    first released checkpoint's), or ``attention`` / ``linear`` (``TokenProjection``)."""
+    if kind == "released":
+        return ReleasedProjection(in_dim, out_dim, causal)
+    if kind == "conv":
+        return ConvProjection(in_dim, out_dim)
+    return TokenProjection(in_dim, out_dim, kind, heads)
 
 
 class SpatialAttention(nn.Module):
@@ -140,7 +166,7 @@ class PixelDecoder(nn.Module):
         widths = [channels * m for m in channel_mult]
         self.conv_in: nn.Module
         if input_block:  # the released PostQuantResnetBlock: a residual block from the tower's width, then conv_in
-            self.conv_in = nn.Sequential(ResBlock(in_channels, widths[-1]),
+            self.conv_in = nn.Sequential(ResBlock(in_channels, widths[-1], first_kernel=1),
                                          nn.Conv2d(widths[-1], widths[-1], 3, padding=1))
         else:
             self.conv_in = nn.Conv2d(in_channels, widths[-1], 3, padding=1)

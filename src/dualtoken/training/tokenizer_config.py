@@ -81,7 +81,8 @@ class ArchitectureOverrides(Strict):
     layer_shortcut: int | None = Field(None, ge=1, description="earlier layer added to the pixel tap; null: none")
     weight_shortcut: float = Field(None, ge=0.0)
     layer_semantic: int = Field(None, ge=1, description="encoder layer the semantic branch taps and replaces")
-    projection: Literal["released", "attention", "linear"] = None  # type: ignore[assignment]
+    projection: Literal["released", "conv", "attention", "linear"] = None  # type: ignore[assignment]
+    up_projection_causal: bool = None  # type: ignore[assignment]
     projection_heads: int = Field(None, ge=1, description="heads of the attention projection (released: wide/narrow)")
     shortcut_space: Literal["width", "code"] = None  # type: ignore[assignment]
     pixel_codebook_size: int = Field(None, ge=2)
