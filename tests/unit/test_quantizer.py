@@ -75,6 +75,40 @@ def test_ema_update_matches_hand_computed_example():
     assert torch.allclose(rq.codebooks, torch.tensor([[[1.0], [9.5]]]))
 
 
+def test_a_shared_book_updates_after_each_depth_as_released_by_hand():
+    """Depth 2, one book, decay 0.5, eps 0: depth 1 assigns, the book updates, depth 2 searches the updated book
+    and the book updates again; the chosen vectors are the updated ones. Once a step instead: one update from
+    both depths' assignments, on the book both searched."""
+    x = torch.tensor([[1.0], [2.0], [9.0]])
+
+    def quantizer(ema_updates):
+        rq = ResidualQuantizer(dim=1, codebook_size=2, depth=2, decay=0.5, eps=0.0, restart_threshold=0.0,
+                               ema_updates=ema_updates)
+        rq.codebooks.data = torch.tensor([[[0.0], [10.0]]])
+        rq.embed_sum.copy_(rq.codebooks)
+        rq.initialized.fill_(True)
+        return rq
+
+    rq = quantizer("depth")
+    out = rq(x)
+    # depth 1: {1, 2} -> code 0, {9} -> code 1; counts 1.5 / 1.0, sums 1.5 / 9.5: the book becomes [1.0, 9.5]
+    # residuals 0, 1, -0.5 -> all code 0 of [1.0, 9.5]: count 0.75 + 1.5 = 2.25, sum 0.75 + 0.25 = 1.0
+    #   code 1: count 0.5, sum 4.75: the book becomes [1/2.25, 9.5]
+    assert out.codes.tolist() == [[0, 0], [0, 0], [1, 0]]
+    assert torch.allclose(rq.cluster_size, torch.tensor([[2.25, 0.5]]))
+    assert torch.allclose(rq.codebooks, torch.tensor([[[1.0 / 2.25], [9.5]]]))
+    first, second = torch.tensor([1.0, 1.0, 9.5]), torch.full((3,), 1.0 / 2.25)
+    assert torch.allclose(out.quantized[:, 0], first + second) and int(rq.updates) == 2
+
+    once = quantizer("step")
+    out = once(x)
+    # both depths search [0, 10]: depth 1 as above; residuals 1, 2, -1 -> all code 0. One update from the five
+    # assignments to code 0 (1, 2, 1, 2, -1) and one to code 1 (9): counts 0.5 + 2.5 = 3.0 / 1.0
+    assert out.codes.tolist() == [[0, 0], [0, 0], [1, 0]]
+    assert torch.allclose(once.cluster_size, torch.tensor([[3.0, 1.0]])) and int(once.updates) == 1
+    assert torch.allclose(once.codebooks, torch.tensor([[[2.5 / 3.0], [9.5]]]))
+
+
 def test_laplace_smoothing_keeps_rarely_used_codes_finite():
     rq = ResidualQuantizer(dim=2, codebook_size=4, depth=1, decay=0.0, eps=1e-5, restart_threshold=-1.0)
     rq.initialized.fill_(True)

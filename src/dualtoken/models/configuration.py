@@ -16,6 +16,8 @@ class DualTokenConfig(PretrainedConfig):
 
     ``restart_threshold``: a code whose EMA count falls below it takes a vector of the batch at that update;
     1.0 is the released code's rule (a code unused for one update at decay 0.99 restarts at once).
+    ``ema_updates``: ``depth`` updates the EMA codebooks after each residual depth (the released code: a shared
+    book takes ``depth`` updates a step), ``step`` once a step from every depth's assignments.
 
     ``projection``: ``released`` is the official structure (linear + attention paths, a GeGLU MLP), whose up
     projections attend causally in raster order with ``up_projection_causal`` (the latest released code);
@@ -54,6 +56,7 @@ class DualTokenConfig(PretrainedConfig):
         semantic_update: str = "ema",
         ema_decay: float = 0.99,
         restart_threshold: float = 1.0,
+        ema_updates: str = "depth",
         decoder_channels: int = 128,
         decoder_channel_mult: tuple[int, ...] | list[int] = (1, 1, 4, 4, 8),
         decoder_res_blocks: int = 2,
@@ -76,7 +79,7 @@ class DualTokenConfig(PretrainedConfig):
             semantic_codebook_size, semantic_code_dim, semantic_depth)
         self.shared_codebook = shared_codebook
         self.pixel_update, self.semantic_update = pixel_update, semantic_update
-        self.ema_decay, self.restart_threshold = ema_decay, restart_threshold
+        self.ema_decay, self.restart_threshold, self.ema_updates = ema_decay, restart_threshold, ema_updates
         self.decoder_channels = decoder_channels
         self.decoder_channel_mult = list(decoder_channel_mult)
         self.decoder_res_blocks, self.decoder_attention_levels = decoder_res_blocks, decoder_attention_levels
@@ -112,6 +115,8 @@ class DualTokenConfig(PretrainedConfig):
                              f"{self.projection!r}")
         if self.up_projection_causal and self.projection != "released":
             raise ValueError(f"up_projection_causal needs projection 'released', got {self.projection!r}")
+        if self.ema_updates not in ("depth", "step"):
+            raise ValueError(f"ema_updates must be 'depth' or 'step', got {self.ema_updates!r}")
         if self.shortcut_space not in ("width", "code"):
             raise ValueError(f"shortcut_space must be 'width' or 'code', got {self.shortcut_space!r}")
         out = self.decoder_latent_size * 2 ** (len(self.decoder_channel_mult) - 1)

@@ -64,7 +64,8 @@ class DualTokenModel(DualTokenPreTrainedModel):
 
         def quantizer(size: int, dim: int, depth: int, update: str) -> ResidualQuantizer:
             return ResidualQuantizer(dim, size, depth, shared_codebook=config.shared_codebook, update=update,
-                                     decay=config.ema_decay, restart_threshold=config.restart_threshold)
+                                     decay=config.ema_decay, restart_threshold=config.restart_threshold,
+                                     ema_updates=config.ema_updates)
 
         # Construction order fixes the initial weights for a seed: the pixel branch first, as it always was.
         if not config.single_codebook:

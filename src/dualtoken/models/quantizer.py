@@ -4,6 +4,9 @@ Depth ``D`` quantizers run one after another on what the previous ones left: ``r
 ``c_k = argmin ||r_k - e||``, ``r_{k+1} = r_k - e_{c_k}``. The output is the sum of the chosen code
 vectors, with a straight-through gradient to ``z``. Codebooks are one shared book or one per depth, and
 learn either by EMA (decay, Laplace-smoothed counts; the paper's semantic quantizer) or by a codebook loss.
+The EMA statistics update after each depth's assignment, before the next depth searches the book, as the
+released code does (``ema_updates="depth"``: a shared book takes ``D`` updates a step), or once a step from all
+depths' assignments (``"step"``).
 
 Nearest-code search expands ``||r - e||^2 = ||r||^2 - 2 r.e + ||e||^2`` into one matmul per chunk of
 rows; ``||r||^2`` is the same for every code and is left out of the argmin. Chunking bounds the
@@ -104,15 +107,19 @@ class ResidualQuantizer(nn.Module):
         init: Literal["kmeans++", "sample"] = "kmeans++",
         restart_threshold: float = 1.0,
         chunk_size: int | None = None,
+        ema_updates: Literal["depth", "step"] = "depth",
     ) -> None:
         super().__init__()
         if update not in ("ema", "learned"):
             raise ValueError(f"update must be 'ema' or 'learned', got {update!r}")
+        if ema_updates not in ("depth", "step"):
+            raise ValueError(f"ema_updates must be 'depth' or 'step', got {ema_updates!r}")
         if init not in ("kmeans++", "sample"):
             raise ValueError(f"init must be 'kmeans++' or 'sample', got {init!r}")
         self.dim, self.codebook_size, self.depth = dim, codebook_size, depth
         self.shared_codebook, self.update, self.init = shared_codebook, update, init
         self.decay, self.eps, self.restart_threshold, self.chunk_size = decay, eps, restart_threshold, chunk_size
+        self.ema_updates = ema_updates
         books = 1 if shared_codebook else depth
         initial = torch.randn(books, codebook_size, dim) / math.sqrt(dim)
         if update == "learned":
@@ -165,8 +172,10 @@ class ResidualQuantizer(nn.Module):
         commitment = x.new_zeros(())
         codebook_loss = x.new_zeros(())
         for k in range(self.depth):
+            idx = nearest_codes(residual, self.codebooks[self.book_index(k)].detach(), self.chunk_size)
+            if self.training and self.ema_updates == "depth":  # the vector chosen is the updated one
+                self._update_codebooks(idx[:, None], [residual], first_depth=k)
             book = self.codebooks[self.book_index(k)]
-            idx = nearest_codes(residual, book.detach(), self.chunk_size)
             chosen = F.embedding(idx, book)
             if self.update == "learned":
                 codebook_loss = codebook_loss + F.mse_loss(chosen, residual)
@@ -177,7 +186,7 @@ class ResidualQuantizer(nn.Module):
             codes.append(idx)
             partials.append(total)
         codes_t = torch.stack(codes, dim=-1)
-        if self.training:
+        if self.training and self.ema_updates == "step":
             self._update_codebooks(codes_t, inputs)
         quantized = x + (total - x).detach()  # straight-through: d quantized / d z = identity
         usage, perplexity = self._statistics(codes_t)
@@ -223,38 +232,43 @@ class ResidualQuantizer(nn.Module):
         self.initialized.fill_(True)
 
     @torch.no_grad()
-    def _update_codebooks(self, codes: Tensor, inputs: list[Tensor]) -> None:
-        books = self.codebooks.shape[0]
-        counts = torch.zeros(books, self.codebook_size, device=codes.device)
-        sums = torch.zeros(books, self.codebook_size, self.dim, device=codes.device)
-        for k, residual in enumerate(inputs):
-            b = self.book_index(k)
-            counts[b].index_add_(0, codes[:, k], torch.ones_like(codes[:, k], dtype=counts.dtype))
-            sums[b].index_add_(0, codes[:, k], residual)
+    def _update_codebooks(self, codes: Tensor, inputs: list[Tensor], first_depth: int = 0) -> None:
+        """One EMA update of the books that depths ``first_depth, ...`` (one column of ``codes`` and one input
+        each) use, from their assignments; then the restarts of those books' dead codes."""
+        depth_books = [self.book_index(first_depth + j) for j in range(len(inputs))]
+        books = sorted(set(depth_books))
+        counts = torch.zeros(len(books), self.codebook_size, device=codes.device)
+        sums = torch.zeros(len(books), self.codebook_size, self.dim, device=codes.device)
+        for j, (b, residual) in enumerate(zip(depth_books, inputs, strict=True)):
+            row = books.index(b)
+            counts[row].index_add_(0, codes[:, j], torch.ones_like(codes[:, j], dtype=counts.dtype))
+            sums[row].index_add_(0, codes[:, j], residual)
         if _distributed():  # every rank applies the same update from the global statistics
             dist.all_reduce(counts)
             dist.all_reduce(sums)
         self.updates.add_(1)
-        self.cluster_size.mul_(self.decay).add_(counts, alpha=1 - self.decay)
-        self.embed_sum.mul_(self.decay).add_(sums, alpha=1 - self.decay)
-        if self.update == "ema":
-            n = self.cluster_size.sum(-1, keepdim=True)
-            smoothed = (self.cluster_size + self.eps) / (n + self.codebook_size * self.eps) * n
-            self.codebooks.data.copy_(self.embed_sum / smoothed.unsqueeze(-1))
-        self._restart_dead_codes(inputs)
+        for row, b in enumerate(books):
+            self.cluster_size[b].mul_(self.decay).add_(counts[row], alpha=1 - self.decay)
+            self.embed_sum[b].mul_(self.decay).add_(sums[row], alpha=1 - self.decay)
+            if self.update == "ema":
+                n = self.cluster_size[b].sum()
+                smoothed = (self.cluster_size[b] + self.eps) / (n + self.codebook_size * self.eps) * n
+                self.codebooks.data[b] = self.embed_sum[b] / smoothed.unsqueeze(-1)
+        pools = {b: torch.cat([r for r, rb in zip(inputs, depth_books, strict=True) if rb == b]) for b in books}
+        self._restart_dead_codes(pools)
 
     @torch.no_grad()
-    def _restart_dead_codes(self, inputs: list[Tensor]) -> None:
-        """Codes whose EMA count fell below the threshold take a random vector of this batch. The draw is seeded by
-        the update count, not the global RNG: a resumed run restarts the same codes with the same vectors as the
-        uninterrupted one, whatever else drew random numbers in between (a data loader starting, say)."""
+    def _restart_dead_codes(self, pools: dict[int, Tensor]) -> None:
+        """Codes of each book whose EMA count fell below the threshold take a random vector of the inputs
+        assigned from that book (``pools``). The draw is seeded by the update count, not the global RNG: a resumed
+        run restarts the same codes with the same vectors as the uninterrupted one, whatever else drew random
+        numbers in between (a data loader starting, say)."""
         generator = None
-        for b in range(self.codebooks.shape[0]):
+        for b, pool in pools.items():
             dead = self.cluster_size[b] < self.restart_threshold
             n_dead = int(dead.sum())
             if n_dead == 0:
                 continue
-            pool = torch.cat(inputs) if self.shared_codebook else inputs[b]
             if generator is None:
                 generator = torch.Generator(pool.device).manual_seed(int(self.updates))
             fresh = pool[torch.randint(pool.shape[0], (n_dead,), device=pool.device, generator=generator)]

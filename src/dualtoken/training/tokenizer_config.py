@@ -96,6 +96,7 @@ class ArchitectureOverrides(Strict):
     semantic_update: Literal["ema", "learned"] = None  # type: ignore[assignment]
     ema_decay: float = Field(None, gt=0.0, lt=1.0)
     restart_threshold: float = Field(None, ge=0.0)
+    ema_updates: Literal["depth", "step"] = None  # type: ignore[assignment]
     decoder_channels: int = Field(None, ge=1)
     decoder_channel_mult: list[int] = Field(None, min_length=1)
     decoder_res_blocks: int = Field(None, ge=0)
