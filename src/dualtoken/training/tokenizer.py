@@ -154,8 +154,9 @@ def train_tokenizer(cfg: TokenizerConfig, model: DualTokenModel, teacher: Siglip
     disc = _discriminator(cfg).to(ctx.device)
     gan = gan_schedule(cfg, train)
     objective = Objective(cfg, plan, teacher, disc, perceptual, gan)
-    restarts = set(gan.restarts()) if objective.gan_active(cfg.steps - 1) else set()
-    if objective.gan_active(cfg.steps - 1):
+    gan_runs = objective.gan_active(cfg.steps - 1)
+    restarts = set(gan.restarts()) if gan_runs else set()
+    if gan_runs:
         renewed = f", a fresh discriminator at steps {sorted(restarts)}" if restarts else ""
         console.print(f"\\[tokenizer] GAN from step {gan.start}{renewed}")
 
