@@ -185,6 +185,21 @@ def test_the_runner_takes_slices_from_the_command_line_or_an_array_task_never_fr
     assert work_slice(tokenize, plain) is None  # under torchrun the ranks split the input themselves
 
 
+def test_a_schedulers_job_runs_one_process_per_allocated_gpu(monkeypatch):
+    """The Slurm and Kubernetes jobs export the GPUs they got (DUALTOKEN_NPROC); runtime.nproc counts here only."""
+    from dualtoken.config import parse_config
+    from stages import STAGES
+    from stages.runner import _processes
+
+    cfg = parse_config({"data": {"sources": [{"kind": "demo"}]}, "tokenizer": {"runtime": {"nproc": 2}}})
+    monkeypatch.delenv("DUALTOKEN_NPROC", raising=False)
+    assert _processes(STAGES["tokenizer"], cfg) == 2 and _processes(STAGES["curate"], cfg) == 1
+    monkeypatch.setenv("DUALTOKEN_NPROC", "8")
+    assert _processes(STAGES["tokenizer"], cfg) == 8 and _processes(STAGES["curate"], cfg) == 1
+    monkeypatch.setenv("DUALTOKEN_NPROC", "")  # a job without GPUs
+    assert _processes(STAGES["tokenizer"], cfg) == 2
+
+
 def test_every_stage_is_a_command_with_exactly_its_own_options():
     from stages import STAGES
     from stages.cli import build_parser
