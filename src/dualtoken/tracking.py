@@ -73,6 +73,8 @@ def _mlflow(cfg: TrackingConfig) -> Any:
     else:
         os.environ["MLFLOW_TRACKING_URI"] = user_setting
     mlflow.set_experiment(cfg.experiment)
+    # MLflow 3's UI opens an experiment of unknown kind on its GenAI traces page; these are training runs
+    mlflow.set_experiment_tag("mlflow.experimentKind", "custom_model_development")
     return mlflow
 
 
@@ -126,7 +128,7 @@ def stage_run(stage: str, cfg: TrackingConfig, params: Mapping[str, Any]) -> Ite
         tags["dualtoken.pipeline_run_id"] = parent
     if os.environ.get(ENV_FLOW_RUN):
         tags["prefect.flow_run_id"] = os.environ[ENV_FLOW_RUN]
-    with mlflow.start_run(run_name=stage, parent_run_id=parent, tags=tags) as run:
+    with mlflow.start_run(run_name=stage, parent_run_id=parent, tags=tags, log_system_metrics=True) as run:
         mlflow.log_params(flatten(params))
         yield run
 
