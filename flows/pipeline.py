@@ -34,8 +34,16 @@ from dualtoken.tracking import (
 from flows.dvc import StageFailed, StageOutcome, lock_hash, repro, up_to_date, workspace_lock
 from stages import STAGES
 
+DVC_PARAMS = "params.yaml"  # the file dvc.yaml's params and stage commands read
+
 
 def _config(root: Path, params: str, launch: str | None) -> Config:
+    """The workspace's configuration. Only its params.yaml: ``dvc repro`` reads no other, so another file would
+    configure the array slices and the jobs but not what DVC hashes and runs."""
+    if (root / params).resolve() != (root / DVC_PARAMS).resolve():
+        raise ConfigError(f"params {params!r}: the pipeline runs through dvc repro, which reads {DVC_PARAMS} only; "
+                          f"edit {DVC_PARAMS} (or run an experiment: dvc exp run -S key=value), and put where "
+                          "stages run in a launch file (--launch)")
     return load_config(root / params, launch_file=root / launch if launch else None)
 
 

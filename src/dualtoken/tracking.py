@@ -40,7 +40,24 @@ class TrackingError(DualtokenError, RuntimeError):
 
 
 def tracking_uri(cfg: TrackingConfig) -> str:
-    return os.environ.get("MLFLOW_TRACKING_URI") or cfg.tracking_uri
+    return in_workspace(os.environ.get("MLFLOW_TRACKING_URI") or cfg.tracking_uri)
+
+
+def in_workspace(uri: str, env: Mapping[str, str] | None = None) -> str:
+    """A relative SQLite store, where a DVC experiment runs in a temporary copy of the workspace (``dvc exp run
+    --temp``, queued experiments: DVC_ROOT names the workspace), would vanish with the copy and its runs with
+    it: it is the workspace's store instead, and a warning says so."""
+    env = os.environ if env is None else env
+    prefix = "sqlite:///"
+    root = env.get("DVC_ROOT")
+    if not uri.startswith(prefix) or uri[len(prefix):].startswith("/") or not root:
+        return uri
+    if Path(root).resolve() == Path.cwd().resolve():
+        return uri
+    store = (Path(root) / uri[len(prefix):]).resolve()
+    warnings.warn(f"tracking_uri {uri} is relative and this DVC experiment runs in a temporary copy of the "
+                  f"workspace: its runs go to the workspace's store, {store}", stacklevel=2)
+    return f"{prefix}{store}"
 
 
 @functools.lru_cache(maxsize=8)

@@ -264,3 +264,14 @@ def test_a_terminated_flow_cancels_its_running_slurm_job(tmp_path, slurm_env):
     assert flow.returncode == 143 and "Stopping temporary server" in rest, rest[-2000:]  # exited, cleaned up
     state = subprocess.run(["scontrol", "show", "job", "-o", job], capture_output=True, text=True).stdout
     assert "JobState=CANCELLED" in state, state + rest[-2000:]
+
+
+def test_a_params_file_dvc_would_not_read_is_refused(tmp_path, capsys):
+    """dvc repro reads params.yaml only: a flow given another file would configure the jobs but not the stages."""
+    from flows.pipeline import main
+
+    ws = make_workspace(tmp_path / "ws")
+    (ws / "other.yaml").write_text((ws / "params.yaml").read_text())
+    assert main(["--workspace", str(ws), "--params", "other.yaml"]) == 2
+    assert "reads params.yaml only" in capsys.readouterr().err
+    assert not (ws / "mlflow.db").exists()  # refused before any run was made
