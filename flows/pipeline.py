@@ -32,10 +32,19 @@ from dualtoken.tracking import (
     tag_run,
 )
 from flows.dvc import StageFailed, StageOutcome, lock_hash, repro, up_to_date, workspace_lock
+from flows.experiment import apply_to_params, save_experiment, stage_subset
 from stages import STAGES
+
+DVC_PARAMS = "params.yaml"  # the file dvc.yaml's params and stage commands read
 
 
 def _config(root: Path, params: str, launch: str | None) -> Config:
+    """The workspace's configuration. Only its params.yaml: ``dvc repro`` reads no other, so another file would
+    configure the array slices and the jobs but not what DVC hashes and runs."""
+    if (root / params).resolve() != (root / DVC_PARAMS).resolve():
+        raise ConfigError(f"params {params!r}: the pipeline runs through dvc repro, which reads {DVC_PARAMS} only; "
+                          f"edit {DVC_PARAMS} (or run an experiment: dvc exp run -S key=value), and put where "
+                          "stages run in a launch file (--launch)")
     return load_config(root / params, launch_file=root / launch if launch else None)
 
 
@@ -77,14 +86,23 @@ def summary_markdown(outcomes: list[StageOutcome], failed: str | None, urls: dic
 
 
 @flow(name="dualtoken-pipeline", log_prints=True)
-def dualtoken_pipeline(params: str = "params.yaml", workspace: str = ".", launch: str | None = None) -> list[dict]:
+def dualtoken_pipeline(params: str = "params.yaml", workspace: str = ".", launch: str | None = None,
+                       overrides: list[str] | None = None, stages: list[str] | None = None,
+                       experiment: str | None = None) -> list[dict]:
     """Reproduce every configured stage through DVC; returns one summary dict per stage. ``launch``: a file with
-    a ``launch:`` section that replaces params.yaml's (where stages run; e.g. infra/slurm/launch.yaml)."""
+    a ``launch:`` section that replaces params.yaml's (where stages run; e.g. infra/slurm/launch.yaml).
+    ``overrides`` (``section.key=value``, checked as the CLI's ``-S``) are written into params.yaml first, and
+    the finished run is saved as DVC experiment ``experiment`` (a generated name if none); ``stages``: a
+    subset of the pipeline (default ``pipeline.stages``)."""
     root = Path(workspace).resolve()
     # Everything relative (the MLflow store, logs) is the workspace's, as it is for the stages' own processes;
     # a flow run has its process to itself (python -m flows.pipeline, or a worker's subprocess).
     os.chdir(root)
+    _config(root, params, launch)  # the params file is the one DVC reads
+    if overrides:
+        apply_to_params(root / params, overrides)
     cfg = _config(root, params, launch)
+    selected = stage_subset(stages, cfg.pipeline.stages)
     logger = get_run_logger()
     flow_run_id = str(flow_run.id or "local")
     parent = start_pipeline_run(cfg.tracking, name=f"pipeline {flow_run.name or ''}".strip(),
@@ -95,10 +113,13 @@ def dualtoken_pipeline(params: str = "params.yaml", workspace: str = ".", launch
     outcomes: list[StageOutcome] = []
     failed: str | None = None
     try:
-        for stage in cfg.pipeline.stages:
+        for stage in selected:
             failed = stage
             outcomes.append(stage_task(stage, str(root), params, launch, env))
             failed = None
+        if overrides or experiment:
+            name = save_experiment(root, experiment, os.environ)
+            logger.info("saved as DVC experiment %s (dvc exp show)", name)
     finally:
         runs = stage_runs(cfg.tracking, parent)
         ran = {o.stage for o in outcomes if o.ran}
@@ -118,14 +139,15 @@ def dualtoken_pipeline(params: str = "params.yaml", workspace: str = ".", launch
             for o in outcomes]
 
 
-def _nothing_to_run(root: Path, params: str, launch: str | None) -> bool:
+def _nothing_to_run(root: Path, params: str, launch: str | None, stages: list[str] | None = None) -> bool:
     """True (and the results printed) when DVC would skip every stage: a warm rerun then costs one ``dvc status``
     instead of starting a Prefect API (~20 s) and asking DVC stage by stage (~3 s each)."""
     cfg = _config(root, params, launch)
+    selected = stage_subset(stages, cfg.pipeline.stages)
     with workspace_lock(root):
-        if not up_to_date(cfg.pipeline.stages, root, {}):
+        if not up_to_date(selected, root, {}):
             return False
-        outcomes = [StageOutcome(stage, "up to date", 0.0, lock_hash(stage, root)) for stage in cfg.pipeline.stages]
+        outcomes = [StageOutcome(stage, "up to date", 0.0, lock_hash(stage, root)) for stage in selected]
     print(summary_markdown(outcomes, None, {}, root, cfg))
     report = root / cfg.evaluate.output_dir / "report.html"
     print(f"every stage is up to date (dvc status): nothing ran, no Prefect or MLflow run made. Report: {report}")
@@ -138,19 +160,31 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--workspace", default=".")
     parser.add_argument("--launch", help="a YAML file whose `launch:` section says where stages run "
                                          "(default: params.yaml's), e.g. infra/slurm/launch.yaml")
+    parser.add_argument("-S", "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help="an experiment: write section.key=value into params.yaml (checked as the stages' -S), "
+                             "run, and save the result as a DVC experiment")
+    parser.add_argument("--stages", nargs="+", help="run these stages only (default: pipeline.stages)")
+    parser.add_argument("--name", help="the DVC experiment's name (default: generated)")
     args = parser.parse_args(argv)
+    root = Path(args.workspace).resolve()
     # Terminated (a scheduler's time limit, `kill`): Prefect's own handler cancels the running stage's job and
     # then re-delivers the signal to the handler it found. Exit through Python rather than dying by the signal,
     # so that exit handlers run and the ephemeral Prefect API server goes down with this process.
     signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
+    experiment = bool(args.overrides or args.name)
     try:
-        if _nothing_to_run(Path(args.workspace).resolve(), args.params, args.launch):
+        if experiment:  # checked before any Prefect or MLflow run starts
+            _config(root, args.params, args.launch)
+            load_config(root / args.params, args.overrides)
+            stage_subset(args.stages, [])
+        elif _nothing_to_run(root, args.params, args.launch, args.stages):
             return 0
     except (ConfigError, StageFailed) as err:
         print(f"pipeline: {err}", file=sys.stderr)
         return 2
     try:
-        dualtoken_pipeline(params=args.params, workspace=args.workspace, launch=args.launch)
+        dualtoken_pipeline(params=args.params, workspace=args.workspace, launch=args.launch,
+                           overrides=args.overrides or None, stages=args.stages, experiment=args.name)
     except (ConfigError, TrackingError) as err:
         print(f"pipeline: {err}", file=sys.stderr)
         return 2

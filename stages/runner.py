@@ -12,7 +12,13 @@ from dualtoken.config import Config, load_config
 from dualtoken.errors import DualtokenError
 from dualtoken.partition import WorkSlice, slice_from_env
 from dualtoken.schema import ConfigError
-from dualtoken.training.distributed import needs_torchrun, relaunch_under_torchrun, report_rank_error, under_torchrun
+from dualtoken.training.distributed import (
+    needs_torchrun,
+    processes_per_node,
+    relaunch_under_torchrun,
+    report_rank_error,
+    under_torchrun,
+)
 from stages import Stage
 
 PROG = "dualtoken"
@@ -44,7 +50,8 @@ def work_slice(stage: Stage, args: argparse.Namespace) -> WorkSlice | None:
 
 
 def _processes(stage: Stage, cfg: Config) -> int:
-    return getattr(cfg, stage.processes).runtime.nproc if stage.processes else 1
+    """One process per allocated GPU in a scheduler's job, else the section's ``runtime.nproc``."""
+    return processes_per_node(getattr(cfg, stage.processes).runtime.nproc) if stage.processes else 1
 
 
 def run(stage: Stage, args: argparse.Namespace, argv: list[str]) -> int:

@@ -10,17 +10,17 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, get_args
 
-from pydantic import Field, ValidationError, model_validator
+from pydantic import Field, ValidationError
 
 from dualtoken.curation.config import CurateConfig
 from dualtoken.data.config import DataConfig
 from dualtoken.evaluation.config import AblationConfig, EvaluateConfig
-from dualtoken.launch.config import STAGE_PROCESSES, LaunchConfig, StageName
+from dualtoken.launch.config import LaunchConfig, StageName
 from dualtoken.schema import ConfigError, Strict, apply_overrides, format_errors, read_mapping
 from dualtoken.storage import StorageConfig
 from dualtoken.tokenization.config import TokenizeConfig
 from dualtoken.tracking import TrackingConfig
-from dualtoken.training.config import TeacherConfig
+from dualtoken.training.config import ProcessConfig, TeacherConfig
 from dualtoken.training.mllm_config import MllmConfig
 from dualtoken.training.tokenizer_config import TokenizerConfig
 
@@ -52,15 +52,28 @@ class Config(Strict):
         curate stage's output."""
         return stage_input or self.curate.output_dir
 
-    @model_validator(mode="after")
-    def _one_process_per_gpu(self) -> Config:
-        for stage, launch in self.launch.stages.items():
-            section = STAGE_PROCESSES.get(stage)
-            nproc = getattr(self, section).runtime.nproc if section else None
-            if launch.gpus_per_node and nproc is not None and nproc != launch.gpus_per_node:
-                raise ValueError(f"launch.stages.{stage}.gpus_per_node={launch.gpus_per_node} but {section}.runtime."
-                                 f"nproc={nproc}: the stage runs one process per GPU, set both to the same count")
-        return self
+
+# Keys that say where a stage writes or how its processes run, never what it computes. DVC does not hash them
+# (dvc.yaml lists every other key of a stage's own section, ``result_params``; tests/unit/test_dvc_params.py
+# checks it), so more GPUs, another logging or checkpoint cadence or more loader workers rerun nothing. Output
+# paths are DVC outs already; of a ``runtime`` block only the precision changes the numbers.
+PROCESS_KEYS = frozenset({"output_dir", "metrics_path", "plots_path", "plots_dir", "metrics_dir", "work_dir",
+                          "workers", "barrier_timeout_min", "image_log_every", "register_as", "device", "threads",
+                          "zero_stage"})
+RUNTIME_RESULT_KEYS = ("precision",)
+
+
+def result_params(section: str) -> list[str]:
+    """The dotted keys of ``section`` that decide its stage's outputs: what DVC hashes for it."""
+    keys = []
+    for name, field in Config.model_fields[section].annotation.model_fields.items():
+        if name in PROCESS_KEYS:
+            continue
+        if isinstance(field.annotation, type) and issubclass(field.annotation, ProcessConfig):
+            keys += [f"{section}.{name}.{key}" for key in RUNTIME_RESULT_KEYS]
+        else:
+            keys.append(f"{section}.{name}")
+    return keys
 
 
 def parse_config(raw: dict[str, Any], origin: str = "params") -> Config:

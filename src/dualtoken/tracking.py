@@ -40,7 +40,24 @@ class TrackingError(DualtokenError, RuntimeError):
 
 
 def tracking_uri(cfg: TrackingConfig) -> str:
-    return os.environ.get("MLFLOW_TRACKING_URI") or cfg.tracking_uri
+    return in_workspace(os.environ.get("MLFLOW_TRACKING_URI") or cfg.tracking_uri)
+
+
+def in_workspace(uri: str, env: Mapping[str, str] | None = None) -> str:
+    """A relative SQLite store, where a DVC experiment runs in a temporary copy of the workspace (``dvc exp run
+    --temp``, queued experiments: DVC_ROOT names the workspace), would vanish with the copy and its runs with
+    it: it is the workspace's store instead, and a warning says so."""
+    env = os.environ if env is None else env
+    prefix = "sqlite:///"
+    root = env.get("DVC_ROOT")
+    if not uri.startswith(prefix) or uri[len(prefix):].startswith("/") or not root:
+        return uri
+    if Path(root).resolve() == Path.cwd().resolve():
+        return uri
+    store = (Path(root) / uri[len(prefix):]).resolve()
+    warnings.warn(f"tracking_uri {uri} is relative and this DVC experiment runs in a temporary copy of the "
+                  f"workspace: its runs go to the workspace's store, {store}", stacklevel=2)
+    return f"{prefix}{store}"
 
 
 @functools.lru_cache(maxsize=8)
@@ -73,6 +90,8 @@ def _mlflow(cfg: TrackingConfig) -> Any:
     else:
         os.environ["MLFLOW_TRACKING_URI"] = user_setting
     mlflow.set_experiment(cfg.experiment)
+    # MLflow 3's UI opens an experiment of unknown kind on its GenAI traces page; these are training runs
+    mlflow.set_experiment_tag("mlflow.experimentKind", "custom_model_development")
     return mlflow
 
 
@@ -126,7 +145,7 @@ def stage_run(stage: str, cfg: TrackingConfig, params: Mapping[str, Any]) -> Ite
         tags["dualtoken.pipeline_run_id"] = parent
     if os.environ.get(ENV_FLOW_RUN):
         tags["prefect.flow_run_id"] = os.environ[ENV_FLOW_RUN]
-    with mlflow.start_run(run_name=stage, parent_run_id=parent, tags=tags) as run:
+    with mlflow.start_run(run_name=stage, parent_run_id=parent, tags=tags, log_system_metrics=True) as run:
         mlflow.log_params(flatten(params))
         yield run
 

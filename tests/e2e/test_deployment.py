@@ -47,6 +47,9 @@ def test_deployments_run_the_pipeline_on_process_workers(tmp_path, prefect_serve
     out = deploy.stdout + deploy.stderr
     assert deploy.returncode == 0, out
     assert all(f"dualtoken-pipeline/{name}" in out for name in ("local", "slurm", "kubernetes")), out
+    for name in ("local", "slurm", "kubernetes"):  # one run at a time each; a second one waits its turn
+        shown = _prefect("deployment", "inspect", f"dualtoken-pipeline/{name}", cwd=ws, env=env).stdout
+        assert "'collision_strategy': 'ENQUEUE'" in shown and "'limit': 1" in shown, shown
 
     log = _run_on_worker("dualtoken-pipeline/local", "local-process", ws, tmp_path, env)
     assert "| curate | ran | here |" in log

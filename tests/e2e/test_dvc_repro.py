@@ -9,6 +9,7 @@ import time
 
 import pandas as pd
 import pytest
+import yaml
 
 from workspace import make_workspace, workspace_env
 
@@ -17,6 +18,16 @@ pytestmark = pytest.mark.e2e
 
 def _dvc(ws, *args, env):
     return subprocess.run(["dvc", *args], cwd=ws, env=env, capture_output=True, text=True)
+
+
+def _set(ws, values):
+    params = yaml.safe_load((ws / "params.yaml").read_text())
+    for path, value in values.items():
+        node = params
+        for key in path[:-1]:
+            node = node.setdefault(key, {})
+        node[path[-1]] = value
+    (ws / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
 
 
 def test_repro_builds_then_noop_then_reruns_on_param_change(tmp_path):
@@ -39,6 +50,18 @@ def test_repro_builds_then_noop_then_reruns_on_param_change(tmp_path):
     assert second.returncode == 0 and "didn't change" in second.stdout + second.stderr
     assert time.perf_counter() - t0 < 30  # no work: just hashing checks
     assert json.loads(_dvc(ws, "status", "--json", "tokenize", env=env).stdout) == {}
+
+    # How the processes run is not a result: more of them, another cadence or more loader workers rerun nothing;
+    # a loss weight changes the tokenizer (and so, once it reruns, what follows it)
+    original = (ws / "params.yaml").read_text()
+    _set(ws, {("tokenizer", "runtime", "nproc"): 2, ("tokenizer", "runtime", "log_every"): 7,
+              ("teacher", "runtime", "checkpoint_every"): 3, ("tokenize", "runtime", "loader_workers"): 1,
+              ("tokenizer", "runtime", "threads"): 1, ("tokenizer", "work_dir"): "data/.work/elsewhere"})
+    assert json.loads(_dvc(ws, "status", "--json", "tokenize", env=env).stdout) == {}
+    _set(ws, {("tokenizer", "losses", "reconstruction"): 4.0})
+    changed_stages = set(json.loads(_dvc(ws, "status", "--json", "tokenize", env=env).stdout))
+    assert changed_stages == {"tokenizer"}, changed_stages
+    (ws / "params.yaml").write_text(original)
 
     verified = json.loads((ws / "metrics/tokenize.json").read_text())["verify"]["images"]
     assert verified > 4

@@ -163,6 +163,12 @@ def _check_training_stages(client, runs, parent, ws, tmp_path, uri):
     loaded = mlflow.pyfunc.load_model(f"models:/dualtoken-tokenizer/{version.version}", dst_path=str(tmp_path / "m"))
     codes = loaded.predict(np.zeros((2, 32, 32, 3), dtype=np.uint8))  # the demo tokenizer: 32 px
     assert codes.shape == (2, 8, 8, 8) and codes.dtype == np.int64  # 8x8 grid, 4 pixel + 4 semantic depths
+    # what a serving host needs from the logged model alone: public versions, and the package itself
+    requirements = next((tmp_path / "m").rglob("requirements.txt")).read_text()
+    assert "torch==" in requirements and "+" not in requirements, requirements
+    assert any((tmp_path / "m").rglob("code/dualtoken/models/dualtoken.py"))
+    experiment = client.get_experiment(tokenizer.info.experiment_id)
+    assert experiment.tags["mlflow.experimentKind"] == "custom_model_development"  # the UI opens on runs
     saved = (ws / "models/tokenizer/config.json")
     assert saved.is_file() and (ws / "models/teacher/tokenizer.json").is_file()
 
@@ -258,3 +264,40 @@ def test_a_terminated_flow_cancels_its_running_slurm_job(tmp_path, slurm_env):
     assert flow.returncode == 143 and "Stopping temporary server" in rest, rest[-2000:]  # exited, cleaned up
     state = subprocess.run(["scontrol", "show", "job", "-o", job], capture_output=True, text=True).stdout
     assert "JobState=CANCELLED" in state, state + rest[-2000:]
+
+
+def test_a_params_file_dvc_would_not_read_is_refused(tmp_path, capsys):
+    """dvc repro reads params.yaml only: a flow given another file would configure the jobs but not the stages."""
+    from flows.pipeline import main
+
+    ws = make_workspace(tmp_path / "ws")
+    (ws / "other.yaml").write_text((ws / "params.yaml").read_text())
+    assert main(["--workspace", str(ws), "--params", "other.yaml"]) == 2
+    assert "reads params.yaml only" in capsys.readouterr().err
+    assert not (ws / "mlflow.db").exists()  # refused before any run was made
+
+
+def test_an_experiment_through_the_flow_lands_in_dvc_exp_show(tmp_path):
+    """`-S` overrides (checked as the CLI checks them) go into params.yaml, comments kept; the stages run as
+    configured; the result is a DVC experiment beside those made with `dvc exp run`."""
+    ws = make_workspace(tmp_path / "ws")
+    params = ws / "params.yaml"
+    params.write_text("# the team's notes stay\n" + params.read_text())
+    for cmd in (["git", "add", "-A"], ["git", "-c", "user.email=t@example.invalid", "-c", "user.name=t", "commit",
+                                       "-qm", "baseline"]):
+        subprocess.run(cmd, cwd=ws, check=True)
+    env = workspace_env(PREFECT_HOME=str(tmp_path / "prefect"), PREFECT_SERVER_ANALYTICS_ENABLED="false")
+    flow = [sys.executable, "-m", "flows.pipeline"]
+    bad = subprocess.run([*flow, "-S", "curate.samples_per_shrd=40"], cwd=ws, env=env, capture_output=True,
+                         text=True)
+    assert bad.returncode == 2 and "samples_per_shrd" in bad.stderr and "the team's notes" in params.read_text()
+    run = subprocess.run([*flow, "-S", "curate.samples_per_shard=150", "--stages", "curate", "--name", "small-shards"],
+                         cwd=ws, env=env, capture_output=True, text=True, timeout=600)
+    assert run.returncode == 0, (run.stdout + run.stderr)[-3000:]
+    assert "saved as DVC experiment small-shards" in run.stdout + run.stderr
+    assert params.read_text().startswith("# the team's notes stay\n")
+    shown = json.loads(subprocess.run(["dvc", "exp", "show", "--json"], cwd=ws, env=env, capture_output=True,
+                                      text=True, check=True).stdout)
+    experiments = [e for row in shown for group in (row.get("experiments") or []) for e in group["revs"]]
+    (mine,) = [e for e in experiments if e["name"] == "small-shards"]
+    assert mine["data"]["params"]["params.yaml"]["data"]["curate"]["samples_per_shard"] == 150

@@ -61,6 +61,7 @@ def test_every_rendered_manifest_is_valid_and_keeps_secrets_by_reference(tmp_pat
     assert container["resources"]["limits"] == {"cpu": "4", "memory": "16Gi", "nvidia.com/gpu": "8"}
     assert container["resources"]["requests"] == container["resources"]["limits"]
     assert container["command"] == ["dvc", "repro", "tokenizer"] and container["workingDir"] == str(WORKSPACE)
+    assert {"name": "DUALTOKEN_NPROC", "value": "8"} in container["env"]  # one process per GPU the pod gets
     assert {"secretRef": {"name": "mlflow-credentials"}} in container["envFrom"]
     assert {"name": "AWS_SECRET_ACCESS_KEY", "valueFrom": {"secretKeyRef": {"name": "s3", "key": "secret-key"}}} \
         in container["env"]

@@ -36,6 +36,7 @@ def test_the_script_carries_the_resources_and_leaves_out_what_is_unset(tmp_path)
     assert "#SBATCH --partition=gpu" in script and "--account" not in script and "--qos" not in script
     assert "module load cuda" in script and "export A='x y'" in script and script.rstrip().endswith(
         "dvc repro tokenizer")
+    assert "export DUALTOKEN_NPROC=$SLURM_GPUS_ON_NODE" in script  # one process per allocated GPU
     assert "--gpus-per-node" not in _backend(tmp_path).script(JobSpec("c", ("true",), tmp_path))
     with pytest.raises(LaunchError, match=r"unknown placeholder\(s\) \['nope'\]"):
         render("#SBATCH --x={{ nope }}", {"job_name": "x"})

@@ -185,6 +185,21 @@ def test_the_runner_takes_slices_from_the_command_line_or_an_array_task_never_fr
     assert work_slice(tokenize, plain) is None  # under torchrun the ranks split the input themselves
 
 
+def test_a_schedulers_job_runs_one_process_per_allocated_gpu(monkeypatch):
+    """The Slurm and Kubernetes jobs export the GPUs they got (DUALTOKEN_NPROC); runtime.nproc counts here only."""
+    from dualtoken.config import parse_config
+    from stages import STAGES
+    from stages.runner import _processes
+
+    cfg = parse_config({"data": {"sources": [{"kind": "demo"}]}, "tokenizer": {"runtime": {"nproc": 2}}})
+    monkeypatch.delenv("DUALTOKEN_NPROC", raising=False)
+    assert _processes(STAGES["tokenizer"], cfg) == 2 and _processes(STAGES["curate"], cfg) == 1
+    monkeypatch.setenv("DUALTOKEN_NPROC", "8")
+    assert _processes(STAGES["tokenizer"], cfg) == 8 and _processes(STAGES["curate"], cfg) == 1
+    monkeypatch.setenv("DUALTOKEN_NPROC", "")  # a job without GPUs
+    assert _processes(STAGES["tokenizer"], cfg) == 2
+
+
 def test_every_stage_is_a_command_with_exactly_its_own_options():
     from stages import STAGES
     from stages.cli import build_parser
@@ -202,3 +217,21 @@ def test_every_stage_is_a_command_with_exactly_its_own_options():
     assert parser.parse_args(["--local_rank=0", "mllm"]).stage is STAGES["mllm"]  # as the deepspeed launcher
     assert parser.parse_args(["ablation", "a_one_codebook", "d_dualtoken"]).variants == ["a_one_codebook",
                                                                                          "d_dualtoken"]
+
+
+def test_an_experiment_in_a_temporary_copy_tracks_into_the_workspaces_store(tmp_path, monkeypatch):
+    """`dvc exp run --temp` and queued experiments run in a copy DVC deletes; a relative SQLite store there would
+    go with it, so its runs go to the workspace's (DVC_ROOT) store, with a warning saying so."""
+    from dualtoken.tracking import in_workspace
+
+    workspace, copy = tmp_path / "ws", tmp_path / "ws" / ".dvc" / "tmp" / "exps" / "tmpabc"
+    copy.mkdir(parents=True)
+    monkeypatch.chdir(copy)
+    with pytest.warns(UserWarning, match="temporary copy"):
+        assert in_workspace("sqlite:///mlflow.db", {"DVC_ROOT": str(workspace)}) == \
+            f"sqlite:///{workspace.resolve() / 'mlflow.db'}"
+    assert in_workspace("sqlite:///mlflow.db", {}) == "sqlite:///mlflow.db"  # no experiment: as configured
+    assert in_workspace("sqlite:////srv/m.db", {"DVC_ROOT": str(workspace)}) == "sqlite:////srv/m.db"
+    assert in_workspace("http://127.0.0.1:5000", {"DVC_ROOT": str(workspace)}) == "http://127.0.0.1:5000"
+    monkeypatch.chdir(workspace)  # a workspace experiment runs in the workspace itself
+    assert in_workspace("sqlite:///mlflow.db", {"DVC_ROOT": str(workspace)}) == "sqlite:///mlflow.db"

@@ -118,9 +118,7 @@ def test_launch_settings_are_checked_against_the_stages():
         launch({"mllm": {"nodes": 2}})
     with pytest.raises(ConfigError, match=r"stages.curate.nodes: curate runs in one process"):
         launch({"curate": {"backend": "slurm", "nodes": 2}})
-    with pytest.raises(ConfigError, match=r"gpus_per_node=8 but tokenizer.runtime.nproc=1"):
-        launch({"ablation": {"backend": "slurm", "gpus_per_node": 8}})
-    launch({"mllm": {"backend": "slurm", "gpus_per_node": 8}}, mllm={"runtime": {"nproc": 8}})
+    launch({"ablation": {"backend": "slurm", "gpus_per_node": 8}})  # one process per GPU, whatever nproc says
     with pytest.raises(ConfigError, match=r"launch.stages.mllm.mem"):
         launch({"mllm": {"mem": "lots"}})
     with pytest.raises(ConfigError, match="each array task runs on one node"):

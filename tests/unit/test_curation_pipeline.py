@@ -267,3 +267,17 @@ def test_folder_manifest_slices_keep_row_numbers(tmp_path, fmt):
     assert [(r["source_key"], r["reason"]) for r in _rejects(tmp_path / "o")] == [("000000004", "missing_image")]
     captions = {r["source_key"]: r["caption"] for r in result.manifest_rows}
     assert captions["000000005"] == "picture number 5"  # row numbers line up with content
+
+
+def test_progress_without_a_terminal_is_plain_lines_as_it_goes(tmp_path):
+    """A batch log (no TTY) gets a line per shard at this size, the count and rate in each; a terminal, a bar."""
+    from dualtoken.curation.job import curate_inputs
+
+    raw = {"data": {"sources": [{"kind": "demo", "name": "shapes", "num_images": 90, "images_per_shard": 30}]},
+           "curate": {"workers": 1, "output_dir": str(tmp_path / "out"), "work_dir": str(tmp_path / "work")}}
+    cfg = parse_config(raw)
+    log = io.StringIO()
+    curate_inputs(cfg.data.sources, cfg.curate, cfg.storage, Console(file=log, force_terminal=False))
+    lines = [line for line in log.getvalue().splitlines() if line.startswith("[curate] input shards: ")]
+    assert [line.split(": ")[1].split(" ")[0] for line in lines] == ["1/3", "2/3", "3/3"]
+    assert all("img/s" in line for line in lines)

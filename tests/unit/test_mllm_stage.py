@@ -82,3 +82,13 @@ def test_chat_and_generate_from_the_folder_and_the_registry(trained, tmp_path, c
     assert cli(["chat", "--image", str(tmp_path / "missing.png"), "q", "--model", str(root / "mllm")]) == 2
     assert cli(["generate", "x", "--model", str(tmp_path / "nowhere")]) == 2
     assert "run the mllm stage" in capsys.readouterr().err
+
+
+def test_logged_models_require_public_versions_and_carry_the_package():
+    from importlib.metadata import version
+
+    from dualtoken.serving.registry import PACKAGE, requirements
+
+    pins = dict(r.split("==") for r in requirements())
+    assert pins["torch"] == version("torch").split("+")[0] and not any("+" in v for v in pins.values())
+    assert (PACKAGE / "models" / "dualtoken.py").is_file()  # what code_paths copies into the model

@@ -83,23 +83,37 @@ def _prefetch(module: str) -> None:
     threading.Thread(target=importlib.import_module, args=(module,), daemon=True).start()
 
 
+PLAIN_STEPS = 20  # without a terminal: a progress line every 1/PLAIN_STEPS of the shards, and at the end
+
+
 def curate_inputs(sources: Sequence[Source], curate: CurateConfig, storage: StorageConfig, console: Console,
                   part: WorkSlice | None = None) -> list[tuple[InputShard, UnitSummary]]:
-    """Phase 1 (per input shard, resumable) for ``part`` of the inputs, with a progress bar. On its own it is
-    one array task's share of a run; the whole run reuses what the tasks left in ``curate.work_dir``."""
+    """Phase 1 (per input shard, resumable) for ``part`` of the inputs, with a progress bar on a terminal and
+    plain lines in a batch log (where a live bar would print nothing until the end). On its own it is one array
+    task's share of a run; the whole run reuses what the tasks left in ``curate.work_dir``."""
     part = part or WorkSlice()
     t0 = time.perf_counter()
     label = "input shards" if part.whole else f"input shards ({part})"
+    done_images = 0
+
+    def rate(summary: UnitSummary) -> str:
+        nonlocal done_images
+        done_images += 0 if summary.reused else summary.inputs
+        return f"{done_images / max(time.perf_counter() - t0, 1e-9):,.0f} img/s"
+
+    if not console.is_terminal:
+        def log_line(summary: UnitSummary, done: int, total: int) -> None:
+            speed = rate(summary)
+            if done == total or done % max(1, math.ceil(total / PLAIN_STEPS)) == 0:
+                console.print(f"\\[curate] {label}: {done}/{total} ({speed}, {time.perf_counter() - t0:.0f} s)")
+
+        return run_phase1(sources, curate, storage, progress=log_line, part=part)
     with Progress(TextColumn("[bold]curate[/] {task.description}"), BarColumn(), MofNCompleteColumn(),
                   TextColumn("{task.fields[rate]}"), TimeElapsedColumn(), console=console) as bar:
         task = bar.add_task(label, total=None, rate="")
-        done_images = 0
 
         def on_unit(summary: UnitSummary, done: int, total: int) -> None:
-            nonlocal done_images
-            done_images += 0 if summary.reused else summary.inputs
-            rate = done_images / max(time.perf_counter() - t0, 1e-9)
-            bar.update(task, completed=done, total=total, rate=f"{rate:,.0f} img/s")
+            bar.update(task, completed=done, total=total, rate=rate(summary))
 
         return run_phase1(sources, curate, storage, progress=on_unit, part=part)
 

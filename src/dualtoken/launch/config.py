@@ -23,7 +23,8 @@ class StageLaunch(Strict):
 
     backend: Literal["local", "slurm", "kubernetes"] = "local"
     nodes: int = Field(1, ge=1, le=1024, description="> 1: the stage's torchrun spans the nodes (srun + c10d)")
-    gpus_per_node: int = Field(0, ge=0, le=64, description="must equal the stage's runtime.nproc when set")
+    gpus_per_node: int = Field(0, ge=0, le=64, description="GPUs per node; the job runs one process per GPU "
+                               "(runtime.nproc counts processes only where a stage runs here)")
     cpus_per_task: int = Field(1, ge=1, le=1024, description="CPUs per node for the stage's processes")
     mem: str | None = Field(None, pattern=r"^[0-9]+[KMGT]?$", description="memory per node, e.g. 64G")
     time_limit_min: int | None = Field(None, ge=1, description="the job is stopped (timed out) after this long")

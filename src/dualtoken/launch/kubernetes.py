@@ -114,6 +114,8 @@ class KubernetesBackend:
         env: list[dict[str, Any]] = [{"name": k, "value": str(v)} for k, v in spec.env.items()]
         if spec.array:
             env.append({"name": "DUALTOKEN_ARRAY_SIZE", "value": str(spec.array)})
+        if r.gpus_per_node:  # one process per GPU the pod gets, whatever runtime.nproc says
+            env.append({"name": "DUALTOKEN_NPROC", "value": str(r.gpus_per_node)})
         command = list(spec.command)
         if multi:
             first = f"{name}-0" if s.multi_node == "indexed-job" else f"{name}-node-0-0"

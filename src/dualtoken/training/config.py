@@ -48,7 +48,8 @@ def eval_images_field() -> Any:
 class ProcessConfig(Strict):
     """Where a stage's processes run: how many on this node, on which device, in which precision."""
 
-    nproc: int = Field(1, ge=1, le=1024, description="processes on this node; > 1 relaunches under torchrun")
+    nproc: int = Field(1, ge=1, le=1024, description="processes on this node; > 1 relaunches under torchrun (a "
+                       "Slurm or Kubernetes job with GPUs runs one per GPU instead)")
     device: Literal["auto", "cpu", "cuda"] = "auto"
     precision: Literal["auto", "fp32", "bf16"] = Field("auto", description="auto: bf16 autocast on CUDA, else fp32")
     threads: int | None = Field(None, ge=1, description="torch CPU threads per process; null keeps torch's choice")

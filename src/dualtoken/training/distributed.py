@@ -112,6 +112,13 @@ def nodes(env: Mapping[str, str] | None = None) -> int:
     return int((os.environ if env is None else env).get("DUALTOKEN_NNODES", "1"))
 
 
+def processes_per_node(configured: int, env: Mapping[str, str] | None = None) -> int:
+    """One process per GPU of the allocation where a scheduler's job says so (``DUALTOKEN_NPROC``, which the
+    Slurm and Kubernetes jobs set from the GPUs they were given), else ``configured`` (``runtime.nproc``)."""
+    allocated = (os.environ if env is None else env).get("DUALTOKEN_NPROC", "")
+    return int(allocated) if allocated.isdigit() and int(allocated) > 0 else configured
+
+
 def needs_torchrun(nproc: int) -> bool:
     """Whether a stage must relaunch itself: several processes here or several nodes, and not yet a worker."""
     return (nproc > 1 or nodes() > 1) and not under_torchrun()
