@@ -43,9 +43,10 @@ def stage_subset(stages: Sequence[str] | None, configured: Sequence[str]) -> lis
     return [s for s in known if s in stages]
 
 
-def save_experiment(root: Path, name: str | None, env: Mapping[str, str]) -> str:
-    """``dvc exp save`` of the workspace (params, dvc.lock, metrics); returns the experiment's name."""
-    command = ["dvc", "exp", "save", "--force", *(["--name", name] if name else [])]
+def save_experiment(root: Path, name: str | None, stages: Sequence[str], env: Mapping[str, str]) -> str:
+    """``dvc exp save`` of the workspace (params, dvc.lock, metrics) with the outputs of ``stages`` (those that
+    ran: another stage's outputs may not exist); returns the experiment's name."""
+    command = ["dvc", "exp", "save", "--force", *(["--name", name] if name else []), *stages]
     done = subprocess.run(command, cwd=root, env=dict(env), capture_output=True, text=True)
     if done.returncode != 0:
         raise ConfigError(f"dvc exp save failed (the stages' results stay in the workspace): "

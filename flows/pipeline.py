@@ -118,7 +118,7 @@ def dualtoken_pipeline(params: str = "params.yaml", workspace: str = ".", launch
             outcomes.append(stage_task(stage, str(root), params, launch, env))
             failed = None
         if overrides or experiment:
-            name = save_experiment(root, experiment, os.environ)
+            name = save_experiment(root, experiment, selected, os.environ)
             logger.info("saved as DVC experiment %s (dvc exp show)", name)
     finally:
         runs = stage_runs(cfg.tracking, parent)

@@ -57,9 +57,9 @@ def test_repro_builds_then_noop_then_reruns_on_param_change(tmp_path):
     _set(ws, {("tokenizer", "runtime", "nproc"): 2, ("tokenizer", "runtime", "log_every"): 7,
               ("teacher", "runtime", "checkpoint_every"): 3, ("tokenize", "runtime", "loader_workers"): 1,
               ("tokenizer", "runtime", "threads"): 1, ("tokenizer", "work_dir"): "data/.work/elsewhere"})
-    assert json.loads(_dvc(ws, "status", "--json", "tokenize", env=env).stdout) == {}
+    assert json.loads(_dvc(ws, "status", "--json", "--with-deps", "tokenize", env=env).stdout) == {}
     _set(ws, {("tokenizer", "losses", "reconstruction"): 4.0})
-    changed_stages = set(json.loads(_dvc(ws, "status", "--json", "tokenize", env=env).stdout))
+    changed_stages = set(json.loads(_dvc(ws, "status", "--json", "--with-deps", "tokenize", env=env).stdout))
     assert changed_stages == {"tokenizer"}, changed_stages
     (ws / "params.yaml").write_text(original)
 
