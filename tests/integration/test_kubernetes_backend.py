@@ -66,7 +66,11 @@ def test_every_rendered_manifest_is_valid_and_keeps_secrets_by_reference(tmp_pat
     assert {"name": "AWS_SECRET_ACCESS_KEY", "valueFrom": {"secretKeyRef": {"name": "s3", "key": "secret-key"}}} \
         in container["env"]
     assert pod["tolerations"][0]["key"] == "nvidia.com/gpu" and pod["nodeSelector"]
-    assert job["spec"]["activeDeadlineSeconds"] == 3601 and job["spec"]["backoffLimit"] == 0
+    assert job["spec"]["activeDeadlineSeconds"] == 3601 and job["spec"]["backoffLimit"] == 3
+    # an evicted or preempted pod is replaced (counted against backoffLimit); one that fails by itself fails the job
+    assert job["spec"]["podFailurePolicy"]["rules"] == [
+        {"action": "Count", "onPodConditions": [{"type": "DisruptionTarget", "status": "True"}]},
+        {"action": "FailJob", "onExitCodes": {"containerName": "stage", "operator": "NotIn", "values": [0]}}]
     assert {"name": "workspace", "persistentVolumeClaim": {"claimName": "dualtoken-workspace"}} in pod["volumes"]
 
     plain = KubernetesBackend(*_settings(), tmp_path)
@@ -75,6 +79,18 @@ def test_every_rendered_manifest_is_valid_and_keeps_secrets_by_reference(tmp_pat
     pod = job["spec"]["template"]["spec"]
     assert "nodeSelector" not in pod and "tolerations" not in pod and "activeDeadlineSeconds" not in job["spec"]
     assert "nvidia.com/gpu" not in pod["containers"][0]["resources"]["limits"]  # unset options leave no trace
+    assert "priorityClassName" not in pod and "annotations" not in job["metadata"]
+
+    queued = KubernetesBackend(*_settings(labels={"kueue.x-k8s.io/queue-name": "team-a", "dualtoken.job": "x"},
+                                          annotations={"owner": "ml-platform"}, priority_class="batch-low",
+                                          max_disruptions=5), tmp_path)
+    (job,) = queued.manifests(_spec(), "dt-curate-2")
+    _valid(job)  # Kueue's queue label, the site's annotations and priority class, on the job and its pods
+    for meta in (job["metadata"], job["spec"]["template"]["metadata"]):
+        assert meta["labels"]["kueue.x-k8s.io/queue-name"] == "team-a"
+        assert meta["annotations"] == {"owner": "ml-platform"}
+        assert meta["labels"]["dualtoken.job"] == "dt-curate-2"  # ours win: the backend finds its pods by it
+    assert job["spec"]["template"]["spec"]["priorityClassName"] == "batch-low" and job["spec"]["backoffLimit"] == 5
 
     (array,) = plain.manifests(_spec("tokenize-slices", array=4), "dt-tokenize-slices-1")
     _valid(array)

@@ -77,6 +77,12 @@ class _Tracked:
     waiting: dict[str, str] = field(default_factory=dict)  # pod -> why it last said it is not running yet
 
 
+def _add_labels(job: dict[str, Any], labels: dict[str, str]) -> None:
+    """The site's labels on a Job and its pods, under ours (the backend finds its pods by them)."""
+    for meta in (job["metadata"], job["spec"]["template"]["metadata"]):
+        meta["labels"] = {**labels, **meta["labels"]}
+
+
 class KubernetesBackend:
     """Runs one stage's jobs: ``site`` is ``launch.kubernetes`` (the templates are taken from ``workspace``), ``job``
     the stage's resources (``launch.stages.<stage>``)."""
@@ -148,13 +154,18 @@ class KubernetesBackend:
             "tolerations": [dict(t) for t in s.tolerations] or None, "image": s.image,
             "image_pull_policy": s.image_pull_policy, "workdir": workdir, "command": command, "env": env,
             "env_from": [{"secretRef": {"name": n}} for n in s.env_from_secrets] or None,
-            "resources": resources, "volume_mounts": mounts, "volumes": volumes, "rdzv_port": s.rdzv_port}
+            "resources": resources, "volume_mounts": mounts, "volumes": volumes, "rdzv_port": s.rdzv_port,
+            "backoff_limit": s.max_disruptions, "annotations": dict(s.annotations) or None,
+            "priority_class": s.priority_class}
         job = render_template(self.templates / "job.yaml", values)
+        _add_labels(job, s.labels)
         if not multi:
             return [job]
         if s.multi_node == "indexed-job":
             return [render_template(self.templates / "service.yaml", values), job]
-        return [render_template(self.templates / "jobset.yaml", {**values, "job_spec": job["spec"]})]
+        jobset = render_template(self.templates / "jobset.yaml", {**values, "job_spec": job["spec"]})
+        jobset["metadata"]["labels"] = {**s.labels, **jobset["metadata"]["labels"]}  # Kueue reads the JobSet's
+        return [jobset]
 
     # ------------------------------------------------------------------------------------- the cluster
     def _client(self) -> Any:
