@@ -70,7 +70,8 @@ def test_every_rendered_manifest_is_valid_and_keeps_secrets_by_reference(tmp_pat
     # an evicted or preempted pod is replaced (counted against backoffLimit); one that fails by itself fails the job
     assert job["spec"]["podFailurePolicy"]["rules"] == [
         {"action": "Count", "onPodConditions": [{"type": "DisruptionTarget", "status": "True"}]},
-        {"action": "FailJob", "onExitCodes": {"containerName": "stage", "operator": "NotIn", "values": [0]}}]
+        {"action": "FailJob", "onPodConditions": [],
+         "onExitCodes": {"containerName": "stage", "operator": "NotIn", "values": [0]}}]
     assert {"name": "workspace", "persistentVolumeClaim": {"claimName": "dualtoken-workspace"}} in pod["volumes"]
 
     plain = KubernetesBackend(*_settings(), tmp_path)
