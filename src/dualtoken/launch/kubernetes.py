@@ -77,6 +77,14 @@ class _Tracked:
     waiting: dict[str, str] = field(default_factory=dict)  # pod -> why it last said it is not running yet
 
 
+# The container's first process, around the stage's command. As PID 1 a process ignores SIGTERM unless it handles
+# it, and DVC does not: this shell does and passes it to the command's process group (a training stage
+# checkpoints), then waits until every process of the group has ended.
+FORWARD_TERM = ('trap \'kill -TERM -"$child" 2>/dev/null\' TERM; setsid "$@" & child=$!; '
+                'wait "$child"; status=$?; while kill -0 "$child" 2>/dev/null; do wait "$child"; status=$?; done; '
+                'while kill -0 -"$child" 2>/dev/null; do sleep 1; done; exit "$status"')
+
+
 def _add_labels(job: dict[str, Any], labels: dict[str, str]) -> None:
     """The site's labels on a Job and its pods, under ours (the backend finds its pods by them)."""
     for meta in (job["metadata"], job["spec"]["template"]["metadata"]):
@@ -133,6 +141,7 @@ class KubernetesBackend:
                                         f"else exec {other_pods}; fi"]
         env += [{"name": var, "valueFrom": {"secretKeyRef": {"name": ref.secret, "key": ref.key}}}
                 for var, ref in s.secret_env.items()]
+        command = ["/bin/sh", "-c", FORWARD_TERM, "stage", *command]
         resources = {"cpu": str(r.cpus_per_task)}
         if r.mem:
             resources["memory"] = k8s_memory(r.mem)
