@@ -1,6 +1,7 @@
 """Run one stage: load params (+ ``-S`` overrides), take this process's slice, relaunch under torchrun where
 the stage's section asks for several processes (or nodes), call the application, and turn known failures into
-one line with exit status 2 (also when a rank under torchrun failed: its line comes last)."""
+one line with exit status 2 (also when a rank under torchrun failed: its line comes last). A training run stopped
+by a scheduler's signal exits ``REQUEUE_EXIT`` after its checkpoint, and leaves the job script its requeue marker."""
 
 from __future__ import annotations
 
@@ -19,18 +20,21 @@ from dualtoken.training.distributed import (
     report_rank_error,
     under_torchrun,
 )
+from dualtoken.training.preemption import REQUEUE_EXIT, Preempted, ask_for_requeue
 from stages import Stage
 
 PROG = "dualtoken"
 
 
-def fail(who: str, err: Exception) -> int:
+def fail(who: str, err: Exception, status: int = 2) -> int:
     """Print a known failure as one line, ``who: message`` (and leave it for the relaunching process); exit
-    status 2."""
+    ``status`` (2; a run stopped on a scheduler's signal: ``REQUEUE_EXIT``)."""
     message = f"{who}: {err}"
     print(message, file=sys.stderr)
-    report_rank_error(message)
-    return 2
+    report_rank_error(message, status)
+    if status == REQUEUE_EXIT:
+        ask_for_requeue()
+    return status
 
 
 def work_slice(stage: Stage, args: argparse.Namespace) -> WorkSlice | None:
@@ -63,7 +67,10 @@ def run(stage: Stage, args: argparse.Namespace, argv: list[str]) -> int:
         # an array task, or the assembly after one, is one process on its slice whatever runtime.nproc says
         nproc = _processes(stage, cfg)
         if part is None and not finalize and needs_torchrun(nproc):
-            return relaunch_under_torchrun("stages", nproc, argv)
+            status = relaunch_under_torchrun("stages", nproc, argv)
+            if status == REQUEUE_EXIT:
+                ask_for_requeue()
+            return status
         app = importlib.import_module(stage.app)
         if stage.variants:
             for variant in args.variants or cfg.ablation.variants:
@@ -72,6 +79,8 @@ def run(stage: Stage, args: argparse.Namespace, argv: list[str]) -> int:
             app.main(cfg, part=part, **({"finalize_only": finalize} if stage.finalize else {}))
         else:
             app.main(cfg)
+    except Preempted as err:
+        return fail(stage.name, err, err.exit_code)
     except (DualtokenError, FileNotFoundError) as err:
         return fail(stage.name, err)
     return 0

@@ -12,7 +12,7 @@ from kubernetes.client.exceptions import ApiException
 
 from dualtoken.launch.config import KubernetesSite, StageLaunch
 from dualtoken.launch.job import JobSpec, JobState, LaunchError, run_job
-from dualtoken.launch.kubernetes import INDEX_ANNOTATION, KubernetesBackend, k8s_memory
+from dualtoken.launch.kubernetes import FORWARD_TERM, INDEX_ANNOTATION, KubernetesBackend, k8s_memory
 from dualtoken.launch.manifests import policy_problems, render_template
 from kube import KubeEmulator
 
@@ -60,13 +60,19 @@ def test_every_rendered_manifest_is_valid_and_keeps_secrets_by_reference(tmp_pat
     (container,) = pod["containers"]
     assert container["resources"]["limits"] == {"cpu": "4", "memory": "16Gi", "nvidia.com/gpu": "8"}
     assert container["resources"]["requests"] == container["resources"]["limits"]
-    assert container["command"] == ["dvc", "repro", "tokenizer"] and container["workingDir"] == str(WORKSPACE)
+    assert container["command"] == ["/bin/sh", "-c", FORWARD_TERM, "stage", "dvc", "repro", "tokenizer"]
+    assert container["workingDir"] == str(WORKSPACE)
     assert {"name": "DUALTOKEN_NPROC", "value": "8"} in container["env"]  # one process per GPU the pod gets
     assert {"secretRef": {"name": "mlflow-credentials"}} in container["envFrom"]
     assert {"name": "AWS_SECRET_ACCESS_KEY", "valueFrom": {"secretKeyRef": {"name": "s3", "key": "secret-key"}}} \
         in container["env"]
     assert pod["tolerations"][0]["key"] == "nvidia.com/gpu" and pod["nodeSelector"]
-    assert job["spec"]["activeDeadlineSeconds"] == 3601 and job["spec"]["backoffLimit"] == 0
+    assert job["spec"]["activeDeadlineSeconds"] == 3601 and job["spec"]["backoffLimit"] == 3
+    # an evicted or preempted pod is replaced (counted against backoffLimit); one that fails by itself fails the job
+    assert job["spec"]["podFailurePolicy"]["rules"] == [
+        {"action": "Count", "onPodConditions": [{"type": "DisruptionTarget", "status": "True"}]},
+        {"action": "FailJob", "onPodConditions": [],
+         "onExitCodes": {"containerName": "stage", "operator": "NotIn", "values": [0]}}]
     assert {"name": "workspace", "persistentVolumeClaim": {"claimName": "dualtoken-workspace"}} in pod["volumes"]
 
     plain = KubernetesBackend(*_settings(), tmp_path)
@@ -75,6 +81,18 @@ def test_every_rendered_manifest_is_valid_and_keeps_secrets_by_reference(tmp_pat
     pod = job["spec"]["template"]["spec"]
     assert "nodeSelector" not in pod and "tolerations" not in pod and "activeDeadlineSeconds" not in job["spec"]
     assert "nvidia.com/gpu" not in pod["containers"][0]["resources"]["limits"]  # unset options leave no trace
+    assert "priorityClassName" not in pod and "annotations" not in job["metadata"]
+
+    queued = KubernetesBackend(*_settings(labels={"kueue.x-k8s.io/queue-name": "team-a", "dualtoken.job": "x"},
+                                          annotations={"owner": "ml-platform"}, priority_class="batch-low",
+                                          max_disruptions=5), tmp_path)
+    (job,) = queued.manifests(_spec(), "dt-curate-2")
+    _valid(job)  # Kueue's queue label, the site's annotations and priority class, on the job and its pods
+    for meta in (job["metadata"], job["spec"]["template"]["metadata"]):
+        assert meta["labels"]["kueue.x-k8s.io/queue-name"] == "team-a"
+        assert meta["annotations"] == {"owner": "ml-platform"}
+        assert meta["labels"]["dualtoken.job"] == "dt-curate-2"  # ours win: the backend finds its pods by it
+    assert job["spec"]["template"]["spec"]["priorityClassName"] == "batch-low" and job["spec"]["backoffLimit"] == 5
 
     (array,) = plain.manifests(_spec("tokenize-slices", array=4), "dt-tokenize-slices-1")
     _valid(array)
@@ -93,7 +111,7 @@ def test_a_multi_node_stage_is_an_indexed_job_with_a_headless_service_or_a_jobse
     container = job["spec"]["template"]["spec"]["containers"][0]
     env = {e["name"]: e.get("value") for e in container["env"]}
     assert env["DUALTOKEN_RDZV_ENDPOINT"] == "dt-mllm-1-0.dt-mllm-1:29500" and env["DUALTOKEN_NNODES"] == "4"
-    script = container["command"][2]
+    script = container["command"][-1]  # the indexed pods' choice, run by the TERM-forwarding shell
     assert "exec dvc repro mllm" in script and "exec python -m stages mllm --params params.yaml" in script
 
     jobsets = KubernetesBackend(*_settings(nodes=2, gpus_per_node=8, multi_node="jobset"), tmp_path)
@@ -176,7 +194,7 @@ def test_a_job_is_submitted_watched_with_its_logs_and_cleaned_up(cluster, tmp_pa
     backend = KubernetesBackend(*_settings(), tmp_path / "logs", api_client=api)
     job = backend.submit(_spec())
     stored = client.BatchV1Api(api).read_namespaced_job(job, NS)
-    assert stored.spec.template.spec.containers[0].command == ["dvc", "repro", "tokenizer"]
+    assert stored.spec.template.spec.containers[0].command[-3:] == ["dvc", "repro", "tokenizer"]
     (pod,) = controller.start(job)
     lines = []
 
@@ -303,3 +321,23 @@ def test_credential_names_are_recognised_without_false_alarms():
     for name in ("DUALTOKEN_PARENT_RUN_ID", "DUALTOKEN_ARRAY_SIZE", "MLFLOW_TRACKING_URI", "AWS_ENDPOINT_URL",
                  "DUALTOKEN_WORKSPACE", "MONKEY_PATCH"):
         assert not is_secret_name(name), name
+
+
+def test_the_pods_first_process_passes_sigterm_to_the_stage_and_waits_for_it(tmp_path):
+    """What an eviction does to a pod (SIGTERM to PID 1, which DVC would ignore): the shell passes it to the
+    stage, which checkpoints and exits; the pod ends with the stage's status, after it."""
+    import subprocess
+    import sys
+
+    marker = tmp_path / "checkpointed"
+    stage = ("import pathlib, signal, sys, time\n"
+             "def leave(*_):\n"
+             f"    time.sleep(1); pathlib.Path({str(marker)!r}).write_text('ok'); sys.exit(85)\n"
+             "signal.signal(signal.SIGTERM, leave)\n"
+             "print('ready', flush=True)\n"
+             "time.sleep(60)\n")
+    pod = subprocess.Popen(["/bin/sh", "-c", FORWARD_TERM, "stage", sys.executable, "-c", stage],
+                           stdout=subprocess.PIPE, text=True)
+    assert pod.stdout.readline().strip() == "ready"
+    pod.terminate()
+    assert pod.wait(timeout=30) == 85 and marker.read_text() == "ok"

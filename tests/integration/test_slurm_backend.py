@@ -11,7 +11,7 @@ import pytest
 
 from dualtoken.launch.config import SlurmSite, StageLaunch
 from dualtoken.launch.job import JobSpec, JobState, LaunchError, run_job
-from dualtoken.launch.slurm import SlurmBackend, parse_job, parse_sacct, render
+from dualtoken.launch.slurm import SlurmBackend, interrupted, parse_job, parse_sacct, render
 
 pytestmark = pytest.mark.integration
 TEMPLATE = Path(__file__).resolve().parents[2] / "infra" / "slurm" / "stage.sbatch"
@@ -34,8 +34,8 @@ def test_the_script_carries_the_resources_and_leaves_out_what_is_unset(tmp_path)
     script = backend.script(JobSpec("tokenizer", ("dvc", "repro", "tokenizer"), tmp_path, {"A": "x y"}))
     assert "#SBATCH --nodes=2" in script and "#SBATCH --gpus-per-node=8" in script and "#SBATCH --mem=64G" in script
     assert "#SBATCH --partition=gpu" in script and "--account" not in script and "--qos" not in script
-    assert "module load cuda" in script and "export A='x y'" in script and script.rstrip().endswith(
-        "dvc repro tokenizer")
+    assert "module load cuda" in script and "export A='x y'" in script
+    assert "exec setsid dvc repro tokenizer) &" in script  # its own process group, for the signals it is sent
     assert "export DUALTOKEN_NPROC=$SLURM_GPUS_ON_NODE" in script  # one process per allocated GPU
     assert "--gpus-per-node" not in _backend(tmp_path).script(JobSpec("c", ("true",), tmp_path))
     with pytest.raises(LaunchError, match=r"unknown placeholder\(s\) \['nope'\]"):
@@ -46,6 +46,21 @@ def test_the_script_carries_the_resources_and_leaves_out_what_is_unset(tmp_path)
                                                                      "#SBATCH --partition gpu  # site"]
     limited = _backend(tmp_path).script(JobSpec("t", ("true",), tmp_path, time_limit_s=90))
     assert "#SBATCH --time=2" in limited  # rounded up to whole minutes, never cut short
+
+
+def test_a_job_with_a_time_limit_is_warned_before_it_and_may_requeue_itself(tmp_path):
+    limited = _backend(tmp_path, signal_before_limit_s=120).script(JobSpec("t", ("true",), tmp_path,
+                                                                          time_limit_s=3600))
+    assert "#SBATCH --signal=B:USR1@120" in limited and "#SBATCH --requeue" in limited
+    assert "#SBATCH --open-mode=append" in limited  # a requeued job's log goes on where it stopped
+    site = _backend(tmp_path, sbatch=["--constraint=a100", "--exclusive"]).script(JobSpec("t", ("true",), tmp_path))
+    assert "#SBATCH --constraint=a100\n#SBATCH --exclusive\n" in site
+    with pytest.raises(ValueError, match="one sbatch option"):
+        SlurmSite(sbatch=["constraint a100"])
+    assert "#SBATCH --signal" not in _backend(tmp_path).script(JobSpec("t", ("true",), tmp_path))  # no limit
+    assert interrupted("JobId=3 JobState=PREEMPTED ExitCode=0:15") == "PREEMPTED"
+    assert interrupted("JobId=3 JobState=NODE_FAIL ExitCode=0:0") == "NODE_FAIL"
+    assert interrupted("JobId=3 JobState=FAILED ExitCode=1:0") is None
 
 
 def test_scontrol_states_and_exit_codes_map_to_job_states():
@@ -147,3 +162,39 @@ def test_an_interrupted_caller_scancels_its_slurm_job(slurm_env, tmp_path):
                                  tmp_path), interrupt)
     (job_id,) = backend._logs
     assert backend.wait(job_id).state is JobState.CANCELLED
+
+
+def test_a_training_stage_warned_before_its_time_limit_checkpoints_requeues_and_ends_as_if_never_stopped(
+        slurm_env, tmp_path, monkeypatch):
+    """Slurm's warning (SIGUSR1 to the batch shell, as --signal sends it) mid-training: the teacher writes a
+    checkpoint and leaves the requeue marker, the job requeues itself, the rerun resumes, and the final loss is
+    the uninterrupted run's."""
+    import json
+
+    from stages.cli import main as cli
+    from workspace import SMALL_PARAMS, make_workspace, workspace_env
+
+    ws = make_workspace(tmp_path / "ws", {**SMALL_PARAMS, "teacher.steps": 120, "teacher.runtime.log_every": 1,
+                                          "teacher.runtime.checkpoint_every": 1000})
+    monkeypatch.chdir(ws)
+    assert cli(["curate"]) == 0
+    reference = ["-S", "teacher.output_dir=models/reference", "-S", "teacher.work_dir=data/.work/reference",
+                 "-S", "teacher.metrics_path=metrics/reference.json"]
+    assert cli(["teacher", *reference]) == 0  # the same run, here and never stopped
+
+    backend = _backend(tmp_path)
+    job = backend.submit(JobSpec("teacher", (sys.executable, "-m", "stages", "teacher"), ws,
+                                 {k: v for k, v in workspace_env().items() if k.startswith(("DVC", "MLFLOW", "GX"))}))
+    warned = []
+
+    def on_log(line):
+        if "[teacher] step 10/120" in line and not warned:
+            warned.append(subprocess.run(["scancel", "--signal=USR1", "--batch", job], check=True))
+
+    result = backend.wait(job, on_log)
+    log = result.log_path.read_text()
+    assert result.ok and warned, log[-3000:]
+    assert "stopped after step" in log and "requeued, it resumes from the checkpoint" in log, log[-3000:]
+    assert "resumed from" in log and "(restart 1)" in log, log[-3000:]
+    ours, theirs = (json.loads((ws / "metrics" / name).read_text()) for name in ("teacher.json", "reference.json"))
+    assert ours["final_loss"] == theirs["final_loss"] and ours["steps"] == 120

@@ -77,6 +77,27 @@ def test_killed_run_resumes_with_the_same_losses(data, tmp_path, zero):
     _assert_same_weights(full_model, done_model)
 
 
+def test_a_schedulers_signal_checkpoints_the_step_and_the_rerun_resumes(data, tmp_path):
+    """SIGUSR1 (Slurm's warning before the time limit) in step 3 of phase 1: DeepSpeed's checkpoint of step 3 and
+    the loader's position are written and the run leaves; the rerun has the uninterrupted losses."""
+    import signal
+
+    from dualtoken.training.preemption import Preempted
+
+    full, _ = _train(data, tmp_path / "full")
+
+    def signal_at_3(step, row):
+        if step == 3:
+            os.kill(os.getpid(), signal.SIGUSR1)
+
+    with pytest.raises(Preempted, match=r"mllm phase 'understand': stopped after step 3/4"):
+        _train(data, tmp_path / "stopped", sink=signal_at_3)
+    tags = sorted(p.name for p in (tmp_path / "stopped" / "checkpoints").iterdir() if p.is_dir())
+    assert tags[-1] == "00-step00000003"
+    resumed, _ = _train(data, tmp_path / "stopped")
+    assert [r["loss"] for r in resumed] == pytest.approx([r["loss"] for r in full[3:]], rel=1e-5)
+
+
 def _assert_same_weights(a: torch.nn.Module, b: torch.nn.Module) -> None:
     for (name, x), y in zip(a.state_dict().items(), b.state_dict().values(), strict=True):
         assert torch.allclose(x, y, atol=1e-6), name

@@ -3,6 +3,8 @@ the uninterrupted losses (through the streaming loader, with workers), the train
 its split, SigLIP initialisation from a saved checkpoint, metrics on known inputs."""
 
 import math
+import os
+import signal
 
 import pytest
 import torch
@@ -128,6 +130,31 @@ def test_killed_run_resumes_with_the_same_losses(tmp_path, monkeypatch):
     changed = tokenizer_cfg(tmp_path / "b", shuffle_buffer=8, steps=7)  # another configuration: set aside
     again = train_tokenizer(changed, _model(teacher), teacher.vision_model, data, CPU, 0, {"other": 1}, QUIET)
     assert len(again) == 7 and any((tmp_path / "b").glob("checkpoints.stale-*"))
+
+
+@pytest.mark.parametrize("signum", [signal.SIGUSR1, signal.SIGTERM])
+def test_a_schedulers_signal_checkpoints_the_step_and_the_rerun_resumes(tmp_path, signum):
+    """Slurm's warning before the time limit (USR1) or a preemption (TERM) mid-run: the trainer finishes the
+    step, writes its checkpoint and raises Preempted; the rerun goes on with the uninterrupted run's losses."""
+    from dualtoken.training.preemption import REQUEUE_EXIT, Preempted
+
+    teacher = tiny_teacher()
+    data = _shards(tmp_path, [10, 7, 9])
+    full = train_tokenizer(tokenizer_cfg(tmp_path / "a", shuffle_buffer=8), _model(teacher), teacher.vision_model,
+                           data, CPU, 0, {}, QUIET)
+
+    def signal_in_step_2(step, metrics):
+        if step == 2:
+            os.kill(os.getpid(), signum)
+
+    cfg = tokenizer_cfg(tmp_path / "b", shuffle_buffer=8, runtime={"checkpoint_every": 1000})
+    before = signal.getsignal(signum)
+    with pytest.raises(Preempted, match=r"after step 2/6") as stopped:
+        train_tokenizer(cfg, _model(teacher), teacher.vision_model, data, CPU, 0, {}, QUIET, sink=signal_in_step_2)
+    assert stopped.value.exit_code == REQUEUE_EXIT and signal.getsignal(signum) == before  # handlers restored
+    assert [p.name for p in (tmp_path / "b" / "checkpoints").glob("step-*")] == ["step-00000002"]
+    rest = train_tokenizer(cfg, _model(teacher), teacher.vision_model, data, CPU, 0, {}, QUIET)
+    assert rest == full[2:]
 
 
 @pytest.mark.parametrize(("stage", "tower_trains", "pixel_trains"), [(0, False, True), (1, True, True),

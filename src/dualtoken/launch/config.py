@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 
 from dualtoken.schema import Strict
 
@@ -52,7 +52,21 @@ class SlurmSite(Strict):
     qos: str | None = None
     setup: list[str] = Field(default_factory=list, description="shell lines before the command: module loads, "
                                                                "venv activation, a container's environment")
+    sbatch: list[str] = Field(default_factory=list, description="more sbatch options for every job, as given, e.g. "
+                              "--constraint=a100 or --exclusive")
     poll_s: float = Field(5.0, gt=0.0, description="how often the job's state and log are read")
+    signal_before_limit_s: int = Field(300, ge=10, description="a job with a time limit is warned this long "
+                                       "before it (SIGUSR1): a training stage checkpoints and the job requeues")
+    max_requeues: int = Field(3, ge=0, le=100, description="a preempted job, or one whose node failed, is "
+                              "requeued up to this many times before the stage fails")
+
+    @field_validator("sbatch")
+    @classmethod
+    def _options(cls, options: list[str]) -> list[str]:
+        bad = [o for o in options if not o.startswith("-") or "\n" in o]
+        if bad:
+            raise ValueError(f"each entry is one sbatch option such as --constraint=a100, not {bad}")
+        return options
 
 
 class SecretKey(Strict):
@@ -87,6 +101,12 @@ class KubernetesSite(Strict):
     ttl_after_finished_s: int = Field(86_400, ge=0, description="finished jobs (and their logs) are kept this long")
     templates: str = Field("infra/k8s", description="manifest templates, relative to the workspace")
     poll_s: float = Field(10.0, gt=0.0)
+    max_disruptions: int = Field(3, ge=0, le=100, description="pods lost to an eviction, preemption or node drain "
+                                 "replaced per job (its backoffLimit); a pod that fails by itself fails the job")
+    labels: dict[str, str] = Field(default_factory=dict, description="added to every job and pod, e.g. "
+                                   "kueue.x-k8s.io/queue-name")
+    annotations: dict[str, str] = Field(default_factory=dict, description="added to every job and pod")
+    priority_class: str | None = Field(None, description="the pods' priorityClassName (preemption, Kueue)")
 
 
 class LaunchConfig(Strict):

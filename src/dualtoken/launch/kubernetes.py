@@ -77,6 +77,20 @@ class _Tracked:
     waiting: dict[str, str] = field(default_factory=dict)  # pod -> why it last said it is not running yet
 
 
+# The container's first process, around the stage's command. As PID 1 a process ignores SIGTERM unless it handles
+# it, and DVC does not: this shell does and passes it to the command's process group (a training stage
+# checkpoints), then waits until every process of the group has ended.
+FORWARD_TERM = ('trap \'kill -TERM -"$child" 2>/dev/null\' TERM; setsid "$@" & child=$!; '
+                'wait "$child"; status=$?; while kill -0 "$child" 2>/dev/null; do wait "$child"; status=$?; done; '
+                'while kill -0 -"$child" 2>/dev/null; do sleep 1; done; exit "$status"')
+
+
+def _add_labels(job: dict[str, Any], labels: dict[str, str]) -> None:
+    """The site's labels on a Job and its pods, under ours (the backend finds its pods by them)."""
+    for meta in (job["metadata"], job["spec"]["template"]["metadata"]):
+        meta["labels"] = {**labels, **meta["labels"]}
+
+
 class KubernetesBackend:
     """Runs one stage's jobs: ``site`` is ``launch.kubernetes`` (the templates are taken from ``workspace``), ``job``
     the stage's resources (``launch.stages.<stage>``)."""
@@ -127,6 +141,7 @@ class KubernetesBackend:
                                         f"else exec {other_pods}; fi"]
         env += [{"name": var, "valueFrom": {"secretKeyRef": {"name": ref.secret, "key": ref.key}}}
                 for var, ref in s.secret_env.items()]
+        command = ["/bin/sh", "-c", FORWARD_TERM, "stage", *command]
         resources = {"cpu": str(r.cpus_per_task)}
         if r.mem:
             resources["memory"] = k8s_memory(r.mem)
@@ -148,13 +163,18 @@ class KubernetesBackend:
             "tolerations": [dict(t) for t in s.tolerations] or None, "image": s.image,
             "image_pull_policy": s.image_pull_policy, "workdir": workdir, "command": command, "env": env,
             "env_from": [{"secretRef": {"name": n}} for n in s.env_from_secrets] or None,
-            "resources": resources, "volume_mounts": mounts, "volumes": volumes, "rdzv_port": s.rdzv_port}
+            "resources": resources, "volume_mounts": mounts, "volumes": volumes, "rdzv_port": s.rdzv_port,
+            "backoff_limit": s.max_disruptions, "annotations": dict(s.annotations) or None,
+            "priority_class": s.priority_class}
         job = render_template(self.templates / "job.yaml", values)
+        _add_labels(job, s.labels)
         if not multi:
             return [job]
         if s.multi_node == "indexed-job":
             return [render_template(self.templates / "service.yaml", values), job]
-        return [render_template(self.templates / "jobset.yaml", {**values, "job_spec": job["spec"]})]
+        jobset = render_template(self.templates / "jobset.yaml", {**values, "job_spec": job["spec"]})
+        jobset["metadata"]["labels"] = {**s.labels, **jobset["metadata"]["labels"]}  # Kueue reads the JobSet's
+        return [jobset]
 
     # ------------------------------------------------------------------------------------- the cluster
     def _client(self) -> Any:

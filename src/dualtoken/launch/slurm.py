@@ -41,6 +41,7 @@ STATES = {"PENDING": JobState.PENDING, "CONFIGURING": JobState.PENDING, "REQUEUE
           "DEADLINE": JobState.TIMED_OUT, "FAILED": JobState.FAILED, "NODE_FAIL": JobState.FAILED,
           "OUT_OF_MEMORY": JobState.FAILED, "BOOT_FAIL": JobState.FAILED, "PREEMPTED": JobState.FAILED,
           "SPECIAL_EXIT": JobState.FAILED, "REVOKED": JobState.CANCELLED}
+INTERRUPTED = ("PREEMPTED", "NODE_FAIL")  # not the job's fault: requeued (up to launch.slurm.max_requeues)
 RETRIES = 3  # a busy slurmctld answers "Socket timed out" now and then
 TRANSIENT = ("timed out", "unable to contact slurm controller", "connection refused", "slurmdbd")
 
@@ -93,6 +94,12 @@ def parse_job(text: str) -> tuple[JobState, int | None]:
         fields = dict(item.split("=", 1) for item in line.split() if "=" in item)
         ends.append(_end(STATES.get(fields.get("JobState", ""), JobState.RUNNING), fields.get("ExitCode", "0:0")))
     return combine(ends)
+
+
+def interrupted(text: str) -> str | None:
+    """The state of a job (``scontrol show job -o``, one job) that ended through no fault of its own, else None."""
+    fields = dict(item.split("=", 1) for item in text.split() if "=" in item)
+    return fields.get("JobState") if fields.get("JobState") in INTERRUPTED else None
 
 
 def parse_sacct(text: str) -> tuple[JobState, int | None]:
@@ -149,13 +156,14 @@ class SlurmBackend:
                   "array": f"0-{spec.array - 1}" if spec.array else "",
                   "nodes": str(r.nodes), "cpus_per_task": str(r.cpus_per_task),
                   "gpus_per_node": str(r.gpus_per_node) if r.gpus_per_node else "", "mem": r.mem or "",
-                  "time": "", "partition": s.partition or "", "account": s.account or "",
+                  "time": "", "signal_s": "", "partition": s.partition or "", "account": s.account or "",
                   "qos": s.qos or "", "workdir": shlex.quote(str(Path(spec.workdir).resolve())),
-                  "setup": "\n".join(s.setup),
+                  "setup": "\n".join(s.setup), "sbatch_extra": "\n".join(f"#SBATCH {o}" for o in s.sbatch),
                   "exports": "\n".join(f"export {k}={shlex.quote(v)}" for k, v in spec.env.items()),
                   "command": shlex.join(spec.command)}
         if spec.time_limit_s is not None:
             values["time"] = str(max(1, math.ceil(spec.time_limit_s / 60)))  # minutes
+            values["signal_s"] = str(s.signal_before_limit_s)
         return render(self.template.read_text(), values)
 
     def submit(self, spec: JobSpec) -> str:
@@ -191,9 +199,18 @@ class SlurmBackend:
             raise LaunchError(f"no job {job_id!r} was submitted through this backend")
         log_paths, array = self._logs[job_id]
         tails = [_LogTail(path, f"[task {i}] " if array else "") for i, path in enumerate(log_paths)]
-        started = time.monotonic()
+        started, requeues = time.monotonic(), 0
         while True:
             state, code = patiently(lambda: self.state(job_id), f"Slurm state of job {job_id}", on_log)
+            if state is JobState.FAILED and not array and requeues < self.site.max_requeues:
+                why = interrupted(patiently(lambda: _run(["scontrol", "show", "job", "-o", job_id]),
+                                            f"Slurm state of job {job_id}", on_log))
+                if why:  # preempted or its node failed: run it again; a training stage resumes its checkpoint
+                    requeues += 1
+                    _run(["scontrol", "requeue", job_id])
+                    if on_log is not None:
+                        on_log(f"dualtoken: job {job_id} {why}; requeued ({requeues}/{self.site.max_requeues})")
+                    continue
             lines = [line for tail in tails for line in tail.lines()]
             if state.finished:
                 lines += [line for tail in tails for line in tail.rest()]

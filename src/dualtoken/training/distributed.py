@@ -133,22 +133,23 @@ def relaunch_under_torchrun(module: str, nproc: int, argv: list[str]) -> int:
     Lets a DVC stage command stay ``python -m stages.x`` whatever the process and node count: the stage calls
     this when ``needs_torchrun``. When a rank fails, torchrun stops the others (nobody waits for it); a rank that
     failed with a one-line error (``report_rank_error``) has that line printed last and the status is 2, as if
-    the stage had run in one process.
+    the stage had run in one process (the first rank's status: 2, or the requeue status of a run stopped on a
+    scheduler's signal).
     """
     with tempfile.TemporaryDirectory(prefix="dualtoken-errors-") as folder:
         status = subprocess.call(torchrun_command(module, nproc, argv), env={**os.environ, ERROR_DIR: folder})
-        reports = [path.read_text().strip() for path in sorted(Path(folder).glob("rank*.txt"))]
-    for report in dict.fromkeys(reports):
-        print(report, file=sys.stderr)
-    return 2 if reports else status
+        reports = [path.read_text().strip().split("\n", 1) for path in sorted(Path(folder).glob("rank*.txt"))]
+    for message in dict.fromkeys(m for _, m in reports):
+        print(message, file=sys.stderr)
+    return int(reports[0][0]) if reports else status
 
 
-def report_rank_error(message: str) -> None:
-    """Leave a rank's error where the relaunching stage finds it (no-op outside a relaunch)."""
+def report_rank_error(message: str, status: int = 2) -> None:
+    """Leave a rank's error and exit status where the relaunching stage finds them (no-op outside a relaunch)."""
     folder = os.environ.get(ERROR_DIR)
     if folder and Path(folder).is_dir():
         with contextlib.suppress(OSError):
-            (Path(folder) / f"rank{os.environ.get('RANK', '0')}.txt").write_text(message)
+            (Path(folder) / f"rank{os.environ.get('RANK', '0')}.txt").write_text(f"{status}\n{message}")
 
 
 def under_torchrun() -> bool:

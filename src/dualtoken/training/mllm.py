@@ -38,6 +38,7 @@ from dualtoken.training.config import OptimConfig
 from dualtoken.training.distributed import DistContext
 from dualtoken.training.engine import apply_activation_checkpointing, resolve_precision
 from dualtoken.training.mllm_config import MllmConfig, MllmPhase
+from dualtoken.training.preemption import StopRequest, leave_if_asked, stop_on_signal
 from dualtoken.training.rank_data import loader_settings, micro_batch
 from dualtoken.training.schedule import build_optimizer
 
@@ -151,26 +152,28 @@ def train_mllm(cfg: MllmConfig, model: DualTokenMLLM, source: TokenSource, ctx: 
     phases = cfg.selected_phases()
     rows: list[dict[str, float]] = []
     done_before = 0
-    for index, phase in enumerate(phases):
-        if resume and index < resume.phase:
+    with stop_on_signal() as stop:
+        for index, phase in enumerate(phases):
+            if resume and index < resume.phase:
+                done_before += phase.steps
+                continue
+            resumes_here = resume is not None and index == resume.phase
+            start = resume.step if resumes_here else 0
+            # A checkpoint at the end of a phase still has to be loaded (zero steps left): it holds the weights
+            # the next phase, or the saved model, starts from.
+            if start < phase.steps or resumes_here:
+                rows += _run_phase(cfg, model, source, ctx, seed, index, phase, start, done_before, folder,
+                                   precision, phase_micro_batch(cfg, phase, ctx.world),
+                                   tag if resumes_here else None, console, sink, stop)
             done_before += phase.steps
-            continue
-        resumes_here = resume is not None and index == resume.phase
-        start = resume.step if resumes_here else 0
-        # A checkpoint at the end of a phase still has to be loaded (zero steps left): it holds the weights the
-        # next phase, or the saved model, starts from.
-        if start < phase.steps or resumes_here:
-            rows += _run_phase(cfg, model, source, ctx, seed, index, phase, start, done_before, folder, precision,
-                               phase_micro_batch(cfg, phase, ctx.world), tag if resumes_here else None, console,
-                               sink)
-        done_before += phase.steps
     model.requires_grad_(True)
     return rows
 
 
 def _run_phase(cfg: MllmConfig, model: DualTokenMLLM, source: TokenSource, ctx: DistContext, seed: int,
                index: int, phase: MllmPhase, start: int, offset: int, folder: Path, precision: str, micro: int,
-               resume_tag: str | None, console: Console, sink: Sink | None) -> list[dict[str, float]]:
+               resume_tag: str | None, console: Console, sink: Sink | None, stop: StopRequest
+               ) -> list[dict[str, float]]:
     runtime = cfg.runtime
     trainable = freeze_for(model, phase)
     optim = OptimConfig(lr=phase.lr, **cfg.optim.model_dump())
@@ -186,7 +189,7 @@ def _run_phase(cfg: MllmConfig, model: DualTokenMLLM, source: TokenSource, ctx: 
             engine.load_checkpoint(str(folder), tag=resume_tag, load_module_strict=True)
             data.loader.load_state_dict(json.loads(_loader_file(folder, resume_tag, ctx.rank).read_text()))
         return _phase_steps(cfg, engine, data, ctx, index, phase, range(start, phase.steps), offset, folder, console,
-                            sink)
+                            sink, stop)
 
 
 def _step_denominators(ctx: DistContext, batches: list[Any]) -> tuple[float, float]:
@@ -200,10 +203,20 @@ def _step_denominators(ctx: DistContext, batches: list[Any]) -> tuple[float, flo
 
 
 def _phase_steps(cfg: MllmConfig, engine: Any, data: PhaseData, ctx: DistContext, index: int, phase: MllmPhase,
-                 steps: range, offset: int, folder: Path, console: Console, sink: Sink | None
+                 steps: range, offset: int, folder: Path, console: Console, sink: Sink | None, stop: StopRequest
                  ) -> list[dict[str, float]]:
     runtime = cfg.runtime
     rows, tokens, t0 = [], 0, time.perf_counter()
+
+    def save(done: int) -> None:
+        tag = Position(index, done).tag
+        with atomic_write(_loader_file(folder, tag, ctx.rank), "w") as handle:  # before `latest` names the tag
+            json.dump(data.loader.state_dict(), handle)
+        engine.save_checkpoint(str(folder), tag=tag)
+        if ctx.is_main:
+            ds.prune_checkpoints(folder, runtime.keep_checkpoints)
+        ctx.barrier()
+
     # only the losses this phase's tasks can produce are logged (the same keys on every rank)
     has_text = any(phase.tasks.get(t, 0) > 0 for t in ("caption", "vqa"))
     has_visual = phase.tasks.get("t2i", 0) > 0
@@ -228,14 +241,9 @@ def _phase_steps(cfg: MllmConfig, engine: Any, data: PhaseData, ctx: DistContext
         if done % runtime.log_every == 0 or done == phase.steps:
             rows.append(_log_row(ctx, sums, tokens, t0, engine, offset + done, phase, console, sink))
             tokens, t0 = 0, time.perf_counter()
+        leave_if_asked(stop, ctx, done, phase.steps, save, f"mllm phase '{phase.name}'")
         if done % runtime.checkpoint_every == 0 or done == phase.steps:
-            tag = Position(index, done).tag
-            with atomic_write(_loader_file(folder, tag, ctx.rank), "w") as handle:  # before `latest` names the tag
-                json.dump(data.loader.state_dict(), handle)
-            engine.save_checkpoint(str(folder), tag=tag)
-            if ctx.is_main:
-                ds.prune_checkpoints(folder, runtime.keep_checkpoints)
-            ctx.barrier()
+            save(done)
     return rows
 
 

@@ -27,6 +27,7 @@ from dualtoken.training.checkpoint import open_checkpoints
 from dualtoken.training.config import TeacherConfig
 from dualtoken.training.distributed import DistContext
 from dualtoken.training.engine import Engine, StepLog, apply_activation_checkpointing
+from dualtoken.training.preemption import leave_if_asked, stop_on_signal
 from dualtoken.training.rank_data import micro_batch, rank_loader
 from dualtoken.training.schedule import build_optimizer
 
@@ -112,7 +113,11 @@ def train_teacher(cfg: TeacherConfig, model: SiglipModel, tokenizer: PreTrainedT
         console.print(f"\\[teacher] resumed from {latest} (step {start}/{cfg.steps})")
     log = StepLog("teacher", cfg.steps, rt.log_every, console, ctx, sink)
     losses = []
-    with loader:
+
+    def save(done: int) -> None:
+        ckpt.save(done, modules, {"optimizer": optimizer}, {"scheduler": scheduler}, {"loader": loader.state_dict()})
+
+    with loader, stop_on_signal() as stop:
         for step in range(start, cfg.steps):
             total = 0.0
             for m in range(rt.grad_accum):
@@ -128,7 +133,7 @@ def train_teacher(cfg: TeacherConfig, model: SiglipModel, tokenizer: PreTrainedT
             losses.append(total)
             log(step + 1, cfg.batch_size // ctx.world, {"loss": total, "lr": engine.lr, "grad_norm": grad_norm,
                                                         "temperature": model.logit_scale.exp().item()})
+            leave_if_asked(stop, ctx, step + 1, cfg.steps, save, "teacher")
             if (step + 1) % rt.checkpoint_every == 0 and step + 1 < cfg.steps:
-                ckpt.save(step + 1, modules, {"optimizer": optimizer}, {"scheduler": scheduler},
-                          {"loader": loader.state_dict()})
+                save(step + 1)
     return losses

@@ -31,6 +31,7 @@ from dualtoken.training.checkpoint import open_checkpoints
 from dualtoken.training.distributed import DistContext
 from dualtoken.training.engine import Engine, StepLog, apply_activation_checkpointing
 from dualtoken.training.gan import GanSchedule, gan_schedule, renew_discriminator
+from dualtoken.training.preemption import leave_if_asked, stop_on_signal
 from dualtoken.training.rank_data import micro_batch, rank_loader
 from dualtoken.training.schedule import build_optimizer
 from dualtoken.training.tokenizer_config import TokenizerConfig
@@ -184,7 +185,11 @@ def train_tokenizer(cfg: TokenizerConfig, model: DualTokenModel, teacher: Siglip
 
     log = StepLog("tokenizer", cfg.steps, rt.log_every, console, ctx, sink)
     losses = []
-    with loader:
+
+    def save(done: int) -> None:
+        ckpt.save(done, models, optimizers, schedulers, {"loader": loader.state_dict()})
+
+    with loader, stop_on_signal() as stop:
         for step in range(start, cfg.steps):
             if step in restarts:
                 with torch.random.fork_rng(devices=[]):
@@ -194,8 +199,9 @@ def train_tokenizer(cfg: TokenizerConfig, model: DualTokenModel, teacher: Siglip
                                 log, seed))
             if on_images is not None and preview is not None and ctx.is_main and (step + 1) % cfg.image_log_every == 0:
                 on_images(step + 1, reconstruction_grid(model, preview, ctx.device))
+            leave_if_asked(stop, ctx, step + 1, cfg.steps, save, "tokenizer")
             if (step + 1) % rt.checkpoint_every == 0 and step + 1 < cfg.steps:
-                ckpt.save(step + 1, models, optimizers, schedulers, {"loader": loader.state_dict()})
+                save(step + 1)
     return losses
 
 
