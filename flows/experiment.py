@@ -10,6 +10,7 @@ import re
 import subprocess
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import get_args
 
 from ruamel.yaml import YAML
 
@@ -36,7 +37,7 @@ def stage_subset(stages: Sequence[str] | None, configured: Sequence[str]) -> lis
     """The stages to run, in graph order: ``stages`` (each a pipeline stage), else ``pipeline.stages``."""
     if not stages:
         return list(configured)
-    known = list(StageName.__args__)  # type: ignore[attr-defined]
+    known = list(get_args(StageName))
     unknown = sorted(set(stages) - set(known))
     if unknown:
         raise ConfigError(f"stages {unknown}: not pipeline stages; known: {', '.join(known)}")

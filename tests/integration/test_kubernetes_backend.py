@@ -3,6 +3,7 @@ schemas, strict) and for the client's own models, and meets the pod policy; subm
 clean-up run against kmock's in-process API emulator, with the test playing the Job controller."""
 
 import threading
+import time
 from pathlib import Path
 
 import kubernetes_validate
@@ -341,3 +342,8 @@ def test_the_pods_first_process_passes_sigterm_to_the_stage_and_waits_for_it(tmp
     assert pod.stdout.readline().strip() == "ready"
     pod.terminate()
     assert pod.wait(timeout=30) == 85 and marker.read_text() == "ok"
+    # a command that ends by itself ends the pod at once, even if it left a process behind (a daemon)
+    leaves_a_daemon = "import subprocess, sys; subprocess.Popen(['sleep', '60']); sys.exit(3)"
+    started = time.monotonic()
+    done = subprocess.run(["/bin/sh", "-c", FORWARD_TERM, "stage", sys.executable, "-c", leaves_a_daemon], timeout=30)
+    assert done.returncode == 3 and time.monotonic() - started < 10

@@ -78,11 +78,13 @@ class _Tracked:
 
 
 # The container's first process, around the stage's command. As PID 1 a process ignores SIGTERM unless it handles
-# it, and DVC does not: this shell does and passes it to the command's process group (a training stage
-# checkpoints), then waits until every process of the group has ended.
-FORWARD_TERM = ('trap \'kill -TERM -"$child" 2>/dev/null\' TERM; setsid "$@" & child=$!; '
+# it, and DVC does not: this shell does and passes it to the command's process group. DVC dies of it at once,
+# so after a SIGTERM the shell also waits (up to the grace period) for the rest of the group: a training stage
+# writing its checkpoint. A command that ends by itself ends the pod at once.
+FORWARD_TERM = ('stopping=; trap \'stopping=1; kill -TERM -"$child" 2>/dev/null\' TERM; setsid "$@" & child=$!; '
                 'wait "$child"; status=$?; while kill -0 "$child" 2>/dev/null; do wait "$child"; status=$?; done; '
-                'while kill -0 -"$child" 2>/dev/null; do sleep 1; done; exit "$status"')
+                'i=0; while [ -n "$stopping" ] && [ $i -lt 120 ] && kill -0 -"$child" 2>/dev/null; do '
+                'sleep 1; i=$((i + 1)); done; exit "$status"')
 
 
 def _add_labels(job: dict[str, Any], labels: dict[str, str]) -> None:

@@ -203,8 +203,7 @@ class SlurmBackend:
         while True:
             state, code = patiently(lambda: self.state(job_id), f"Slurm state of job {job_id}", on_log)
             if state is JobState.FAILED and not array and requeues < self.site.max_requeues:
-                why = interrupted(patiently(lambda: _run(["scontrol", "show", "job", "-o", job_id]),
-                                            f"Slurm state of job {job_id}", on_log))
+                why = self._interrupted(job_id, on_log)
                 if why:  # preempted or its node failed: run it again; a training stage resumes its checkpoint
                     requeues += 1
                     _run(["scontrol", "requeue", job_id])
@@ -219,6 +218,15 @@ class SlurmBackend:
             if state.finished:
                 return JobResult(job_id, state, code, log_paths, time.monotonic() - started)
             time.sleep(self.site.poll_s)
+
+    def _interrupted(self, job_id: str, on_log: LogSink | None) -> str | None:
+        """PREEMPTED or NODE_FAIL for a failed job scontrol still shows; None otherwise (or once it forgot it,
+        when only accounting knows how it ended)."""
+        try:
+            return interrupted(patiently(lambda: _run(["scontrol", "show", "job", "-o", job_id]),
+                                         f"Slurm state of job {job_id}", on_log))
+        except LaunchError:
+            return None
 
     def cancel(self, job_id: str) -> None:
         _run(["scancel", job_id])
