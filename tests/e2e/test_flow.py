@@ -20,7 +20,9 @@ ON_SLURM = {**SMALL_PARAMS, "launch.slurm.poll_s": 0.5, "launch.stages": {
     "curate": {"array": 2}, "tokenize": {"backend": "slurm", "array": 2},
     **{stage: {"backend": "slurm"} for stage in ("teacher", "tokenizer", "mllm", "ablation", "evaluate")}},
     "curate.publish_uri": "s3://flow/curated", "tokenize.input": "s3://flow/curated",
-    "tokenize.publish_uri": "s3://flow/tokens"}
+    "tokenize.publish_uri": "s3://flow/tokens",
+    # bars a few training steps clear: the evaluate job moves `champion` on the tracking server
+    "evaluate.champion_bars": [{"metric": "mllm.vqa.questions", "min": 1}]}
 
 
 def _flow(ws, env):
@@ -215,6 +217,13 @@ def _check_evaluation(client, runs, parent, ws):
     metrics = json.loads((ws / "metrics/evaluate.json").read_text())
     assert run.data.metrics["mllm.vqa.accuracy"] == pytest.approx(metrics["mllm"]["vqa"]["accuracy"])
     assert (ws / "reports/report.html").is_file() and (ws / "plots/mllm/train.csv").is_file()
+    assert metrics["champion_bars"]["passed"]
+    for name in ("dualtoken-tokenizer", "dualtoken-mllm"):  # trained, then measured: candidate is champion
+        champion = client.get_model_version_by_alias(name, "champion")
+        assert champion.version == client.get_model_version_by_alias(name, "candidate").version
+        assert champion.tags["git.commit"] == run.data.tags["git.commit"]  # the workspace's commit
+        assert len(champion.tags["dvc.lock.sha256"]) == 64 and len(champion.tags["checkpoint.sha256"]) == 64
+        assert run.data.tags[f"champion.{name}"] == f"models:/{name}/{champion.version}"
 
 
 def test_failing_stage_job_is_retried_and_the_run_marked_failed(tmp_path, slurm_env):

@@ -1,14 +1,17 @@
 """The ablation variants and the evaluate stage on the tiny trained pipeline: metrics, the ablation table,
 a self-contained report with every section, MLflow runs, ``dualtoken report``."""
 
+import io
 import json
 import re
 
 import pytest
 import yaml
 from mlflow.tracking import MlflowClient
+from rich.console import Console
 
 from dualtoken.apps.ablation import main as ablation_main
+from dualtoken.apps.evaluate import crown
 from dualtoken.apps.evaluate import main as evaluate_main
 from dualtoken.data.curated import iter_image_batches
 from dualtoken.evaluation.config import ZeroShotTaskConfig
@@ -39,7 +42,8 @@ def evaluated(trained, tmp_path_factory):
     raw["evaluate"] = {"split": "val", "output_dir": str(out / "reports"), "metrics_path": str(out / "evaluate.json"),
                        "plots_dir": str(out / "plots"), "images": 4, "batch_size": 4, "vqa_questions": 6,
                        "caption_images": 3, "generated_images": 3, "report_prompts": 2, "report_samples": 2,
-                       "device": "cpu"}
+                       "device": "cpu", "champion_bars": [{"metric": "mllm.vqa.questions", "min": 6},
+                                                          {"metric": "tokenizer.images", "max": "tokenizer.images"}]}
     params = out / "params.yaml"
     params.write_text(yaml.safe_dump(raw))
     from dualtoken.config import load_config
@@ -124,6 +128,36 @@ def test_report_is_self_contained_with_every_section_and_logged(evaluated, capsy
     assert "| metric | value |" in printed
     assert cli(["report", "--params", str(params), "-S", f"evaluate.output_dir={out / 'nowhere'}"]) == 2
     assert "dvc repro evaluate" in capsys.readouterr().err
+
+
+def test_bars_held_so_champion_moved_to_the_measured_mllm_and_the_verdict_is_recorded(evaluated):
+    out, cfg, _, _, metrics = evaluated
+    verdict = metrics["champion_bars"]
+    assert verdict["passed"] and [b["min"] for b in verdict["bars"]] == [6.0, None]
+    assert verdict["bars"][1]["max"] == 4.0  # another metric's value
+    assert "## Champion bars: all held" in (out / "reports" / "summary.md").read_text()
+    client = MlflowClient(cfg.tracking.tracking_uri)
+    champion = client.get_model_version_by_alias("dualtoken-mllm", "champion")
+    assert champion.version == client.get_model_version_by_alias("dualtoken-mllm", "candidate").version
+    (run,) = client.search_runs([client.get_experiment_by_name("dualtoken").experiment_id],
+                                "tags.`dualtoken.stage` = 'evaluate'")
+    assert run.data.tags["champion.dualtoken-mllm"] == f"models:/dualtoken-mllm/{champion.version}"
+    assert "champion.dualtoken-tokenizer" not in run.data.tags  # the tiny tokenizer was never registered
+
+
+def test_missed_bars_or_an_unregistered_model_leave_champion_where_it_is_and_say_why(evaluated):
+    _, cfg, _, _, _ = evaluated
+    console = Console(file=io.StringIO(), width=200)
+    missed = {"passed": False, "bars": [{"metric": "mllm.vqa.accuracy", "value": 0.1, "min": 0.5, "max": None,
+                                         "passed": False}]}
+    assert crown(cfg, missed, console) == {}
+    assert crown(cfg, None, console) == {}  # no bars configured
+    held = {"passed": True, "bars": []}
+    crowned = crown(cfg, held, console)
+    assert list(crowned) == ["dualtoken-mllm"]
+    printed = console.file.getvalue()
+    assert "champion not moved: bars not met (mllm.vqa.accuracy = 0.1)" in printed
+    assert "champion not moved for dualtoken-tokenizer: no version of dualtoken-tokenizer holds" in printed
 
 
 def test_evaluating_with_another_tokenizer_than_the_mllm_trained_with_is_a_config_error(evaluated):

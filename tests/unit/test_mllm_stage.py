@@ -1,8 +1,15 @@
 """The mllm stage end to end on tiny models: curated shards -> tokens -> DeepSpeed training -> evaluation,
 save, MLflow registration; then ``dualtoken chat`` / ``dualtoken generate`` from the folder and from the
-registered model."""
+registered model; the registered candidate served by ``mlflow models predict`` from the logged model alone."""
 
+import base64
+import io
 import json
+import os
+import re
+import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -13,8 +20,10 @@ from PIL import Image
 from dualtoken.apps.mllm import check_tasks
 from dualtoken.data.texts import TextStats
 from dualtoken.models.mllm import DualTokenMLLM
+from dualtoken.models.teacher import checkpoint_digest
 from dualtoken.schema import ConfigError
 from dualtoken.serving.inference import load_mllm
+from dualtoken.serving.registry import CHECKPOINT_TAG
 from dualtoken.training.mllm_config import MllmConfig
 from stages.cli import main as cli
 from tiny import PHASES
@@ -84,11 +93,51 @@ def test_chat_and_generate_from_the_folder_and_the_registry(trained, tmp_path, c
     assert "run the mllm stage" in capsys.readouterr().err
 
 
-def test_logged_models_require_public_versions_and_carry_the_package():
+def _uv_dir() -> str:
+    """Where the ``uv`` executable is (MLflow's uv env manager calls it by name)."""
+    found = shutil.which("uv")
+    if not found:
+        probe = subprocess.run(["python3", "-c", "import uv; print(uv.find_uv_bin())"], capture_output=True,
+                               text=True)
+        found = probe.stdout.strip() if probe.returncode == 0 else None
+    if not found:
+        pytest.skip("no uv on this machine (`python3 -m pip install uv`; `make venv` installs it)")
+    return str(Path(found).parent)
+
+
+def test_the_registered_candidate_serves_from_the_logged_model_alone(trained, tmp_path):
+    """`mlflow models predict` builds an environment from the model's requirements (public versions and the
+    package wheel inside the model), away from this repository, and answers a question and draws a prompt."""
+    root, cfg, _ = trained
+    client = MlflowClient(cfg.tracking.tracking_uri)
+    version = client.get_model_version_by_alias("dualtoken-mllm", "candidate")
+    assert version.tags[CHECKPOINT_TAG] == checkpoint_digest(root / "mllm")
+    assert len(version.tags["git.commit"]) >= 40 and len(version.tags["dvc.lock.sha256"]) == 64
+    png = io.BytesIO()
+    Image.new("RGB", (32, 32), (200, 20, 20)).save(png, format="PNG")
+    request = tmp_path / "request.json"
+    request.write_text(json.dumps({"dataframe_split": {
+        "columns": ["prompt", "image"],
+        "data": [["what colour is it?", base64.b64encode(png.getvalue()).decode()], ["a red circle", ""]]},
+        "params": {"max_new_tokens": 3, "seed": 1}}))
+    venv_bin = Path(sys.executable).parent
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV")}
+    env.update(MLFLOW_TRACKING_URI=cfg.tracking.tracking_uri, PATH=f"{venv_bin}:{_uv_dir()}:{os.environ['PATH']}")
+    served = subprocess.run([str(venv_bin / "mlflow"), "models", "predict", "-m", "models:/dualtoken-mllm@candidate",
+                             "-i", str(request), "-t", "json", "-o", str(tmp_path / "out.json"), "--env-manager",
+                             "uv"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=900)
+    log = served.stdout + served.stderr
+    assert served.returncode == 0, log[-4000:]
+    assert re.search(r"dualtoken==[\d.]+ \(from file:", log), log[-4000:]  # the wheel, not this checkout
+    answer, drawn = json.loads((tmp_path / "out.json").read_text())["predictions"]
+    assert isinstance(answer, str)
+    assert Image.open(io.BytesIO(base64.b64decode(drawn))).size == (32, 32)
+
+
+def test_logged_models_require_public_versions():
     from importlib.metadata import version
 
-    from dualtoken.serving.registry import PACKAGE, requirements
+    from dualtoken.serving.registry import requirements
 
     pins = dict(r.split("==") for r in requirements())
     assert pins["torch"] == version("torch").split("+")[0] and not any("+" in v for v in pins.values())
-    assert (PACKAGE / "models" / "dualtoken.py").is_file()  # what code_paths copies into the model

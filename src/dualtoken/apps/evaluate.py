@@ -6,8 +6,10 @@ configured labelled source) and image-text R@1 through the teacher / the teacher
 the tokenizer, code usage and perplexity per depth. MLLM: VQA exact match per type beside the majority
 baseline, caption BLEU-4 and CIDEr-D, generated images (Fréchet distance to the real images of their
 prompts, teacher zero-shot on the prompted shape / colour / count). The ablation table, when its
-variants ran. Outputs: ``metrics/evaluate.json``, ``reports/report.html`` (self-contained),
-``reports/summary.md``, ``reports/ablation.{json,md}``, ``plots/evaluate/codes.csv``; all logged to MLflow.
+variants ran. When ``evaluate.champion_bars`` all hold, the registry alias ``champion`` moves to the
+measured tokenizer and MLLM versions (the verdict is in the metrics). Outputs: ``metrics/evaluate.json``,
+``reports/report.html`` (self-contained), ``reports/summary.md``, ``reports/ablation.{json,md}``,
+``plots/evaluate/codes.csv``; all logged to MLflow.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ from dualtoken.config import Config
 from dualtoken.data.curated import from_model_output, iter_image_batches, read_images
 from dualtoken.data.tokens import check_layout, read_text_stats, read_token_split
 from dualtoken.evaluation.ablation import ablation_table, table_markdown
+from dualtoken.evaluation.bars import check_bars
 from dualtoken.evaluation.features import feature_extractor
 from dualtoken.evaluation.mllm import caption_quality, generation_quality, generation_rows, vqa_accuracy
 from dualtoken.evaluation.report_content import Plots, build_report, summary_markdown
@@ -36,6 +39,7 @@ from dualtoken.models.mllm_generation import generate_codes
 from dualtoken.models.teacher import checkpoint_digest, load_teacher
 from dualtoken.schema import ConfigError
 from dualtoken.serving.inference import load_mllm
+from dualtoken.serving.registry import promote
 from dualtoken.storage import atomic_write
 from dualtoken.tracking import run_url
 from dualtoken.training.config import ProcessConfig
@@ -61,6 +65,8 @@ def main(cfg: Config, console: Console | None = None) -> dict[str, Any]:
         with tracked(STAGE, cfg, ("seed", "evaluate"), ctx) as run:
             t0 = time.perf_counter()
             metrics, assets = measure(cfg, ctx.device, console)
+            if e.champion_bars:
+                metrics["champion_bars"] = check_bars(metrics, e.champion_bars)
             metrics["eval_seconds"] = round(time.perf_counter() - t0, 1)
             out = Path(e.output_dir)
             report = build_report(metrics, assets, cfg.ablation, Plots(cfg.tokenizer.plots_path, cfg.mllm.plots_path,
@@ -79,12 +85,36 @@ def main(cfg: Config, console: Console | None = None) -> dict[str, Any]:
             for name in ("report.html", "summary.md", "ablation.md", "ablation.json"):
                 mlflow.log_artifact(str(out / name), artifact_path="evaluate")
             mlflow.log_artifact(e.metrics_path, artifact_path="evaluate")
+            champions = crown(cfg, metrics.get("champion_bars"), console)
+            mlflow.set_tags({f"champion.{name}": uri for name, uri in champions.items()})
             url = run_url(cfg.tracking, run.info.run_id)
         console.print(f"[bold green]evaluate done[/] in {metrics['eval_seconds']:.0f} s\n{summary}"
-                      f"  report:  {(out / 'report.html').resolve()}\n  metrics: {e.metrics_path}\n  MLflow:  {url}")
+                      f"  report:  {(out / 'report.html').resolve()}\n  metrics: {e.metrics_path}\n  MLflow:  {url}"
+                      + "".join(f"\n  champion: {uri}" for uri in champions.values()))
         return metrics
     finally:
         shutdown_distributed()
+
+
+def crown(cfg: Config, verdict: dict[str, Any] | None, console: Console) -> dict[str, str]:
+    """Move the alias ``champion`` to the measured tokenizer and MLLM when every bar held; returns
+    {registered name: models:/NAME/N} of the versions that now hold it. A model that is not registered
+    (another tracking store, ``register_as: null``) is named in a warning, the stage still succeeds."""
+    if not verdict or not verdict["passed"]:
+        if verdict:
+            failed = [f"{b['metric']} = {b['value']:.4g}" for b in verdict["bars"] if not b["passed"]]
+            console.print(f"\\[evaluate] champion not moved: bars not met ({', '.join(failed)})")
+        return {}
+    crowned = {}
+    for name, folder in ((cfg.tokenizer.register_as, cfg.mllm.tokenizer or cfg.tokenizer.output_dir),
+                         (cfg.mllm.register_as, cfg.mllm.output_dir)):
+        if name is None:
+            continue
+        try:
+            crowned[name] = promote(name, folder)
+        except LookupError as err:
+            console.print(f"[yellow]\\[evaluate] champion not moved for {name}: {err}[/]")
+    return crowned
 
 
 def measure(cfg: Config, device: torch.device, console: Console) -> tuple[dict[str, Any], dict[str, Any]]:

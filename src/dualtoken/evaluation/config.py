@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 
 from dualtoken.models.sampling import SamplingConfig
 from dualtoken.schema import Strict, curated_input, repeated
@@ -23,6 +23,21 @@ class ZeroShotTaskConfig(Strict):
                                                 "dots reach nested fields (attributes.label)")
     templates: str = Field("openai-imagenet", description="openai-imagenet (the 80 OpenAI ImageNet prompts), photo "
                                                           "('a photo of a {c}.') or a file, one template per line")
+
+
+class BarConfig(Strict):
+    """One bar a measurement must clear for the evaluated models to become the registry's ``champion``."""
+
+    metric: str = Field(min_length=1, description="dotted path into metrics/evaluate.json, e.g. mllm.vqa.accuracy")
+    min: float | str | None = Field(None, description="lowest passing value: a number or another metric's path "
+                                                      "(mllm.vqa.majority_baseline)")
+    max: float | str | None = Field(None, description="highest passing value: a number or another metric's path")
+
+    @model_validator(mode="after")
+    def _bounded(self) -> BarConfig:
+        if self.min is None and self.max is None:
+            raise ValueError(f"bar on {self.metric} sets neither min nor max")
+        return self
 
 
 class FidConfig(Strict):
@@ -65,6 +80,9 @@ class EvaluateConfig(Strict):
     report_samples: int = Field(4, ge=1)
     sampling: SamplingConfig = SamplingConfig()
     seed: int = Field(0, description="seeds every sampled image")
+    champion_bars: list[BarConfig] = Field(
+        default_factory=list, description="when every bar holds, the stage points the registry alias champion at "
+                                          "the tokenizer and MLLM versions it measured; none: champion never moves")
     device: Literal["auto", "cpu", "cuda"] = "auto"
     threads: int | None = Field(None, ge=1, description="torch CPU threads; null keeps torch's choice")
 

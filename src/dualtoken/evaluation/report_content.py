@@ -184,10 +184,19 @@ def headline(metrics: dict[str, Any]) -> list[tuple[str, Any]]:
 
 
 def summary_markdown(metrics: dict[str, Any]) -> str:
-    """The Prefect artifact: headline numbers and the ablation table."""
+    """The Prefect artifact: headline numbers, the champion bars and the ablation table."""
     lines = [f"# dualtoken evaluation ({metrics['split']} split)", "", "| metric | value |", "|---|---|"]
     lines += [f"| {k} | {v:.4g} |" if isinstance(v, float) else f"| {k} | {v if v is not None else '-'} |"
               for k, v in headline(metrics)]
+    if verdict := metrics.get("champion_bars"):
+        lines += ["", f"## Champion bars: {'all held' if verdict['passed'] else 'not met'}", "",
+                  "| metric | value | min | max | held |", "|---|---|---|---|---|"]
+        lines += [f"| {b['metric']} | {b['value']:.4g} | {_or_dash(b['min'])} | {_or_dash(b['max'])} | "
+                  f"{'yes' if b['passed'] else 'no'} |" for b in verdict["bars"]]
     if metrics["ablation"]["rows"]:
         lines += ["", "## Ablation: single vs dual codebook", "", table_markdown(metrics["ablation"])]
     return "\n".join(lines) + "\n"
+
+
+def _or_dash(bound: float | None) -> str:
+    return "-" if bound is None else f"{bound:.4g}"

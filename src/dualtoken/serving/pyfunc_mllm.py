@@ -1,8 +1,9 @@
 """MLflow "model from code" for a registered MLLM (nothing is unpickled when it loads).
 
 ``predict`` takes a DataFrame (or list of dicts) with a ``prompt`` column and an optional ``image`` column
-of PNG/JPEG bytes: rows with an image are answered (text), rows without one become generated images
-(PNG bytes). ``params``: cfg_scale, temperature, top_k, top_p, seed, max_new_tokens.
+of PNG/JPEG bytes (empty for none): rows with an image are answered (text), rows without one become generated images
+(PNG bytes; base64 in a served answer's JSON). ``params`` (the signature's, with their defaults): cfg_scale,
+temperature, top_k, top_p, seed, max_new_tokens.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ class DualTokenMLLMPyfunc(mlflow.pyfunc.PythonModel):
 
         from dualtoken.models.sampling import SamplingConfig
         from dualtoken.serving.inference import chat, generate_images, png_bytes
+        from dualtoken.serving.registry import MAX_NEW_TOKENS
 
         params = dict(params or {})
         rows = pd.DataFrame(model_input).to_dict("records")
@@ -32,9 +34,9 @@ class DualTokenMLLMPyfunc(mlflow.pyfunc.PythonModel):
         out = []
         for row in rows:
             image = row.get("image")
-            if image is not None and not (isinstance(image, float) and image != image):
+            if isinstance(image, bytes | bytearray) and image:  # empty, missing or NaN: draw the prompt
                 out.append(chat(self.loaded, Image.open(io.BytesIO(image)), row["prompt"],
-                                int(params.get("max_new_tokens", 32))))
+                                int(params.get("max_new_tokens", MAX_NEW_TOKENS))))
             else:
                 picture = generate_images(self.loaded, [row["prompt"]], sampling, int(params.get("seed", 0)))[0]
                 out.append(png_bytes(picture))
