@@ -100,10 +100,11 @@ def crown(cfg: Config, verdict: dict[str, Any] | None, console: Console) -> dict
     """Move the alias ``champion`` to the measured tokenizer and MLLM when every bar held; returns
     {registered name: models:/NAME/N} of the versions that now hold it. A model that is not registered
     (another tracking store, ``register_as: null``) is named in a warning, the stage still succeeds."""
-    if not verdict or not verdict["passed"]:
-        if verdict:
-            failed = [f"{b['metric']} = {b['value']:.4g}" for b in verdict["bars"] if not b["passed"]]
-            console.print(f"\\[evaluate] champion not moved: bars not met ({', '.join(failed)})")
+    if verdict is None:  # no bars configured
+        return {}
+    if not verdict["passed"]:
+        failed = [f"{b['metric']} = {b['value']:.4g}" for b in verdict["bars"] if not b["passed"]]
+        console.print(f"\\[evaluate] champion not moved: bars not met ({', '.join(failed)})")
         return {}
     crowned = {}
     for name, folder in ((cfg.tokenizer.register_as, cfg.mllm.tokenizer or cfg.tokenizer.output_dir),

@@ -14,6 +14,7 @@ to the versions it measured when the configured bars pass (``promote``).
 from __future__ import annotations
 
 import hashlib
+import json
 import tempfile
 from importlib.metadata import version
 from pathlib import Path
@@ -45,6 +46,11 @@ def version_tags(folder: str | Path) -> dict[str, str]:
             CHECKPOINT_TAG: checkpoint_digest(folder)}
 
 
+def _input_size(tokenizer_dir: str | Path) -> int:
+    """The DualToken tokenizer's input resolution, from its saved config (for the input examples)."""
+    return json.loads((Path(tokenizer_dir) / "config.json").read_text())["vision_config"]["image_size"]
+
+
 def _log_and_register(name: str, python_model: Path, artifacts: dict[str, str], registered_name: str | None,
                       **example_and_signature: Any) -> str:
     """Log a pyfunc with the package wheel among its artifacts and requirements; register it as ``candidate``."""
@@ -69,13 +75,11 @@ def _log_and_register(name: str, python_model: Path, artifacts: dict[str, str], 
 def log_tokenizer(model_dir: str | Path, registered_name: str | None) -> str:
     """Log the folder as a pyfunc model on the active run (and register it); returns the model URI.
     uint8 images (N, H, W, 3) -> int64 codes (N, h, w, pixel_depth + semantic_depth)."""
-    import json
-
     import numpy as np
     from mlflow.models import ModelSignature
     from mlflow.types import Schema, TensorSpec
 
-    size = json.loads((Path(model_dir) / "config.json").read_text())["vision_config"]["image_size"]
+    size = _input_size(model_dir)
     signature = ModelSignature(inputs=Schema([TensorSpec(np.dtype(np.uint8), (-1, -1, -1, 3))]),
                                outputs=Schema([TensorSpec(np.dtype(np.int64), (-1, -1, -1, -1))]))
     example = np.full((1, size, size, 3), 128, np.uint8)
@@ -100,14 +104,12 @@ def mllm_signature() -> Any:
 
 def mllm_example(tokenizer_dir: str | Path) -> tuple[Any, dict[str, Any]]:
     """A question about a grey image and a prompt to draw, with one request param."""
-    import json
-
     import pandas as pd
     from PIL import Image
 
     from dualtoken.serving.inference import png_bytes
 
-    size = json.loads((Path(tokenizer_dir) / "config.json").read_text())["vision_config"]["image_size"]
+    size = _input_size(tokenizer_dir)
     grey = png_bytes(Image.new("RGB", (size, size), (128, 128, 128)))
     rows = pd.DataFrame({"prompt": ["what colour is the shape?", "a small red circle"], "image": [grey, b""]})
     return rows, {"max_new_tokens": 8}
